@@ -1,0 +1,1 @@
+"""The Gradio cross-modal search demo."""

@@ -1,0 +1,1 @@
+"""FAISS indexes of embeddings with their metadata."""

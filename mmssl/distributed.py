@@ -1,0 +1,110 @@
+"""Rank/world helpers and an all-gather that carries gradients.
+
+Shapes: B local batch on this rank, B_r the batch of rank r, N = sum_r B_r the global batch, D dim.
+
+`all_gather_with_grad` is the piece the contrastive losses need: every rank sees the global batch
+as negatives, and the backward pass sends each rank the sum, over all ranks, of the gradient that
+its own rows received. Summing (rather than keeping only the local copy's gradient) makes the
+per-rank input gradient equal to ``world_size * dL/dx_rank``; DistributedDataParallel then divides
+by ``world_size`` when it averages parameter gradients, so the parameters receive exactly the
+gradient of the loss over the global batch. This is the semantics of open_clip's
+``gather_with_grad=True`` and of ``torch.distributed.nn.all_gather``.
+
+Why not ``torch.distributed.nn.all_gather`` itself: it requires every rank to hold the same
+number of rows, and a distributed loss must survive an uneven last batch. This version pads to the
+largest local batch, gathers, and strips the padding; with equal sizes it is a plain all_gather.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a default process group is initialized with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def get_local_rank() -> int:
+    """The process's index on its own node (``LOCAL_RANK`` set by torchrun), 0 otherwise."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def _gather_sizes(n: int, device: torch.device) -> list[int]:
+    size = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s.item()) for s in sizes]
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """all_gather in the forward pass; sum-reduce and slice in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:  # x: (B, ...)
+        rank = dist.get_rank()
+        ctx.sizes = sizes
+        ctx.rank = rank
+        max_n = max(sizes)
+        if x.shape[0] < max_n:
+            pad = x.new_zeros((max_n - x.shape[0], *x.shape[1:]))
+            x_padded = torch.cat([x, pad], dim=0)  # (max_B, ...)
+        else:
+            x_padded = x.contiguous()
+        chunks = [torch.empty_like(x_padded) for _ in sizes]
+        dist.all_gather(chunks, x_padded)
+        return torch.cat([c[:n] for c, n in zip(chunks, sizes)], dim=0)  # (N, ...)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # grad: (N, ...)
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[start : start + ctx.sizes[ctx.rank]], None  # (B, ...)
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` from every rank along dim 0, in rank order, keeping the autograd graph.
+
+    Shape: (B, ...) -> (N, ...). Ranks may hold different B. Identity when not distributed.
+    """
+    if not is_distributed():
+        return x
+    sizes = tuple(_gather_sizes(x.shape[0], x.device))
+    return _AllGatherWithGrad.apply(x, sizes)
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over ranks (no gradient); ``x`` itself when not distributed."""
+    if not is_distributed():
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y, op=dist.ReduceOp.SUM)
+    return y / dist.get_world_size()
+
+
+def rank_offset(n_local: int, device: torch.device) -> int:
+    """Index of this rank's first row in the concatenation that ``all_gather_with_grad`` returns."""
+    if not is_distributed():
+        return 0
+    return sum(_gather_sizes(n_local, device)[: dist.get_rank()])
