@@ -1,0 +1,36 @@
+# Every target creates .venv if missing and (re)installs the project when pyproject.toml changes.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# Nothing here downloads weights or datasets: fail fast instead of retrying a hub for a minute.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+
+.PHONY: install test bench demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing mmssl and its dependencies into $(VENV) (first time: a few minutes)"
+	$(PY) -m pip install -q -e '.[test]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	rm -f $(VENV)/.installed-* && touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_infonce.py
+
+demo:
+	@echo "make demo: not built yet. The Gradio search demo over a trained model and its index"
+	@echo "arrives with the demo issue (#6); training (#3) and indexing (#5) come first."
+	@exit 1
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,61 @@
+"""Logging and progress bars, configured once per process.
+
+Only rank 0 of a distributed run logs at INFO and draws progress bars; other ranks log warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from mmssl.distributed import is_main_process
+
+T = TypeVar("T")
+console = Console(stderr=True)
+
+
+def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
+    """Route the ``mmssl`` loggers to a rich stderr handler (and a plain file, if given)."""
+    root = logging.getLogger("mmssl")
+    root.handlers.clear()
+    root.setLevel(level if is_main_process() else "WARNING")
+    handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
+    handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    root.addHandler(handler)
+    if log_file:
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(fh)
+    root.propagate = False
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger under the ``mmssl`` hierarchy (``mmssl.train``, ``mmssl.index`` ...)."""
+    return logging.getLogger(name if name.startswith("mmssl") else f"mmssl.{name}")
+
+
+def progress(items: Iterable[T], total: int | None = None, description: str = "", disable: bool = False) -> Iterator[T]:
+    """Iterate with a progress bar on rank 0 when stderr is a terminal; plain iteration otherwise."""
+    if disable or not is_main_process() or not sys.stderr.isatty():
+        yield from items
+        return
+    if total is None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

@@ -1,0 +1,85 @@
+"""Device choice, seeding and mixed precision: the one place each of these is decided.
+
+Every command takes ``--device`` (``auto`` = cuda, then mps, then cpu) and ``--precision``
+(``fp32``, ``bf16``, ``fp16``), and turns them into objects here, once, at its entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Literal
+
+import numpy as np
+import torch
+
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(requested: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; an explicit device is checked before it is used.
+
+    Raises ValueError with the reason when the requested device does not exist here.
+    """
+    if requested in ("auto", "", None):
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as e:
+        raise ValueError(f"--device {requested!r} is not a device name (cpu, cuda, cuda:1, mps, auto): {e}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {requested!r}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {requested!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {requested!r}: MPS is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally ask torch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def check_precision(precision: str, device: torch.device) -> Precision:
+    """Validate a precision for a device; raises ValueError naming what is unsupported."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
+    if precision == "fp16" and device.type == "cpu":
+        raise ValueError("--precision fp16 is for GPUs; on CPU use bf16 or fp32")
+    return precision  # type: ignore[return-value]
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for a precision: a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
+
+
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A loss scaler, active only for fp16 (bf16 has fp32's exponent range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def enable_tf32(enabled: bool = True) -> None:
+    """Allow TF32 matmuls and convolutions on Ampere and later GPUs (no effect elsewhere)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
