@@ -1,10 +1,13 @@
 """The ``mmssl`` command line.
 
 Each command is a frozen config dataclass plus ``main(config)`` in its own module, registered below
-by name. The top level reads the command name; ``transformers.HfArgumentParser`` turns the rest of
-the arguments into the command's config (flags come from the dataclass fields and their ``help``
-metadata, so a command's options are declared once). Modules are imported only when their command
+by name (a name may have two words: ``data mine-code``). ``transformers.HfArgumentParser`` turns
+the command's arguments into its config: flags come from the dataclass fields and their ``help``
+metadata, so a command's options are declared once. Modules are imported only when their command
 runs, so ``mmssl --help`` stays fast.
+
+``--config FILE`` (TOML, YAML or JSON, any command) supplies values for the config's fields; flags
+given on the command line override them. Unknown keys are an error naming the file and the key.
 
 Errors a user can fix (bad paths, bad values) are ``ValueError``/``FileNotFoundError`` raised by the
 commands; they are printed as one line, ``mmssl CMD: error: ...``, with exit status 2.
@@ -13,9 +16,12 @@ commands; they are printed as one line, ``mmssl CMD: error: ...``, with exit sta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -23,15 +29,21 @@ class Command:
     module: str
     config: str
     summary: str
+    positional: str | None = None  # a list field filled by the leading non-option arguments
 
 
 COMMANDS: dict[str, Command] = {
     "env": Command("mmssl.envinfo", "EnvConfig", "show versions, devices, precisions and FAISS GPU support"),
+    "data mine-code": Command(
+        "mmssl.data.mine", "MineCodeConfig", "mine a CodeSearchNet-format corpus from Python source trees", "sources"
+    ),
+    "train": Command("mmssl.train", "TrainConfig", "train a dual encoder (text-code) with symmetric InfoNCE"),
+    "eval": Command("mmssl.eval_cmd", "EvalConfig", "MRR (CodeSearchNet protocol) and recall@k, with baselines"),
 }
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<16} {cmd.summary}" for name, cmd in COMMANDS.items())
+    lines = "\n".join(f"  {name:<18} {cmd.summary}" for name, cmd in COMMANDS.items())
     parser = argparse.ArgumentParser(
         prog="mmssl",
         description="Multimodal contrastive retrieval: train dual encoders, index, search.",
@@ -39,36 +51,99 @@ def _top_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    parser.add_argument(
-        "command", nargs="?", choices=sorted(COMMANDS), metavar="COMMAND", help="one of the commands below"
-    )
     return parser
+
+
+def _split_command(argv: list[str]) -> tuple[str | None, list[str]]:
+    """The registered command at the head of ``argv`` (one or two words) and the rest."""
+    if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in COMMANDS:
+        return f"{argv[0]} {argv[1]}", argv[2:]
+    if argv and argv[0] in COMMANDS:
+        return argv[0], argv[1:]
+    return None, argv
+
+
+def read_config_file(path: str) -> dict:
+    """Values from a TOML, YAML or JSON file (chosen by extension)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        elif p.suffix == ".json":
+            values = json.loads(text)
+        else:
+            raise ValueError(f"--config {path}: use a .toml, .yaml/.yml or .json file")
+    except ValueError:
+        raise
+    except Exception as e:  # the parsers' own error types, with their line numbers
+        raise ValueError(f"--config {path}: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a table of option = value")
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def parse_config(name: str, argv: list[str]):
+    """The command's config object from its arguments (and ``--config FILE``), without running it."""
+    spec = COMMANDS[name]
+    config_cls = getattr(importlib.import_module(spec.module), spec.config)
+    from transformers import HfArgumentParser
+
+    argv = list(argv)
+    if spec.positional:
+        # Leading values before the first option are the positional list (``SRC...``).
+        n = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+        if n:
+            argv = [f"--{spec.positional}", *argv[:n], *argv[n:]]
+    parser = HfArgumentParser(config_cls, prog=f"mmssl {name}", description=config_cls.__doc__)
+    parser.add_argument("--config", default=None, help="TOML/YAML/JSON file of option values (flags override)")
+    pre_parser = argparse.ArgumentParser(add_help=False)
+    pre_parser.add_argument("--config", default=None)
+    pre, _ = pre_parser.parse_known_args(argv)
+    if pre.config:
+        values = read_config_file(pre.config)
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"--config {pre.config}: unknown option {unknown[0]!r} for 'mmssl {name}'")
+        parser.set_defaults(**values)
+        for action in parser._actions:  # a value from the file satisfies a required flag
+            if action.dest in values:
+                action.required = False
+    namespace = parser.parse_args(argv)
+    kwargs = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)}
+    return config_cls(**kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _top_parser()
-    # Only the first token (a command, or a top-level option) is ours; the rest belongs to the command.
-    args = parser.parse_args(argv[:1])
-    if args.version:
-        from mmssl import __version__
+    name, rest = _split_command(argv)
+    if name is None:
+        if argv and not argv[0].startswith("-"):
+            print(f"mmssl: error: unknown command {' '.join(argv[:2])!r}; 'mmssl --help' lists them", file=sys.stderr)
+            return 2
+        args = _top_parser().parse_args(argv)  # --help or --version
+        if args.version:
+            from mmssl import __version__
 
-        print(f"mmssl {__version__}")
+            print(f"mmssl {__version__}")
+        else:
+            _top_parser().print_help()
         return 0
-    if args.command is None:
-        parser.print_help()
-        return 0
-    spec = COMMANDS[args.command]
-    module = importlib.import_module(spec.module)
-    config_cls = getattr(module, spec.config)
-    from transformers import HfArgumentParser
-
-    sub = HfArgumentParser(config_cls, prog=f"mmssl {args.command}", description=config_cls.__doc__)
-    (config,) = sub.parse_args_into_dataclasses(argv[1:])
     try:
+        config = parse_config(name, rest)
+        module = importlib.import_module(COMMANDS[name].module)
         return int(module.main(config) or 0)
     except (ValueError, FileNotFoundError) as e:
-        print(f"mmssl {args.command}: error: {e}", file=sys.stderr)
+        print(f"mmssl {name}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -15,8 +15,16 @@ from open_clip.loss import ClipLoss, SigLipLoss
 
 from mmssl import losses as L
 
-torch.set_default_dtype(torch.float64)
 TOL = dict(rtol=1e-9, atol=1e-11)
+
+
+@pytest.fixture(autouse=True)
+def _float64_by_default():
+    """Float64 for the tight tolerances; restored afterwards so that other modules see float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _leaf(*shape, normalize=False, seed=0):
@@ -55,7 +63,9 @@ def test_infonce_matches_open_clip(batch, scale):
     assert_same(
         lambda a, b, s: L.InfoNCELoss()(a, b, logit_scale=s),
         lambda a, b, s: ClipLoss()(a, b, s),
-        a, b, s,
+        a,
+        b,
+        s,
     )
 
 
@@ -92,7 +102,9 @@ def test_infonce_smoothing_duplicates_and_chunks_match_formula(eps, with_ids, ch
     assert_same(
         lambda a, b, s: loss(a, b, logit_scale=s, pair_ids=ids),
         lambda a, b, s: _infonce_reference(a, b, s, eps, ids),
-        a, b, s,
+        a,
+        b,
+        s,
     )
 
 
@@ -102,7 +114,9 @@ def test_infonce_chunked_equals_full_at_scale():
     assert_same(
         lambda a, b, s: L.InfoNCELoss(chunk_size=128)(a, b, logit_scale=s),
         lambda a, b, s: L.InfoNCELoss()(a, b, logit_scale=s),
-        a, b, s,
+        a,
+        b,
+        s,
     )
 
 
@@ -166,7 +180,8 @@ def test_ntxent_matches_pytorch_metric_learning(temperature):
     assert_same(
         L.NTXentLoss(temperature),
         lambda a, b: PMLNTXent(temperature=temperature)(torch.cat([a, b]), labels),
-        a, b,
+        a,
+        b,
     )
 
 
@@ -177,7 +192,10 @@ def test_siglip_matches_open_clip(scale, bias):
     assert_same(
         lambda a, b, s, t: L.SigLIPLoss()(a, b, logit_scale=s, logit_bias=t),
         lambda a, b, s, t: SigLipLoss()(a, b, s, t),
-        a, b, s, t,
+        a,
+        b,
+        s,
+        t,
     )
 
 
@@ -217,6 +235,7 @@ def test_pair_contrastive_matches_pml_per_pair_type(margin):
     labels = torch.arange(60) % 30  # row i of x1 pairs with row i of x2
     pairs = torch.arange(30)
     for same in (torch.ones(30), torch.zeros(30)):
+
         def ref(x1, x2, same=same):
             # PML takes explicit pair indices: (a1, p, a2, n); only one pair type is non-empty.
             emb = torch.cat([x1, x2])
@@ -270,7 +289,7 @@ def test_triplet_miners_select_what_they_say():
     gap = dist[a, n] - dist[a, p]
     assert ((gap > 0) & (gap <= 0.5)).all()
     a, p, n = L.mine_triplets(dist, labels, "batch_hard", margin=0.5)
-    for i, (ai, pi, ni) in enumerate(zip(a, p, n)):
+    for ai, pi, ni in zip(a, p, n):
         same = labels == labels[ai]
         assert dist[ai, pi] == dist[ai][same & (torch.arange(16) != ai)].max()
         assert dist[ai, ni] == dist[ai][~same].min()
@@ -403,7 +422,9 @@ def test_barlow_twins_matches_lightly(lam):
     from lightly.loss import BarlowTwinsLoss as LightlyBT
 
     a, b = _leaf(32, 16, seed=38), _leaf(32, 16, seed=39)
-    assert_same(L.BarlowTwinsLoss(lambda_offdiag=lam), LightlyBT(lambda_param=lam), a, b, tol=dict(rtol=1e-7, atol=1e-9))
+    assert_same(
+        L.BarlowTwinsLoss(lambda_offdiag=lam), LightlyBT(lambda_param=lam), a, b, tol=dict(rtol=1e-7, atol=1e-9)
+    )
 
 
 def test_barlow_twins_zero_for_decorrelated_identical_views():

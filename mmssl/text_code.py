@@ -1,0 +1,117 @@
+"""The text-code task: CodeSearchNet pairs -> a text/code dual encoder, its task and its validation.
+
+Queries are docstrings (the "text" side), candidates are code with the docstring removed.
+Towers given with ``--text-init``/``--code-init`` bring their own tokenizer; towers built from
+scratch get a byte-level BPE tokenizer trained on the training split (one shared tokenizer when
+the towers are shared).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mmssl.console import get_logger
+from mmssl.data.code_search import read_code_search
+from mmssl.evaluate import codesearchnet_mrr_embeddings, recall_at_k
+from mmssl.losses import InfoNCELoss
+from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
+from mmssl.models.text import resolve_init
+from mmssl.models.tokenizer import train_bpe_tokenizer
+from mmssl.tasks import ContrastiveTask, Pairs
+
+log = get_logger("text_code")
+TOKENIZER_SAMPLE = 50_000  # texts the BPE tokenizer is trained on (enough for a stable vocabulary)
+
+
+def load_pairs(source: str, partition: str | None) -> Pairs:
+    corpus = read_code_search(source, partition=partition)
+    return Pairs.from_texts(corpus.docstrings(), corpus.codes())
+
+
+def evaluate_pairs(model: DualEncoder, pairs: Pairs, batch_size: int = 128) -> dict[str, float]:
+    """MRR by the CodeSearchNet protocol and recall@k over the whole set, docstring -> code."""
+    q = model.embed("text", pairs.queries, batch_size)  # (N, D)
+    c = model.embed("code", pairs.candidates, batch_size)  # (N, D)
+    result = codesearchnet_mrr_embeddings(q, c)
+    return {"mrr": float(result.mrr), **recall_at_k(q, c, ks=(1, 5, 10)), "n": len(pairs)}
+
+
+def _hidden_size(init: str) -> int:
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(resolve_init(init)).hidden_size)
+
+
+def build_model(config, train: Pairs) -> DualEncoder:
+    """The dual encoder a ``TrainConfig`` describes; tokenizers trained on ``train`` where needed."""
+    towers = {
+        "text": TowerConfig(
+            init=config.text_init,
+            arch=config.arch,
+            preset=config.preset,
+            pooling=config.pooling,
+            max_length=config.max_text_length,
+        ),
+        "code": TowerConfig(
+            init=config.code_init,
+            arch=config.arch,
+            preset=config.preset,
+            pooling=config.pooling,
+            max_length=config.max_code_length,
+        ),
+    }
+    if config.shared:
+        towers["code"] = towers["text"] = TowerConfig(
+            init=config.text_init,
+            arch=config.arch,
+            preset=config.preset,
+            pooling=config.pooling,
+            max_length=max(config.max_text_length, config.max_code_length),
+        )
+    embed_dim = config.embed_dim
+    if embed_dim is None:
+        init = config.text_init or config.code_init
+        embed_dim = _hidden_size(init) if init else 256
+    tokenizers = {}
+    sample = slice(0, TOKENIZER_SAMPLE)
+    if config.shared and not config.text_init:
+        tok = train_bpe_tokenizer(train.queries[sample] + train.candidates[sample], config.vocab_size)
+        tokenizers = {"text": tok, "code": tok}
+    else:
+        if not config.text_init:
+            tokenizers["text"] = train_bpe_tokenizer(
+                train.queries[sample], config.vocab_size, max_length=config.max_text_length
+            )
+        if not config.code_init:
+            tokenizers["code"] = train_bpe_tokenizer(
+                train.candidates[sample], config.vocab_size, max_length=config.max_code_length
+            )
+    dual = DualEncoderConfig(
+        modalities=("text", "code"),
+        towers=towers,
+        shared=config.shared,
+        embed_dim=embed_dim,
+        init_temperature=config.temperature,
+    )
+    return DualEncoder.build(dual, tokenizers)
+
+
+def build_text_code(config, device: torch.device) -> tuple[ContrastiveTask, Callable | None]:
+    """(task, validation function) for ``mmssl train --task text-code``."""
+    train = load_pairs(config.train, config.train_partition)
+    if len(train) < config.batch_size:
+        raise ValueError(
+            f"{config.train}: {len(train)} training pairs (partition {config.train_partition!r}), "
+            f"fewer than --batch-size {config.batch_size}"
+        )
+    valid = load_pairs(config.valid or config.train, config.valid_partition).take(config.eval_max_pairs)
+    log.info("text-code: %d training pairs, %d validation pairs", len(train), len(valid))
+    model = build_model(config, train).to(device)
+    loss = InfoNCELoss(label_smoothing=config.label_smoothing)
+    task = ContrastiveTask(model, loss, train)
+    valid_fn = (lambda m: evaluate_pairs(m, valid)) if len(valid) else None
+    if valid_fn is None:
+        log.warning("no validation pairs: no best-model selection, only the final model is saved")
+    return task, valid_fn

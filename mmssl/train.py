@@ -1,0 +1,309 @@
+"""The training engine: one loop for every task, and ``mmssl train``.
+
+The loop: AdamW (no decay on biases, norms and the temperature) with linear warmup and cosine
+decay; gradient accumulation; gradient clipping; bf16/fp16 autocast; a guard that skips, counts
+and logs a step whose loss or gradient is not finite; periodic validation with the best model
+kept; atomic checkpoints and exact resume (model, optimizer, scheduler, scaler, RNG and data
+position: a resumed run reproduces the loss curve of an uninterrupted one); metrics as JSONL and
+a PNG of the curves.
+
+Output directory:
+    OUT/metrics.jsonl          one JSON object per logged step and per validation
+    OUT/curves.png             training loss and validation MRR
+    OUT/best/                  the model with the best validation MRR (a DualEncoder directory)
+    OUT/final/                 the model at the end of training
+    OUT/checkpoints/last/      model/ + trainer_state.pt, for --resume
+
+Gradient accumulation sums gradients over micro-batches; it does not add negatives to InfoNCE
+(each micro-batch only sees its own). Larger effective batches for contrastive learning come from
+gradient caching (issue #8).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from mmssl.console import get_logger, setup_logging
+from mmssl.io import atomic_dir, atomic_file
+from mmssl.runtime import autocast, check_precision, grad_scaler, resolve_device, seed_everything
+from mmssl.tasks import EpochSampler
+
+log = get_logger("train")
+MAX_LOG_SCALE = math.log(100.0)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train a dual encoder with symmetric InfoNCE (``--config FILE`` reads TOML/YAML/JSON defaults)."""
+
+    task: Literal["text-code"] = field(default="text-code", metadata={"help": "what to train"})
+    train: str = field(default="", metadata={"help": "training data: CodeSearchNet .jsonl[.gz] file or folder"})
+    train_partition: str | None = field(default="train", metadata={"help": "keep records with this partition"})
+    valid: str | None = field(default=None, metadata={"help": "validation data (default: the training source)"})
+    valid_partition: str | None = field(default="valid", metadata={"help": "partition of the validation records"})
+    out: str = field(default="runs/text-code", metadata={"help": "output directory"})
+    # model
+    text_init: str | None = field(default=None, metadata={"help": "query tower: model dir, hub name or 'minilm'"})
+    code_init: str | None = field(default=None, metadata={"help": "code tower: model dir, hub name or 'minilm'"})
+    shared: bool = field(default=False, metadata={"help": "one tower for both sides"})
+    arch: Literal["bert", "roberta", "gpt2"] = field(default="roberta", metadata={"help": "from-scratch arch"})
+    preset: str = field(default="small", metadata={"help": "from-scratch size: tiny, small, base"})
+    pooling: Literal["cls", "mean", "last"] = field(default="mean", metadata={"help": "pooling of the towers"})
+    embed_dim: int | None = field(
+        default=None, metadata={"help": "shared size (default: the pretrained tower's, or 256)"}
+    )
+    vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary trained on the corpus"})
+    max_text_length: int = field(default=64, metadata={"help": "query tokens"})
+    max_code_length: int = field(default=256, metadata={"help": "code tokens"})
+    # optimization
+    batch_size: int = field(default=64, metadata={"help": "pairs per micro-batch (the InfoNCE negatives)"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on biases/norms)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    max_minutes: float | None = field(default=None, metadata={"help": "also stop after this wall time"})
+    clip_grad: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
+    temperature: float = field(default=0.07, metadata={"help": "initial temperature (learnable)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "InfoNCE label smoothing"})
+    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "autocast precision"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda, mps, cpu), cpu, cuda[:N], mps"})
+    seed: int = field(default=0, metadata={"help": "seed for init, data order and dropout"})
+    # validation, checkpoints, logging
+    eval_every: int = field(default=200, metadata={"help": "validate every N steps (0: only at the end)"})
+    eval_max_pairs: int = field(default=2000, metadata={"help": "validation pairs used"})
+    save_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
+    log_every: int = field(default=10, metadata={"help": "log every N steps"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoints/last"})
+
+
+def param_groups(params, weight_decay: float) -> list[dict]:
+    """Decay matrices only: biases, norm scales and scalars (the temperature) are not decayed."""
+    decay = [p for p in params if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in params if p.requires_grad and p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Runs a task's ``training_forward`` in the loop described in the module docstring."""
+
+    def __init__(self, task, config: TrainConfig, valid_fn=None, device: torch.device | None = None) -> None:
+        from transformers import get_cosine_schedule_with_warmup
+
+        self.task, self.config, self.valid_fn = task, config, valid_fn
+        self.device = device or resolve_device(config.device)
+        self.precision = check_precision(config.precision, self.device)
+        self.out = Path(config.out)
+        self.params = list(task.parameters())
+        self.optimizer = torch.optim.AdamW(param_groups(self.params, config.weight_decay), lr=config.lr)
+        self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.max_steps)
+        self.scaler = grad_scaler(self.precision, self.device)
+        self.sampler = EpochSampler(len(task.data), config.batch_size, config.seed)
+        self.step, self.skipped, self.best = 0, 0, -math.inf
+
+    # ---- one optimizer step ---------------------------------------------------------------------
+
+    def train_step(self) -> dict | None:
+        """Accumulate ``grad_accum`` micro-batches and step; None if the step was skipped."""
+        cfg = self.config
+        total, reports, finite = 0.0, [], True
+        for _ in range(cfg.grad_accum):
+            batch = self.task.batch(self.sampler.next())
+            with autocast(self.precision, self.device):
+                losses, report = self.task.training_forward(batch)
+            loss = sum(v for k, v in losses.items() if k.endswith("_loss")) / cfg.grad_accum
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            self.scaler.scale(loss).backward()
+            total += float(loss.detach())
+            reports.append(report)
+        grad_norm = torch.tensor(0.0)
+        if finite:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad or float("inf"))
+            finite = bool(torch.isfinite(grad_norm)) or self.precision == "fp16"  # fp16: the scaler skips
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.step += 1
+            with warnings.catch_warnings():  # no optimizer step happened, on purpose: keep the schedule aligned
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                self.scheduler.step()
+            log.warning("step %d: non-finite loss or gradient, step skipped (%d so far)", self.step, self.skipped)
+            return None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._clamp_temperature()
+        self.step += 1
+        out = {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+        for key in reports[0]:
+            out[key] = sum(r[key] for r in reports) / len(reports)
+        return out
+
+    def _clamp_temperature(self) -> None:
+        scale = getattr(self.task.model, "logit_scale", None)
+        if scale is not None:
+            with torch.no_grad():
+                scale.clamp_(0.0, MAX_LOG_SCALE)  # 1/T in [1, 100], as CLIP
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            self.load_checkpoint()
+        metrics_path = self.out / "metrics.jsonl"
+        _truncate_metrics(metrics_path, self.step)
+        start, samples, t_last = time.monotonic(), 0, time.monotonic()
+        per_step = cfg.batch_size * cfg.grad_accum
+        last_valid = None
+        with metrics_path.open("a") as metrics:
+            while self.step < cfg.max_steps:
+                record = self.train_step()
+                samples += per_step
+                if record is not None and (self.step % cfg.log_every == 0 or self.step == 1):
+                    now = time.monotonic()
+                    record["samples_per_s"] = samples / max(now - t_last, 1e-9)
+                    record["skipped"] = self.skipped
+                    samples, t_last = 0, now
+                    metrics.write(json.dumps(record) + "\n")
+                    metrics.flush()
+                    log.info(
+                        "step %d/%d  loss %.4f  lr %.2e  %.1f samples/s",
+                        self.step,
+                        cfg.max_steps,
+                        record["loss"],
+                        record["lr"],
+                        record["samples_per_s"],
+                    )
+                out_of_time = cfg.max_minutes is not None and (time.monotonic() - start) / 60 >= cfg.max_minutes
+                done = self.step >= cfg.max_steps or out_of_time
+                if self.valid_fn and ((cfg.eval_every and self.step % cfg.eval_every == 0) or done):
+                    last_valid = self.validate(metrics)
+                if (cfg.save_every and self.step % cfg.save_every == 0) or done:
+                    self.save_checkpoint()
+                if out_of_time:
+                    log.info("stopping at step %d: --max-minutes %.1f reached", self.step, cfg.max_minutes)
+                    break
+        self.task.model.save_pretrained(self.out / "final")
+        plot_curves(metrics_path, self.out / "curves.png")
+        return {"step": self.step, "skipped": self.skipped, "best_mrr": self.best, "valid": last_valid}
+
+    def validate(self, metrics) -> dict:
+        result = {"step": self.step, "split": "valid", **self.valid_fn(self.task.model)}
+        metrics.write(json.dumps(result) + "\n")
+        metrics.flush()
+        log.info(
+            "step %d valid: %s", self.step, "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
+        )
+        if result.get("mrr", -math.inf) > self.best:
+            self.best = result["mrr"]
+            self.task.model.save_pretrained(self.out / "best")
+        plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+        return result
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "skipped": self.skipped,
+            "best": self.best,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state(),
+            "data_fingerprint": self.task.data.fingerprint(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng_python": random.getstate(),
+            "config": asdict(self.config),
+        }
+        with atomic_dir(self.out / "checkpoints" / "last") as tmp:
+            self.task.model.save_pretrained(tmp / "model")
+            torch.save(state, tmp / "trainer_state.pt")
+
+    def load_checkpoint(self) -> None:
+        from mmssl.models import DualEncoder
+
+        ckpt = self.out / "checkpoints" / "last"
+        if not (ckpt / "trainer_state.pt").is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
+        # weights_only: plain tensors and containers, nothing executable is unpickled.
+        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+        if state["data_fingerprint"] != self.task.data.fingerprint():
+            raise ValueError(f"--resume: {ckpt} was trained on other data than --train {self.config.train}")
+        saved = DualEncoder.from_pretrained(ckpt / "model")
+        self.task.model.load_state_dict(saved.state_dict())
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state(state["sampler"])
+        torch.set_rng_state(state["rng_torch"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        random.setstate(_as_tuple(state["rng_python"]))
+        self.step, self.skipped, self.best = state["step"], state["skipped"], state["best"]
+        log.info("resumed from %s at step %d", ckpt, self.step)
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop records past the checkpoint so the file reads as one uninterrupted run."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    with atomic_file(path, "w") as f:
+        f.write("".join(line + "\n" for line in keep))
+
+
+def plot_curves(metrics_path: Path, png_path: Path) -> None:
+    """Training loss (left) and validation MRR (right) against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+    train = [r for r in rows if "loss" in r]
+    valid = [r for r in rows if r.get("split") == "valid"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot([r["step"] for r in train], [r["loss"] for r in train])
+    ax1.set(xlabel="step", ylabel="training loss", title="InfoNCE loss")
+    if valid:
+        ax2.plot([r["step"] for r in valid], [r["mrr"] for r in valid], marker="o")
+    ax2.set(xlabel="step", ylabel="MRR", title="validation MRR")
+    fig.tight_layout()
+    with atomic_file(png_path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main(config: TrainConfig) -> int:
+    from mmssl.text_code import build_text_code
+
+    setup_logging()
+    if not config.train:
+        raise ValueError("--train is required (a CodeSearchNet .jsonl[.gz] file or folder)")
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    task, valid_fn = build_text_code(config, device)
+    result = Trainer(task, config, valid_fn, device).fit()
+    log.info("done: %s", json.dumps(result))
+    return 0

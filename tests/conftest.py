@@ -1,0 +1,91 @@
+"""Shared fixtures: offline mode, and a tiny synthetic CodeSearchNet-format corpus."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+VERBS = [
+    "add",
+    "remove",
+    "parse",
+    "load",
+    "save",
+    "sort",
+    "merge",
+    "split",
+    "count",
+    "find",
+    "render",
+    "encode",
+    "decode",
+    "compress",
+    "validate",
+    "format",
+    "fetch",
+    "update",
+    "delete",
+    "create",
+]
+NOUNS = [
+    "user",
+    "file",
+    "record",
+    "image",
+    "token",
+    "matrix",
+    "config",
+    "message",
+    "packet",
+    "table",
+    "list",
+    "graph",
+    "node",
+    "cache",
+    "queue",
+    "string",
+    "number",
+    "date",
+    "path",
+    "socket",
+]
+
+
+def make_code_corpus(path, n: int = 1000, seed: int = 0) -> str:
+    """Functions whose docstring words name the identifiers of their code: learnable in seconds.
+
+    Every 10th record is 'valid', every 10th (offset 1) 'test', the rest 'train'.
+    """
+    rng = random.Random(seed)
+    parts = ["valid", "test"] + ["train"] * 8
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        for i in range(n):
+            verb, noun = rng.choice(VERBS), rng.choice(NOUNS)
+            record = {
+                "repo": f"repo{i % 25}",
+                "path": f"pkg/mod{i}.py",
+                "func_name": f"{verb}_{noun}",
+                "original_string": "",
+                "language": "python",
+                "code": f"def {verb}_{noun}({noun}, options=None):\n    result = {verb}({noun})\n    return result",
+                "code_tokens": [],
+                "docstring": f"{verb.capitalize()} the {noun} given as input.",
+                "docstring_tokens": [],
+                "url": "",
+                "partition": parts[i % 10],
+            }
+            f.write(json.dumps(record) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def code_corpus(tmp_path_factory) -> str:
+    return make_code_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl.gz")

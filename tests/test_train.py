@@ -1,0 +1,177 @@
+"""The training engine on a tiny text-code corpus: it learns, resumes exactly, and survives NaNs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from mmssl import cli
+from mmssl.text_code import build_text_code, evaluate_pairs, load_pairs
+from mmssl.train import TrainConfig, Trainer
+
+CPU = torch.device("cpu")
+
+
+def tiny_config(corpus, out, **overrides) -> TrainConfig:
+    base = dict(
+        train=corpus,
+        out=str(out),
+        preset="tiny",
+        vocab_size=400,
+        embed_dim=32,
+        batch_size=32,
+        max_steps=40,
+        warmup_steps=4,
+        lr=2e-3,
+        eval_every=0,
+        save_every=0,
+        log_every=1,
+        max_code_length=48,
+        max_text_length=24,
+        eval_max_pairs=200,
+        device="cpu",
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def _losses(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+@pytest.mark.slow
+def test_training_lowers_loss_and_lifts_held_out_mrr_far_above_chance(code_corpus, tmp_path):
+    torch.manual_seed(0)
+    config = tiny_config(code_corpus, tmp_path / "run")
+    task, valid_fn = build_text_code(config, CPU)
+    test = load_pairs(code_corpus, "test")
+    before = evaluate_pairs(task.model, test)
+    result = Trainer(task, config, valid_fn, CPU).fit()
+    after = evaluate_pairs(task.model, test)
+    losses = [loss for _, loss in _losses(tmp_path / "run")]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    chance = sum(1 / r for r in range(1, len(test) + 1)) / len(test)  # MRR of a random ranking
+    assert before["mrr"] < 3 * chance
+    assert after["mrr"] > 6 * chance and after["mrr"] > before["mrr"] + 0.3
+    assert result["best_mrr"] == pytest.approx(result["valid"]["mrr"]) or result["best_mrr"] >= result["valid"]["mrr"]
+    for name in ("final", "best"):
+        assert (tmp_path / "run" / name / "dual_encoder.json").is_file()
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+
+
+def test_resume_reproduces_the_uninterrupted_loss_curve(code_corpus, tmp_path, monkeypatch):
+    def run(out, crash_at=None, resume=False):
+        torch.manual_seed(0)
+        config = tiny_config(code_corpus, out, max_steps=8, save_every=4, resume=resume, eval_every=0)
+        task, _ = build_text_code(config, CPU)
+        trainer = Trainer(task, config, None, CPU)
+        if crash_at:
+            real = trainer.train_step
+
+            def crashing():
+                if trainer.step == crash_at:
+                    raise KeyboardInterrupt("simulated crash")
+                return real()
+
+            monkeypatch.setattr(trainer, "train_step", crashing)
+            with pytest.raises(KeyboardInterrupt):
+                trainer.fit()
+        else:
+            trainer.fit()
+
+    run(tmp_path / "a")
+    run(tmp_path / "b", crash_at=6)  # dies after the step-4 checkpoint and two more logged steps
+    assert [s for s, _ in _losses(tmp_path / "b")] == list(range(1, 7))
+    run(tmp_path / "b", resume=True)
+    assert _losses(tmp_path / "b") == _losses(tmp_path / "a")  # exactly: same batches, dropout, optimizer
+
+
+def test_resume_refuses_other_data(code_corpus, tmp_path):
+    from tests.conftest import make_code_corpus
+
+    config = tiny_config(code_corpus, tmp_path / "run", max_steps=2, save_every=2)
+    task, _ = build_text_code(config, CPU)
+    Trainer(task, config, None, CPU).fit()
+    other = make_code_corpus(tmp_path / "other.jsonl.gz", seed=1)
+    config = dataclasses.replace(config, train=other, resume=True, max_steps=4)
+    task, _ = build_text_code(config, CPU)
+    with pytest.raises(ValueError, match="other data"):
+        Trainer(task, config, None, CPU).fit()
+
+
+def test_non_finite_steps_are_skipped_and_counted(code_corpus, tmp_path):
+    config = tiny_config(code_corpus, tmp_path / "run", max_steps=5)
+    task, _ = build_text_code(config, CPU)
+    real = task.training_forward
+    calls = {"n": 0}
+
+    def sometimes_nan(batch):
+        calls["n"] += 1
+        losses, report = real(batch)
+        if calls["n"] == 1:
+            losses = {"contrastive_loss": losses["contrastive_loss"] * float("nan")}
+        return losses, report
+
+    task.training_forward = sometimes_nan
+    trainer = Trainer(task, config, None, CPU)
+    trainer.step = 2
+    before = [p.detach().clone() for p in task.model.parameters()]
+    assert trainer.train_step() is None  # the first call returns NaN
+    assert all(torch.equal(a, b) for a, b in zip(before, task.model.parameters()))
+    assert trainer.skipped == 1 and trainer.step == 3
+    record = trainer.train_step()
+    assert record is not None and math.isfinite(record["loss"])
+
+
+def test_config_file_with_command_line_overrides(code_corpus, tmp_path):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(f'train = "{code_corpus}"\npreset = "tiny"\nbatch_size = 16\nlr = 0.001\n')
+    config = cli.parse_config("train", ["--config", str(cfg), "--lr", "0.01", "--max-steps", "3"])
+    assert (config.train, config.preset, config.batch_size, config.lr, config.max_steps) == (
+        code_corpus,
+        "tiny",
+        16,
+        0.01,
+        3,
+    )
+    yaml_cfg = tmp_path / "train.yaml"
+    yaml_cfg.write_text("batch_size: 8\nnot_an_option: 1\n")
+    with pytest.raises(ValueError, match="unknown option 'not_an_option'"):
+        cli.parse_config("train", ["--config", str(yaml_cfg)])
+
+
+def test_train_command_end_to_end_and_eval_json(code_corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--train",
+        code_corpus,
+        "--out",
+        str(out),
+        "--preset",
+        "tiny",
+        "--vocab-size",
+        "300",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "3",
+        "--eval-every",
+        "0",
+        "--embed-dim",
+        "16",
+        "--device",
+        "cpu",
+    ]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", "--model", str(out / "final"), "--data", code_corpus, "--bm25", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {"mrr", "recall@1", "recall@10", "n"} <= set(report) and report["n"] == 100
+    assert 0 < report["baselines"]["bm25"]["mrr"] <= 1
+    assert cli.main(["train", "--train", code_corpus, "--batch-size", "100000", "--out", str(out)]) == 2
+    assert "fewer than --batch-size" in capsys.readouterr().err
