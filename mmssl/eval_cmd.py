@@ -32,7 +32,7 @@ class EvalConfig:
     baseline_model: str | None = field(
         default=None, metadata={"help": "also score a sentence-embedding model dir (e.g. minilm), zero-shot"}
     )
-    max_pairs: int | None = field(default=None, metadata={"help": "use only the first N pairs"})
+    max_pairs: int | None = field(default=None, metadata={"help": "use a seeded random sample of N pairs"})
     chunk_size: int = field(default=1000, metadata={"help": "candidates per query for MRR (CodeSearchNet: 1000)"})
     seed: int = field(default=0, metadata={"help": "shuffle seed of the MRR protocol"})
     batch_size: int = field(default=128, metadata={"help": "embedding batch size"})
@@ -44,7 +44,7 @@ def score_embeddings(model, pairs: Pairs, config: EvalConfig) -> dict:
     q = model.embed(model.config.modalities[0], pairs.queries, config.batch_size)
     c = model.embed(model.config.modalities[1], pairs.candidates, config.batch_size)
     mrr = codesearchnet_mrr_embeddings(q, c, chunk_size=config.chunk_size, seed=config.seed)
-    return {"mrr": mrr.mrr, **recall_at_k(q, c, KS), "n": len(pairs), "mrr_chunk_std": mrr.chunk_mrr_std}
+    return {"mrr": mrr.mrr, **recall_at_k(q, c, KS), "n": len(pairs), **_chunks(mrr)}
 
 
 def score_bm25(pairs: Pairs, config: EvalConfig) -> dict:
@@ -57,7 +57,7 @@ def score_bm25(pairs: Pairs, config: EvalConfig) -> dict:
         "mrr": mrr.mrr,
         **recall_at_k_from_scores_fn(scores_fn, len(pairs), KS),
         "n": len(pairs),
-        "mrr_chunk_std": mrr.chunk_mrr_std,
+        **_chunks(mrr),
     }
 
 
@@ -83,7 +83,7 @@ def main(config: EvalConfig) -> int:
         raise ValueError("--data is required (a CodeSearchNet .jsonl[.gz] file or folder)")
     if not (config.model or config.bm25 or config.baseline_model):
         raise ValueError("nothing to score: give --model, --bm25 and/or --baseline-model")
-    pairs = load_pairs(config.data, config.partition or None).take(config.max_pairs)
+    pairs = load_pairs(config.data, config.partition or None).sample(config.max_pairs, config.seed)
     if len(pairs) < 2:
         raise ValueError(f"{config.data}: {len(pairs)} pairs in partition {config.partition!r}; need at least 2")
     device = resolve_device(config.device)
@@ -123,6 +123,11 @@ def main(config: EvalConfig) -> int:
             f" {r['seconds']:8.1f}"
         )
     return 0
+
+
+def _chunks(mrr) -> dict:
+    """Per-chunk MRRs: independent test shards, for spreads and paired comparisons."""
+    return {"mrr_chunk_std": mrr.chunk_mrr_std, "chunk_mrrs": [float(x) for x in mrr.chunk_mrrs]}
 
 
 def _timed(fn) -> dict:

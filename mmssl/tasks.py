@@ -47,6 +47,14 @@ class Pairs:
             return self
         return Pairs(self.queries[:n], self.candidates[:n], self.ids[:n])
 
+    def sample(self, n: int | None, seed: int = 0) -> Pairs:
+        """A seeded random subset of ``n`` pairs, in their original order (all if n is None or larger)."""
+        if n is None or n >= len(self):
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        idx = keep.tolist()
+        return Pairs([self.queries[i] for i in idx], [self.candidates[i] for i in idx], self.ids[keep])
+
     def fingerprint(self) -> str:
         """A short hash of the data, stored in checkpoints so that resume refuses other data."""
         h = hashlib.sha1()

@@ -56,7 +56,7 @@ class TrainConfig:
     code_init: str | None = field(default=None, metadata={"help": "code tower: model dir, hub name or 'minilm'"})
     shared: bool = field(default=False, metadata={"help": "one tower for both sides"})
     arch: Literal["bert", "roberta", "gpt2"] = field(default="roberta", metadata={"help": "from-scratch arch"})
-    preset: str = field(default="small", metadata={"help": "from-scratch size: tiny, small, base"})
+    preset: str = field(default="small", metadata={"help": "from-scratch size: tiny, mini, small, base"})
     pooling: Literal["cls", "mean", "last"] = field(default="mean", metadata={"help": "pooling of the towers"})
     embed_dim: int | None = field(
         default=None, metadata={"help": "shared size (default: the pretrained tower's, or 256)"}

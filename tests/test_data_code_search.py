@@ -616,3 +616,19 @@ def test_mining_json_and_email_from_the_standard_library():
     for r in records:
         ast.parse(r["code"])
         assert len(r["docstring_tokens"]) >= 3 and r["url"].startswith("file://")
+
+
+def test_a_repo_bigger_than_the_test_share_goes_to_train():
+    """One package holding a third of all functions (torch in site-packages) must not land in
+    valid or test, whatever its place in the hash order."""
+    rng = random.Random(1)
+    sizes = {f"repo{i}": rng.randint(1, 40) for i in range(300)}
+    sizes["giant"] = sum(sizes.values()) // 2
+    total = sum(sizes.values())
+    fractions = {"train": 0.8, "valid": 0.1, "test": 0.1}
+    for seed in range(6):
+        parts = assign_partitions(sizes, fractions, seed)
+        assert parts["giant"] == "train"
+        for part in ("valid", "test"):
+            share = sum(sizes[k] for k, p in parts.items() if p == part) / total
+            assert abs(share - 0.1) < 0.02, (seed, part, share)

