@@ -173,5 +173,6 @@ def test_train_command_end_to_end_and_eval_json(code_corpus, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert {"mrr", "recall@1", "recall@10", "n"} <= set(report) and report["n"] == 100
     assert 0 < report["baselines"]["bm25"]["mrr"] <= 1
+    assert len(report["chunk_mrrs"]) == 1 and report["chunk_mrrs"][0] == pytest.approx(report["mrr"])
     assert cli.main(["train", "--train", code_corpus, "--batch-size", "100000", "--out", str(out)]) == 2
     assert "fewer than --batch-size" in capsys.readouterr().err

@@ -1,0 +1,44 @@
+"""Pairs (duplicate ids, sampling, fingerprint) and the resumable epoch sampler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmssl.tasks import EpochSampler, Pairs
+
+
+def test_identical_queries_share_an_id():
+    pairs = Pairs.from_texts(["Sort a list.", "Open a file.", "sort a  LIST.", "Close it."], ["a", "b", "c", "d"])
+    assert pairs.ids.tolist() == [0, 1, 0, 2]
+    with pytest.raises(ValueError, match="3 queries but 2 candidates"):
+        Pairs.from_texts(["a", "b", "c"], ["x", "y"])
+
+
+def test_sample_is_a_seeded_ordered_subset():
+    pairs = Pairs.from_texts([f"q{i}" for i in range(50)], [f"c{i}" for i in range(50)])
+    s1, s2, s3 = pairs.sample(10, seed=0), pairs.sample(10, seed=0), pairs.sample(10, seed=1)
+    assert s1.queries == s2.queries and s1.queries != s3.queries
+    idx = [int(q[1:]) for q in s1.queries]
+    assert idx == sorted(idx) and len(set(idx)) == 10
+    assert [f"c{i}" for i in idx] == s1.candidates
+    assert pairs.sample(None) is pairs and pairs.sample(500) is pairs
+    assert pairs.fingerprint() != s1.fingerprint()
+
+
+def test_sampler_covers_each_epoch_once_and_resumes_exactly():
+    sampler = EpochSampler(n=10, batch_size=3, seed=5)
+    epoch0 = torch.cat([sampler.next() for _ in range(3)])  # 3 full batches, 1 left over
+    assert len(set(epoch0.tolist())) == 9
+    first_of_epoch1 = sampler.next()
+    assert sampler.epoch == 1
+    state = sampler.state()
+    ahead = [sampler.next() for _ in range(4)]
+    again = EpochSampler(n=10, batch_size=3, seed=5)
+    again.load_state(state)
+    assert all(torch.equal(a, b) for a, b in zip(ahead, [again.next() for _ in range(4)]))
+    assert not torch.equal(first_of_epoch1, epoch0[:3])  # a new order each epoch
+    with pytest.raises(ValueError, match="batch_size=3, this run 4"):
+        EpochSampler(n=10, batch_size=4, seed=5).load_state(state)
+    with pytest.raises(ValueError, match="exceeds the 10 training pairs"):
+        EpochSampler(n=10, batch_size=11, seed=0)
