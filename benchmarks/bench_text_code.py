@@ -63,8 +63,18 @@ def mine(out: Path, max_files: int | None) -> Path:
 
 
 def evaluate(corpus: Path, out: Path, name: str, args, *extra: str) -> dict:
-    cmd = [*MMSSL, "eval", "--data", str(corpus), "--partition", "test", "--json",
-           "--max-pairs", str(args.test_pairs), *extra]
+    cmd = [
+        *MMSSL,
+        "eval",
+        "--data",
+        str(corpus),
+        "--partition",
+        "test",
+        "--json",
+        "--max-pairs",
+        str(args.test_pairs),
+        *extra,
+    ]
     result = json.loads(run(cmd, out / f"eval-{name}.log"))
     return result
 
@@ -73,9 +83,28 @@ def probe_and_train(corpus: Path, out: Path, name: str, minutes: float, train_ar
     run_dir = out / name
     probe_dir = out / f"{name}-probe"
     probe_steps = 12
-    run([*MMSSL, "train", "--train", str(corpus), "--out", str(probe_dir), "--max-steps", str(probe_steps),
-         "--eval-every", "0", "--save-every", "0", "--log-every", "1", "--warmup-steps", "1", *train_args],
-        out / f"{name}-probe.log")
+    run(
+        [
+            *MMSSL,
+            "train",
+            "--train",
+            str(corpus),
+            "--out",
+            str(probe_dir),
+            "--max-steps",
+            str(probe_steps),
+            "--eval-every",
+            "0",
+            "--save-every",
+            "0",
+            "--log-every",
+            "1",
+            "--warmup-steps",
+            "1",
+            *train_args,
+        ],
+        out / f"{name}-probe.log",
+    )
     rows = [json.loads(x) for x in (probe_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r and r["step"] > 2]
     batch = int(train_args[train_args.index("--batch-size") + 1])
@@ -84,10 +113,32 @@ def probe_and_train(corpus: Path, out: Path, name: str, minutes: float, train_ar
     steps = max(20, int(0.9 * minutes * 60 / per_step))
     print(f"{name}: {per_step:.2f} s/step in the probe -> {steps} steps for {minutes} min", flush=True)
     start = time.monotonic()
-    run([*MMSSL, "train", "--train", str(corpus), "--out", str(run_dir), "--max-steps", str(steps),
-         "--max-minutes", str(minutes), "--warmup-steps", str(max(10, steps // 20)), "--log-every", "10",
-         "--eval-every", str(max(50, steps // 6)), "--save-every", str(max(50, steps // 6)),
-         "--eval-max-pairs", "1000", *train_args], out / f"{name}-train.log")
+    run(
+        [
+            *MMSSL,
+            "train",
+            "--train",
+            str(corpus),
+            "--out",
+            str(run_dir),
+            "--max-steps",
+            str(steps),
+            "--max-minutes",
+            str(minutes),
+            "--warmup-steps",
+            str(max(10, steps // 20)),
+            "--log-every",
+            "10",
+            "--eval-every",
+            str(max(50, steps // 6)),
+            "--save-every",
+            str(max(50, steps // 6)),
+            "--eval-max-pairs",
+            "1000",
+            *train_args,
+        ],
+        out / f"{name}-train.log",
+    )
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if "samples_per_s" in r and r["step"] > 1]
     return {
@@ -129,10 +180,22 @@ def main() -> None:
         results = json.loads(saved.read_text())["rows"]
 
     def save():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), platform.processor())
-        meta = {"date": started.strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(),
-                "minutes": args.minutes, "test_pairs": args.test_pairs, "corpus": str(corpus)}
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        meta = {
+            "date": started.strftime("%Y-%m-%d"),
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "minutes": args.minutes,
+            "test_pairs": args.test_pairs,
+            "corpus": str(corpus),
+        }
         saved.write_text(json.dumps({"meta": meta, "rows": results}, indent=2))
 
     if "bm25" in only and "bm25" not in results:
@@ -142,10 +205,35 @@ def main() -> None:
         results["minilm"] = evaluate(corpus, out, "minilm", args, "--baseline-model", "minilm")["baselines"]["baseline"]
         save()
     trained = {
-        "scratch": ["--preset", "mini", "--batch-size", "128", "--lr", "1e-3", "--max-code-length", "192",
-                    "--max-text-length", "48", "--vocab-size", "16000"],
-        "minilm-ft": ["--text-init", "minilm", "--shared", "--batch-size", "32", "--lr", "3e-5",
-                      "--max-code-length", "256", "--max-text-length", "64", "--weight-decay", "0.01"],
+        "scratch": [
+            "--preset",
+            "mini",
+            "--batch-size",
+            "128",
+            "--lr",
+            "1e-3",
+            "--max-code-length",
+            "192",
+            "--max-text-length",
+            "48",
+            "--vocab-size",
+            "16000",
+        ],
+        "minilm-ft": [
+            "--text-init",
+            "minilm",
+            "--shared",
+            "--batch-size",
+            "32",
+            "--lr",
+            "3e-5",
+            "--max-code-length",
+            "256",
+            "--max-text-length",
+            "64",
+            "--weight-decay",
+            "0.01",
+        ],
     }
     for name, train_args in trained.items():
         if name in only and name not in results:
@@ -155,17 +243,23 @@ def main() -> None:
             save()
 
     print()
-    print(f"Text-code retrieval, test split of {corpus.name} (up to {args.test_pairs} pairs), "
-          f"{started:%Y-%m-%d}, {os.cpu_count()} CPU cores")
+    print(
+        f"Text-code retrieval, test split of {corpus.name} (up to {args.test_pairs} pairs), "
+        f"{started:%Y-%m-%d}, {os.cpu_count()} CPU cores"
+    )
     print(f"{'model':<24} {'MRR':>7} {'±chunk sd':>9} {'R@1':>6} {'R@10':>6} {'train samples/s':>15} {'steps':>6}")
     for name, r in results.items():
         t = r.get("train", {})
         sps = f"{t['samples_per_s']:.1f}" if t else "-"
-        print(f"{name:<24} {r['mrr']:7.4f} {r['mrr_chunk_std']:9.4f} {r['recall@1']:6.3f} {r['recall@10']:6.3f}"
-              f" {sps:>15} {t.get('steps', '-'):>6}")
+        print(
+            f"{name:<24} {r['mrr']:7.4f} {r['mrr_chunk_std']:9.4f} {r['recall@1']:6.3f} {r['recall@10']:6.3f}"
+            f" {sps:>15} {t.get('steps', '-'):>6}"
+        )
     for name, ref in (("scratch", "bm25"), ("minilm-ft", "minilm")):
         if name in results and ref in results and "chunk_mrrs" in results[name]:
-            print(f"{name} vs {ref}, paired over chunks: {paired(results[name]['chunk_mrrs'], results[ref]['chunk_mrrs'])}")
+            print(
+                f"{name} vs {ref}, paired over chunks: {paired(results[name]['chunk_mrrs'], results[ref]['chunk_mrrs'])}"
+            )
 
 
 if __name__ == "__main__":

@@ -46,30 +46,20 @@ def _hidden_size(init: str) -> int:
 
 def build_model(config, train: Pairs) -> DualEncoder:
     """The dual encoder a ``TrainConfig`` describes; tokenizers trained on ``train`` where needed."""
-    towers = {
-        "text": TowerConfig(
-            init=config.text_init,
-            arch=config.arch,
-            preset=config.preset,
-            pooling=config.pooling,
-            max_length=config.max_text_length,
-        ),
-        "code": TowerConfig(
-            init=config.code_init,
-            arch=config.arch,
-            preset=config.preset,
-            pooling=config.pooling,
-            max_length=config.max_code_length,
-        ),
-    }
-    if config.shared:
-        towers["code"] = towers["text"] = TowerConfig(
-            init=config.text_init,
-            arch=config.arch,
-            preset=config.preset,
-            pooling=config.pooling,
-            max_length=max(config.max_text_length, config.max_code_length),
+
+    def tower(init: str | None, max_length: int) -> TowerConfig:
+        return TowerConfig(
+            init=init, arch=config.arch, preset=config.preset, pooling=config.pooling, max_length=max_length
         )
+
+    if config.shared:
+        both = tower(config.text_init, max(config.max_text_length, config.max_code_length))
+        towers = {"text": both, "code": both}
+    else:
+        towers = {
+            "text": tower(config.text_init, config.max_text_length),
+            "code": tower(config.code_init, config.max_code_length),
+        }
     embed_dim = config.embed_dim
     if embed_dim is None:
         init = config.text_init or config.code_init

@@ -76,7 +76,10 @@ def test_codesearchnet_mrr_matches_loop_reference_with_ties(n, chunk, seed):
 
 def test_drops_last_partial_chunk():
     n = 2500
-    perfect = lambda qi, ci: (qi[:, None] == ci[None, :]).astype(np.float64)
+
+    def perfect(qi, ci):
+        return (qi[:, None] == ci[None, :]).astype(np.float64)
+
     r = E.codesearchnet_mrr(perfect, n, chunk_size=1000, seed=0)
     assert (r.n_queries_used, r.n_chunks, r.chunk_size, r.short_set) == (2000, 2, 1000, False)
     perm = np.random.default_rng(0).permutation(n)

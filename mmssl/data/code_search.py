@@ -37,12 +37,13 @@ import gzip
 import json
 import logging
 import os
-import secrets
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
+
+from mmssl.io import atomic_file
 
 if TYPE_CHECKING:
     import datasets
@@ -305,33 +306,24 @@ def write_code_search(records: Iterable[Mapping[str, Any]], out_path: PathLike) 
     out = Path(out_path)
     if not out.name.endswith(SHARD_SUFFIXES):
         raise ValueError(f"{out}: the output name must end with .jsonl or .jsonl.gz")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     n = 0
-    try:
-        with open(tmp, "xb") as raw:
-            stream: IO[bytes] = (
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if out.name.endswith(".gz") else raw
-            )
-            try:
-                for n, obj in enumerate(records, start=1):
-                    try:
-                        record = _normalize_record(dict(obj) if isinstance(obj, Mapping) else obj)
-                        line = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
-                    except _BadRecord as e:
-                        raise DataError(out, n, f"record {n}: {e.what}") from None
-                    except (TypeError, ValueError) as e:  # not JSON-serializable, lone surrogates
-                        raise DataError(out, n, f"record {n} cannot be written: {e}") from None
-                    stream.write(line)
-            finally:
-                if stream is not raw:
-                    stream.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(out, "wb") as raw:
+        stream: IO[bytes] = (
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if out.name.endswith(".gz") else raw
+        )
+        try:
+            for n, obj in enumerate(records, start=1):
+                try:
+                    record = _normalize_record(dict(obj) if isinstance(obj, Mapping) else obj)
+                    line = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+                except _BadRecord as e:
+                    raise DataError(out, n, f"record {n}: {e.what}") from None
+                except (TypeError, ValueError) as e:  # not JSON-serializable, lone surrogates
+                    raise DataError(out, n, f"record {n} cannot be written: {e}") from None
+                stream.write(line)
+        finally:
+            if stream is not raw:
+                stream.close()
     return n
 
 
