@@ -191,10 +191,14 @@ class Trainer:
                     )
                 out_of_time = cfg.max_minutes is not None and (time.monotonic() - start) / 60 >= cfg.max_minutes
                 done = self.step >= cfg.max_steps or out_of_time
+                paused = False
                 if self.valid_fn and ((cfg.eval_every and self.step % cfg.eval_every == 0) or done):
-                    last_valid = self.validate(metrics)
+                    last_valid, paused = self.validate(metrics), True
                 if (cfg.save_every and self.step % cfg.save_every == 0) or done:
                     self.save_checkpoint()
+                    paused = True
+                if paused:  # samples/s measures training alone: restart the window after eval/save
+                    samples, t_last = 0, time.monotonic()
                 if out_of_time:
                     log.info("stopping at step %d: --max-minutes %.1f reached", self.step, cfg.max_minutes)
                     break
