@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install test bench demo clean
+.PHONY: install test lint bench demo clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mmssl indexing demo tests benchmarks
+	$(VENV)/bin/ruff format --check mmssl indexing demo tests benchmarks
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_infonce.py

@@ -45,18 +45,20 @@ class _ChunkedSymmetricInfoNCE(torch.autograd.Function):
         col_valid = a.new_full((n,), float(n))
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
-            logits = scale * (a[start:end] @ b.T)  # (C, N)
+            logits = (a[start:end] @ b.T).mul_(scale)  # (C, N)
             mask = _duplicate_mask(ids[start:end] if ids is not None else None, ids, start)
             if mask is not None:
-                logits = logits.masked_fill(mask, -math.inf)
+                logits.masked_fill_(mask, -math.inf)
                 row_valid[start:end] -= mask.sum(1)
                 col_valid -= mask.sum(0)
             row_lse[start:end] = torch.logsumexp(logits, dim=1)
             col_lse = torch.logaddexp(col_lse, torch.logsumexp(logits, dim=0))
             if smoothing:
-                finite = logits if mask is None else logits.masked_fill(mask, 0.0)
-                row_sum[start:end] = finite.sum(1)
-                col_sum += finite.sum(0)
+                if mask is not None:
+                    logits.masked_fill_(mask, 0.0)
+                row_sum[start:end] = logits.sum(1)
+                col_sum += logits.sum(0)
+            del logits
         pos = scale * (a * b).sum(1)  # (N,)
         loss_row = row_lse - pos
         loss_col = col_lse - pos
@@ -80,23 +82,28 @@ class _ChunkedSymmetricInfoNCE(torch.autograd.Function):
         coef = grad_out / (2 * n)
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
-            sims = a[start:end] @ b.T  # (C, N), unscaled
-            logits = scale * sims
+            # In place throughout: at most two (C, N) buffers are alive at once.
+            logits = (a[start:end] @ b.T).mul_(scale)  # (C, N)
             mask = _duplicate_mask(ids[start:end] if ids is not None else None, ids, start)
             if mask is not None:
-                logits = logits.masked_fill(mask, -math.inf)
-            g = torch.exp(logits - row_lse[start:end, None]) + torch.exp(logits - col_lse[None, :])  # (C, N)
+                logits.masked_fill_(mask, -math.inf)
+            g = torch.sub(logits, row_lse[start:end, None]).exp_()  # row softmax
+            g += logits.sub_(col_lse[None, :]).exp_()  # + column softmax
+            del logits
             rows = torch.arange(end - start, device=a.device)
             g[rows, rows + start] -= 2.0 * (1.0 - eps)
             if eps:
-                uniform = eps / row_valid[start:end, None] + eps / col_valid[None, :]  # (C, N)
-                g -= uniform if mask is None else uniform.masked_fill(mask, 0.0)
+                g -= eps / row_valid[start:end, None]
+                g -= eps / col_valid[None, :]
+                if mask is not None:
+                    g.masked_fill_(mask, 0.0)
             g *= coef
-            if mask is not None:
-                sims = sims.masked_fill(mask, 0.0)
-            grad_a[start:end] = scale * (g @ b)  # (C, D)
-            grad_b += scale * (g.T @ a[start:end])  # (N, D)
-            grad_scale += (g * sims).sum()
+            g_b = g @ b  # (C, D): d loss / d a, divided by the scale
+            grad_a[start:end] = scale * g_b
+            grad_b.addmm_(g.T, a[start:end], alpha=float(scale))  # (N, D)
+            # d loss / d scale = sum_ij g_ij <a_i, b_j> = sum_i <a_i, (g b)_i>: no (C, N) sims kept.
+            grad_scale += (g_b * a[start:end]).sum()
+            del g
         return grad_a, grad_b, grad_scale.reshape(scale.shape), None, None, None
 
 
@@ -116,7 +123,9 @@ class InfoNCELoss(nn.Module):
     Distributed (``torch.distributed`` initialized): both sides are all-gathered with gradient.
     ``local_loss=False`` computes the full (N, N) loss on every rank; ``local_loss=True`` computes
     only this rank's rows and columns, (B, N) logits each, which is cheaper; the mean over ranks is
-    the same global loss. ``chunk_size`` selects the chunked form (full loss only): peak memory
+    the same global loss. The full loss runs through one custom autograd kernel that keeps no (N, N)
+    tensor for backward (it recomputes the logits there): peak memory about 2 N^2 floats, against
+    about 4 N^2 for open_clip's ``ClipLoss``. ``chunk_size`` splits it into blocks of rows: peak
     O(chunk_size * N) instead of O(N^2), same value and gradients to fp32 round-off.
 
     Shape: a (B, D), b (B, D), pair_ids (B,) -> scalar.
@@ -162,15 +171,17 @@ class InfoNCELoss(nn.Module):
                 pair_ids = all_gather_with_grad(pair_ids)
         if self.local_loss:
             loss = self._local(local_a, local_b, a, b, scale, local_ids, pair_ids)
-        elif self.chunk_size is not None:
-            # The chunk loop accumulates log-sum-exps across blocks: keep it in fp32 under autocast.
+        else:
+            # One custom-autograd kernel for both forms: the plain form is a single block of N rows
+            # (peak 2 N^2 floats: forward and backward work in place, and backward recomputes the
+            # logits rather than keeping them), the chunked form blocks of chunk_size rows. The
+            # block loop accumulates log-sum-exps across blocks: keep it in fp32 under autocast.
+            chunk = self.chunk_size or a.shape[0]
             dtype = torch.promote_types(a.dtype, torch.float32)
             with torch.autocast(device_type=a.device.type, enabled=False):
                 loss = _ChunkedSymmetricInfoNCE.apply(
-                    a.to(dtype), b.to(dtype), scale.to(dtype), pair_ids, self.chunk_size, self.label_smoothing
+                    a.to(dtype), b.to(dtype), scale.to(dtype), pair_ids, chunk, self.label_smoothing
                 )
-        else:
-            loss = self._full(a, b, scale, pair_ids)
         return {"contrastive_loss": loss} if output_dict else loss
 
     def _ce(self, logits: Tensor, labels: Tensor, mask: Tensor | None) -> Tensor:
@@ -185,16 +196,6 @@ class InfoNCELoss(nn.Module):
             mean_valid = logits.masked_fill(mask, 0.0).sum(1) / (~mask).sum(1)
             ce = (1 - eps) * ce + eps * (lse - mean_valid)
         return ce
-
-    def _full(self, a: Tensor, b: Tensor, scale: Tensor, ids: Tensor | None) -> Tensor:
-        logits = scale * (a @ b.T)  # (N, N)
-        labels = torch.arange(a.shape[0], device=a.device)
-        mask = _duplicate_mask(ids, ids)
-        if mask is None and not self.label_smoothing:
-            return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-        row = self._ce(logits, labels, mask).mean()
-        col = self._ce(logits.T, labels, None if mask is None else mask.T).mean()
-        return 0.5 * (row + col)
 
     def _local(self, la, lb, a, b, scale, local_ids, ids) -> Tensor:
         offset = rank_offset(la.shape[0], la.device)
