@@ -42,11 +42,6 @@ class Pairs:
     def __len__(self) -> int:
         return len(self.queries)
 
-    def take(self, n: int | None) -> Pairs:
-        if n is None or n >= len(self):
-            return self
-        return Pairs(self.queries[:n], self.candidates[:n], self.ids[:n])
-
     def sample(self, n: int | None, seed: int = 0) -> Pairs:
         """A seeded random subset of ``n`` pairs, in their original order (all if n is None or larger)."""
         if n is None or n >= len(self):

@@ -67,17 +67,18 @@ def build_model(config, train: Pairs) -> DualEncoder:
     tokenizers = {}
     sample = slice(0, TOKENIZER_SAMPLE)
     if config.shared and not config.text_init:
-        tok = train_bpe_tokenizer(train.queries[sample] + train.candidates[sample], config.vocab_size)
+        texts = train.queries[sample] + train.candidates[sample]
+        tok = train_bpe_tokenizer(texts, config.vocab_size, split_identifiers=config.split_identifiers)
         tokenizers = {"text": tok, "code": tok}
     else:
-        if not config.text_init:
-            tokenizers["text"] = train_bpe_tokenizer(
-                train.queries[sample], config.vocab_size, max_length=config.max_text_length
-            )
-        if not config.code_init:
-            tokenizers["code"] = train_bpe_tokenizer(
-                train.candidates[sample], config.vocab_size, max_length=config.max_code_length
-            )
+        for side, texts, max_length, init in (
+            ("text", train.queries, config.max_text_length, config.text_init),
+            ("code", train.candidates, config.max_code_length, config.code_init),
+        ):
+            if not init:
+                tokenizers[side] = train_bpe_tokenizer(
+                    texts[sample], config.vocab_size, max_length=max_length, split_identifiers=config.split_identifiers
+                )
     dual = DualEncoderConfig(
         modalities=("text", "code"),
         towers=towers,
@@ -96,7 +97,8 @@ def build_text_code(config, device: torch.device) -> tuple[ContrastiveTask, Call
             f"{config.train}: {len(train)} training pairs (partition {config.train_partition!r}), "
             f"fewer than --batch-size {config.batch_size}"
         )
-    valid = load_pairs(config.valid or config.train, config.valid_partition).take(config.eval_max_pairs)
+    # A seeded sample, not the first pairs: those would come from one or two repositories.
+    valid = load_pairs(config.valid or config.train, config.valid_partition).sample(config.eval_max_pairs, seed=0)
     log.info("text-code: %d training pairs, %d validation pairs", len(train), len(valid))
     model = build_model(config, train).to(device)
     loss = InfoNCELoss(label_smoothing=config.label_smoothing)

@@ -56,12 +56,18 @@ class TrainConfig:
     code_init: str | None = field(default=None, metadata={"help": "code tower: model dir, hub name or 'minilm'"})
     shared: bool = field(default=False, metadata={"help": "one tower for both sides"})
     arch: Literal["bert", "roberta", "gpt2"] = field(default="roberta", metadata={"help": "from-scratch arch"})
-    preset: str = field(default="small", metadata={"help": "from-scratch size: tiny, mini, small, base"})
+    preset: str = field(
+        default="small", metadata={"help": "from-scratch size: nbow (no layer), tiny, mini, small, base"}
+    )
     pooling: Literal["cls", "mean", "last"] = field(default="mean", metadata={"help": "pooling of the towers"})
     embed_dim: int | None = field(
         default=None, metadata={"help": "shared size (default: the pretrained tower's, or 256)"}
     )
     vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary trained on the corpus"})
+    split_identifiers: bool = field(
+        default=True,
+        metadata={"help": "corpus BPE: split camelCase/snake_case into lowercase words (false: plain byte-level)"},
+    )
     max_text_length: int = field(default=64, metadata={"help": "query tokens"})
     max_code_length: int = field(default=256, metadata={"help": "code tokens"})
     # optimization

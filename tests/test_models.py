@@ -146,3 +146,43 @@ def test_minilm_tower_starts_as_the_sentence_transformers_model():
     m = enc["attention_mask"].unsqueeze(-1).float()
     ref = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
     torch.testing.assert_close(model.embed("text", sentences), ref, atol=1e-5, rtol=1e-4)
+
+
+def test_nbow_preset_is_a_bag_of_embeddings(tokenizer, tmp_path):
+    # No transformer layer: the pooled output is the masked mean of the embedding layer's output,
+    # and the saved tower still loads with transformers alone.
+    from transformers import AutoModel
+
+    nbow = TowerConfig(preset="nbow", max_length=32)
+    cfg = DualEncoderConfig(towers={"text": nbow, "code": nbow}, shared=True, embed_dim=8)
+    model = DualEncoder.build(cfg, {"text": tokenizer, "code": tokenizer}).eval()
+    backbone = model.towers["text"].backbone
+    assert backbone.config.num_hidden_layers == 0
+    batch = model.tokenize("text", TEXTS[:3])
+    with torch.no_grad():
+        hidden = backbone.embeddings(input_ids=batch["input_ids"])
+        want = torch.nn.functional.normalize(model.towers["text"].proj(pool(hidden, batch["attention_mask"], "mean")))
+        torch.testing.assert_close(model.encode("text", batch), want)
+    model.save_pretrained(tmp_path / "m")
+    assert AutoModel.from_pretrained(tmp_path / "m" / "towers" / "text").config.num_hidden_layers == 0
+
+
+def test_split_identifiers_tokenizer_shares_words_between_code_and_prose(tmp_path):
+    from transformers import AutoTokenizer
+
+    corpus = ["def getUserName(self):\n    return self._user_name", "Return the user name of the HTTPServer."] * 30
+    plain = train_bpe_tokenizer(corpus, vocab_size=300, min_frequency=1)
+    split = train_bpe_tokenizer(corpus, vocab_size=300, min_frequency=1, split_identifiers=True)
+
+    def words(tok, text):
+        return set(tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"]))
+
+    code, prose = "getUserName(self) or self._user_name", "the user name"
+    # Plain byte-level BPE: "user" in an identifier and " user" in prose are different tokens.
+    assert not {"user", "name"} <= words(plain, code) & words(plain, prose)
+    assert {"user", "name"} <= words(split, code) & words(split, prose)
+    assert {"http", "server"} <= words(split, "HTTPServer")
+    # The splitting lives in tokenizer.json: the saved tokenizer alone reproduces it.
+    split.save_pretrained(tmp_path)
+    again = AutoTokenizer.from_pretrained(tmp_path)
+    assert again(code)["input_ids"] == split(code)["input_ids"]

