@@ -17,7 +17,7 @@ from mmssl.data.code_search import read_code_search
 from mmssl.evaluate import codesearchnet_mrr_embeddings, recall_at_k
 from mmssl.losses import InfoNCELoss
 from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
-from mmssl.models.text import resolve_init
+from mmssl.models.text import resolve_init, set_dropout
 from mmssl.models.tokenizer import train_bpe_tokenizer
 from mmssl.tasks import ContrastiveTask, Pairs
 
@@ -52,14 +52,12 @@ def build_model(config, train: Pairs) -> DualEncoder:
             init=init, arch=config.arch, preset=config.preset, pooling=config.pooling, max_length=max_length
         )
 
-    if config.shared:
-        both = tower(config.text_init, max(config.max_text_length, config.max_code_length))
-        towers = {"text": both, "code": both}
-    else:
-        towers = {
-            "text": tower(config.text_init, config.max_text_length),
-            "code": tower(config.code_init, config.max_code_length),
-        }
+    # Shared towers: one backbone (DualEncoder.build sizes it for the longer side), but each side
+    # keeps its own truncation length.
+    towers = {
+        "text": tower(config.text_init, config.max_text_length),
+        "code": tower(config.text_init if config.shared else config.code_init, config.max_code_length),
+    }
     embed_dim = config.embed_dim
     if embed_dim is None:
         init = config.text_init or config.code_init
@@ -101,6 +99,9 @@ def build_text_code(config, device: torch.device) -> tuple[ContrastiveTask, Call
     valid = load_pairs(config.valid or config.train, config.valid_partition).sample(config.eval_max_pairs, seed=0)
     log.info("text-code: %d training pairs, %d validation pairs", len(train), len(valid))
     model = build_model(config, train).to(device)
+    if config.dropout is not None:
+        n = set_dropout(model, config.dropout)
+        log.info("dropout %.2f in %d layers", config.dropout, n)
     loss = InfoNCELoss(label_smoothing=config.label_smoothing)
     task = ContrastiveTask(model, loss, train)
     valid_fn = (lambda m: evaluate_pairs(m, valid)) if len(valid) else None

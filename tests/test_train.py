@@ -176,3 +176,54 @@ def test_train_command_end_to_end_and_eval_json(code_corpus, tmp_path, capsys):
     assert len(report["chunk_mrrs"]) == 1 and report["chunk_mrrs"][0] == pytest.approx(report["mrr"])
     assert cli.main(["train", "--train", code_corpus, "--batch-size", "100000", "--out", str(out)]) == 2
     assert "fewer than --batch-size" in capsys.readouterr().err
+
+
+def test_towers_train_with_dropout_from_the_first_step_to_the_last(code_corpus, tmp_path):
+    """A tower loaded with from_pretrained arrives in eval mode; the run must not train its first
+    steps without dropout and switch at the first validation (nor differ from a resumed copy)."""
+    config = tiny_config(code_corpus, tmp_path / "run", max_steps=4, eval_every=2)
+    task, valid_fn = build_text_code(config, CPU)
+    task.model.towers["text"].backbone.eval()  # as from_pretrained leaves it
+    modes = []
+    dropout = next(m for m in task.model.towers["text"].modules() if isinstance(m, torch.nn.Dropout))
+    dropout.register_forward_pre_hook(lambda m, _: modes.append(m.training))
+    real = task.training_forward
+    in_step = []
+
+    def tracked(batch):
+        in_step.append(len(modes))
+        return real(batch)
+
+    task.training_forward = tracked
+    Trainer(task, config, valid_fn, CPU).fit()
+    during_steps = [modes[i] for i in in_step]  # the first dropout call of each step
+    assert len(during_steps) == 4 and all(during_steps)
+    assert not all(modes)  # validation ran in eval mode
+
+
+def test_dropout_override_sets_every_layer_and_zero_makes_training_deterministic(code_corpus, tmp_path):
+    config = tiny_config(code_corpus, tmp_path / "run", dropout=0.0)
+    task, _ = build_text_code(config, CPU)
+    layers = [m for m in task.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert layers and all(m.p == 0.0 for m in layers)
+    task.model.train()
+    batch = task.model.tokenize("code", ["def f(x):\n    return x + 1"] * 2)
+    assert torch.equal(task.model.encode("code", batch), task.model.encode("code", batch))
+    with pytest.raises(ValueError, match="dropout"):
+        build_text_code(dataclasses.replace(config, dropout=1.5), CPU)
+
+
+def test_shared_tower_truncates_each_side_at_its_own_length(code_corpus, tmp_path):
+    config = tiny_config(code_corpus, tmp_path / "run", shared=True, max_text_length=8, max_code_length=40)
+    task, _ = build_text_code(config, CPU)
+    long = " ".join(["word"] * 100)
+    assert task.model.tokenize("text", [long])["input_ids"].shape[1] == 8
+    assert task.model.tokenize("code", [long])["input_ids"].shape[1] == 40
+    task.model.save_pretrained(tmp_path / "m")
+    from mmssl.models import DualEncoder
+
+    loaded = DualEncoder.from_pretrained(tmp_path / "m")
+    assert loaded.tokenize("text", [long])["input_ids"].shape[1] == 8
+    assert loaded.tokenize("code", [long])["input_ids"].shape[1] == 40
+    emb = loaded.embed("code", [long])
+    assert torch.allclose(emb, task.model.embed("code", [long]), atol=1e-5)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -87,7 +87,11 @@ class DualEncoder(nn.Module):
         """New towers from their configs; ``tokenizers`` are needed for from-scratch towers."""
         tokenizers = tokenizers or {}
         first, second = config.modalities
-        tower = TextTower.build(config.towers[first], config.embed_dim, tokenizers.get(first))
+        tcfg = config.towers[first]
+        if config.shared:  # one backbone for both sides: long enough for the longer one
+            longest = max(config.towers[m].max_length for m in config.modalities)
+            tcfg = replace(tcfg, max_length=longest)
+        tower = TextTower.build(tcfg, config.embed_dim, tokenizers.get(first))
         other = (
             tower if config.shared else TextTower.build(config.towers[second], config.embed_dim, tokenizers.get(second))
         )
@@ -111,7 +115,8 @@ class DualEncoder(nn.Module):
         return self.encode("code", batch, normalize)
 
     def tokenize(self, modality: str, texts: list[str]) -> dict[str, Tensor]:
-        return self.towers[modality].tokenize(texts, self.device)
+        """Each modality is truncated at its own ``max_length``, also when the towers are shared."""
+        return self.towers[modality].tokenize(texts, self.device, self.config.towers[modality].max_length)
 
     def forward(self, batch_a: dict[str, Tensor], batch_b: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Both sides of a batch of pairs -> (emb_a (B, D), emb_b (B, D), logit_scale.exp())."""

@@ -171,11 +171,12 @@ class TextTower(nn.Module):
         )
         return cls(AutoModel.from_config(bcfg), tokenizer, config, embed_dim)
 
-    def tokenize(self, texts: list[str], device: torch.device | None = None) -> dict[str, Tensor]:
-        """Right-padded to the longest text of the batch, truncated at ``max_length``."""
-        batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
-        )
+    def tokenize(
+        self, texts: list[str], device: torch.device | None = None, max_length: int | None = None
+    ) -> dict[str, Tensor]:
+        """Right-padded to the longest text of the batch, truncated at ``max_length`` (default: the tower's)."""
+        max_length = max_length or self.config.max_length
+        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         return {k: v.to(device) for k, v in batch.items()} if device is not None else dict(batch)
 
@@ -183,6 +184,17 @@ class TextTower(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state  # (B, T, H)
         return self.proj(pool(hidden, attention_mask, self.config.pooling))  # (B, D)
+
+
+def set_dropout(module: nn.Module, p: float) -> int:
+    """Set the probability of every ``nn.Dropout`` in ``module`` (transformers' attention reads its
+    ``dropout.p`` too); the saved model config keeps its own values. Returns how many were set."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1); got {p}")
+    layers = [m for m in module.modules() if isinstance(m, nn.Dropout)]
+    for m in layers:
+        m.p = p
+    return len(layers)
 
 
 def _load_backbone(path: str) -> nn.Module:
