@@ -38,6 +38,8 @@ COMMANDS: dict[str, Command] = {
         "mmssl.data.mine", "MineCodeConfig", "mine a CodeSearchNet-format corpus from Python source trees", "sources"
     ),
     "train": Command("mmssl.train", "TrainConfig", "train a dual encoder (text-code) with symmetric InfoNCE"),
+    "pretrain mlm": Command("mmssl.pretrain.run", "MLMConfig", "pretrain a masked language model (BERT/RoBERTa)"),
+    "pretrain clm": Command("mmssl.pretrain.run", "CLMConfig", "pretrain a causal language model (GPT-2)"),
     "eval": Command("mmssl.eval_cmd", "EvalConfig", "MRR (CodeSearchNet protocol) and recall@k, with baselines"),
 }
 

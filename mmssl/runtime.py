@@ -56,6 +56,18 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, from /proc/cpuinfo; False
+    where that cannot be read). Without it, bf16 autocast on CPU is emulated and many times slower
+    than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def check_precision(precision: str, device: torch.device) -> Precision:
     """Validate a precision for a device; raises ValueError naming what is unsupported."""
     if precision not in PRECISIONS:
@@ -64,6 +76,14 @@ def check_precision(precision: str, device: torch.device) -> Precision:
         raise ValueError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp16")
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("--precision fp16 is for GPUs; on CPU use bf16 or fp32")
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        import warnings
+
+        warnings.warn(
+            "--precision bf16 on a CPU without AVX512-BF16/AMX: bf16 is emulated here and runs many times "
+            "slower than fp32 (measured: 0.2 vs 3.4 samples/s fine-tuning MiniLM on an AVX2 EPYC); use fp32",
+            stacklevel=2,
+        )
     return precision  # type: ignore[return-value]
 
 

@@ -110,8 +110,18 @@ class ContrastiveTask:
     and a report with the temperature and the in-batch top-1 accuracy (query -> candidate).
     """
 
+    metric, greater_is_better = "mrr", True  # the validation metric that picks the best model
+    loss_name = "InfoNCE loss"
+
     def __init__(self, model: DualEncoder, loss: InfoNCELoss, data: Pairs) -> None:
         self.model, self.loss, self.data = model, loss, data
+
+    def save_pretrained(self, path) -> None:
+        self.model.save_pretrained(path)
+
+    def load_pretrained_state(self, path) -> None:
+        """Load the weights of a directory written by ``save_pretrained`` into this task's model."""
+        self.model.load_state_dict(DualEncoder.from_pretrained(path).state_dict())
 
     def batch(self, indices: Tensor) -> dict:
         idx = indices.tolist()

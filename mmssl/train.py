@@ -1,5 +1,10 @@
 """The training engine: one loop for every task, and ``mmssl train``.
 
+A task (``mmssl.tasks.ContrastiveTask``, ``mmssl.pretrain.MLMTask``/``CLMTask``) gives
+``batch(indices)``, ``training_forward(batch) -> (losses, report)``, ``data`` (its length and
+``fingerprint()``), ``save_pretrained(dir)``/``load_pretrained_state(dir)``, and the validation
+metric that picks the best model (``metric``, ``greater_is_better``: MRR up, perplexity down).
+
 The loop: AdamW (no decay on biases, norms and the temperature) with linear warmup and cosine
 decay; gradient accumulation; gradient clipping; bf16/fp16 autocast; a guard that skips, counts
 and logs a step whose loss or gradient is not finite; periodic validation with the best model
@@ -9,8 +14,8 @@ a PNG of the curves.
 
 Output directory:
     OUT/metrics.jsonl          one JSON object per logged step and per validation
-    OUT/curves.png             training loss and validation MRR
-    OUT/best/                  the model with the best validation MRR (a DualEncoder directory)
+    OUT/curves.png             training loss and the validation metric
+    OUT/best/                  the model with the best validation metric (the task's save_pretrained)
     OUT/final/                 the model at the end of training
     OUT/checkpoints/last/      model/ + trainer_state.pt, for --resume
 
@@ -42,7 +47,33 @@ MAX_LOG_SCALE = math.log(100.0)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class EngineConfig:
+    """What the engine itself reads: optimization, precision, validation, checkpoints, logging.
+
+    Each training command's config (``TrainConfig`` here, the pretraining ones in
+    ``mmssl.pretrain``) extends it with its task's fields.
+    """
+
+    out: str = field(default="runs/text-code", metadata={"help": "output directory"})
+    batch_size: int = field(default=64, metadata={"help": "examples per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on biases/norms)"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    max_minutes: float | None = field(default=None, metadata={"help": "also stop after this wall time"})
+    clip_grad: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
+    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "autocast precision"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda, mps, cpu), cpu, cuda[:N], mps"})
+    seed: int = field(default=0, metadata={"help": "seed for init, data order, masking and dropout"})
+    eval_every: int = field(default=200, metadata={"help": "validate every N steps (0: only at the end)"})
+    save_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
+    log_every: int = field(default=10, metadata={"help": "log every N steps"})
+    resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoints/last"})
+
+
+@dataclass(frozen=True)
+class TrainConfig(EngineConfig):
     """Train a dual encoder with symmetric InfoNCE (``--config FILE`` reads TOML/YAML/JSON defaults)."""
 
     task: Literal["text-code"] = field(default="text-code", metadata={"help": "what to train"})
@@ -50,16 +81,21 @@ class TrainConfig:
     train_partition: str | None = field(default="train", metadata={"help": "keep records with this partition"})
     valid: str | None = field(default=None, metadata={"help": "validation data (default: the training source)"})
     valid_partition: str | None = field(default="valid", metadata={"help": "partition of the validation records"})
-    out: str = field(default="runs/text-code", metadata={"help": "output directory"})
+    batch_size: int = field(default=64, metadata={"help": "pairs per micro-batch (the InfoNCE negatives)"})
     # model
-    text_init: str | None = field(default=None, metadata={"help": "query tower: model dir, hub name or 'minilm'"})
+    text_init: str | None = field(
+        default=None,
+        metadata={"help": "query tower: model dir (e.g. an `mmssl pretrain` output), hub name or 'minilm'"},
+    )
     code_init: str | None = field(default=None, metadata={"help": "code tower: model dir, hub name or 'minilm'"})
     shared: bool = field(default=False, metadata={"help": "one tower for both sides"})
     arch: Literal["bert", "roberta", "gpt2"] = field(default="roberta", metadata={"help": "from-scratch arch"})
     preset: str = field(
         default="small", metadata={"help": "from-scratch size: nbow (no layer), tiny, mini, small, base"}
     )
-    pooling: Literal["cls", "mean", "last"] = field(default="mean", metadata={"help": "pooling of the towers"})
+    pooling: Literal["cls", "mean", "last"] = field(
+        default="mean", metadata={"help": "pooling: cls or mean (encoders), last or mean (causal models)"}
+    )
     embed_dim: int | None = field(
         default=None, metadata={"help": "shared size (default: the pretrained tower's, or 256)"}
     )
@@ -76,26 +112,9 @@ class TrainConfig:
     )
     max_text_length: int = field(default=64, metadata={"help": "query tokens"})
     max_code_length: int = field(default=256, metadata={"help": "code tokens"})
-    # optimization
-    batch_size: int = field(default=64, metadata={"help": "pairs per micro-batch (the InfoNCE negatives)"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
-    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (not on biases/norms)"})
-    warmup_steps: int = field(default=100, metadata={"help": "linear warmup steps"})
-    max_steps: int = field(default=1000, metadata={"help": "optimizer steps"})
-    max_minutes: float | None = field(default=None, metadata={"help": "also stop after this wall time"})
-    clip_grad: float = field(default=1.0, metadata={"help": "max gradient norm (0: off)"})
     temperature: float = field(default=0.07, metadata={"help": "initial temperature (learnable)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "InfoNCE label smoothing"})
-    precision: Literal["fp32", "bf16", "fp16"] = field(default="fp32", metadata={"help": "autocast precision"})
-    device: str = field(default="auto", metadata={"help": "auto (cuda, mps, cpu), cpu, cuda[:N], mps"})
-    seed: int = field(default=0, metadata={"help": "seed for init, data order and dropout"})
-    # validation, checkpoints, logging
-    eval_every: int = field(default=200, metadata={"help": "validate every N steps (0: only at the end)"})
     eval_max_pairs: int = field(default=2000, metadata={"help": "validation pairs used"})
-    save_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
-    log_every: int = field(default=10, metadata={"help": "log every N steps"})
-    resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoints/last"})
 
 
 def param_groups(params, weight_decay: float) -> list[dict]:
@@ -108,7 +127,7 @@ def param_groups(params, weight_decay: float) -> list[dict]:
 class Trainer:
     """Runs a task's ``training_forward`` in the loop described in the module docstring."""
 
-    def __init__(self, task, config: TrainConfig, valid_fn=None, device: torch.device | None = None) -> None:
+    def __init__(self, task, config: EngineConfig, valid_fn=None, device: torch.device | None = None) -> None:
         from transformers import get_cosine_schedule_with_warmup
 
         self.task, self.config, self.valid_fn = task, config, valid_fn
@@ -120,7 +139,8 @@ class Trainer:
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.max_steps)
         self.scaler = grad_scaler(self.precision, self.device)
         self.sampler = EpochSampler(len(task.data), config.batch_size, config.seed)
-        self.step, self.skipped, self.best = 0, 0, -math.inf
+        self.metric, self.sign = task.metric, 1.0 if task.greater_is_better else -1.0
+        self.step, self.skipped, self.best = 0, 0, -self.sign * math.inf
 
     # ---- one optimizer step ---------------------------------------------------------------------
 
@@ -217,9 +237,15 @@ class Trainer:
                 if out_of_time:
                     log.info("stopping at step %d: --max-minutes %.1f reached", self.step, cfg.max_minutes)
                     break
-        self.task.model.save_pretrained(self.out / "final")
-        plot_curves(metrics_path, self.out / "curves.png")
-        return {"step": self.step, "skipped": self.skipped, "best_mrr": self.best, "valid": last_valid}
+        self.task.save_pretrained(self.out / "final")
+        self.plot()
+        return {
+            "step": self.step,
+            "skipped": self.skipped,
+            "best": self.best,
+            "metric": self.metric,
+            "valid": last_valid,
+        }
 
     def validate(self, metrics) -> dict:
         result = {"step": self.step, "split": "valid", **self.valid_fn(self.task.model)}
@@ -228,11 +254,16 @@ class Trainer:
         log.info(
             "step %d valid: %s", self.step, "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
         )
-        if result.get("mrr", -math.inf) > self.best:
-            self.best = result["mrr"]
-            self.task.model.save_pretrained(self.out / "best")
-        plot_curves(self.out / "metrics.jsonl", self.out / "curves.png")
+        value = result[self.metric]
+        if self.sign * value > self.sign * self.best:
+            self.best = value
+            self.task.save_pretrained(self.out / "best")
+        self.plot()
         return result
+
+    def plot(self) -> None:
+        title = getattr(self.task, "loss_name", "training loss")
+        plot_curves(self.out / "metrics.jsonl", self.out / "curves.png", self.metric, title)
 
     # ---- checkpoints ----------------------------------------------------------------------------
 
@@ -252,12 +283,10 @@ class Trainer:
             "config": asdict(self.config),
         }
         with atomic_dir(self.out / "checkpoints" / "last") as tmp:
-            self.task.model.save_pretrained(tmp / "model")
+            self.task.save_pretrained(tmp / "model")
             torch.save(state, tmp / "trainer_state.pt")
 
     def load_checkpoint(self) -> None:
-        from mmssl.models import DualEncoder
-
         ckpt = self.out / "checkpoints" / "last"
         if not (ckpt / "trainer_state.pt").is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
@@ -265,8 +294,7 @@ class Trainer:
         state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
         if state["data_fingerprint"] != self.task.data.fingerprint():
             raise ValueError(f"--resume: {ckpt} was trained on other data than --train {self.config.train}")
-        saved = DualEncoder.from_pretrained(ckpt / "model")
-        self.task.model.load_state_dict(saved.state_dict())
+        self.task.load_pretrained_state(ckpt / "model")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -292,8 +320,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
         f.write("".join(line + "\n" for line in keep))
 
 
-def plot_curves(metrics_path: Path, png_path: Path) -> None:
-    """Training loss (left) and validation MRR (right) against the step, as a PNG."""
+def plot_curves(metrics_path: Path, png_path: Path, metric: str = "mrr", loss_title: str = "training loss") -> None:
+    """Training loss (left) and the validation ``metric`` (right) against the step, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -301,13 +329,13 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
 
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     train = [r for r in rows if "loss" in r]
-    valid = [r for r in rows if r.get("split") == "valid"]
+    valid = [r for r in rows if r.get("split") == "valid" and metric in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot([r["step"] for r in train], [r["loss"] for r in train])
-    ax1.set(xlabel="step", ylabel="training loss", title="InfoNCE loss")
+    ax1.set(xlabel="step", ylabel="training loss", title=loss_title)
     if valid:
-        ax2.plot([r["step"] for r in valid], [r["mrr"] for r in valid], marker="o")
-    ax2.set(xlabel="step", ylabel="MRR", title="validation MRR")
+        ax2.plot([r["step"] for r in valid], [r[metric] for r in valid], marker="o")
+    ax2.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
     fig.tight_layout()
     with atomic_file(png_path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)

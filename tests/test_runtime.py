@@ -36,9 +36,13 @@ def test_seed_everything_makes_runs_repeatable():
     assert first[0] == second[0] and first[1] == second[1] and torch.equal(first[2], second[2])
 
 
-def test_precision_checks_and_autocast_on_cpu():
+def test_precision_checks_and_autocast_on_cpu(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
     assert runtime.check_precision("bf16", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        assert runtime.check_precision("bf16", cpu) == "bf16"
     with pytest.raises(ValueError, match="fp16 is for GPUs"):
         runtime.check_precision("fp16", cpu)
     with pytest.raises(ValueError, match="must be one of"):

@@ -19,7 +19,8 @@ object with these fields (``CODE_SEARCH_FIELDS``)::
 
 Only the ``required`` fields (by default ``docstring`` and ``code``) must be present; a missing
 optional field reads as ``""`` or ``[]``, so a minimal ``{"docstring": ..., "code": ...}`` file
-works. Fields outside the list are kept as they are. ``null`` counts as missing.
+works. Fields outside the list are kept as they are; a required one must be a string (a text
+field such as ``caption``). ``null`` counts as missing.
 
 Blank lines are ignored, and so is a UTF-8 byte-order mark at the start of a file.
 Every problem in a file is a ``DataError`` whose message names the place: ``"{path}:{line}: {what}"``
@@ -165,6 +166,9 @@ def _normalize_record(obj: object, required: Iterable[str] = ("docstring", "code
     missing = [name for name in required if obj.get(name) is None]
     if missing:
         raise _BadRecord("missing_field", f"missing required field(s) {', '.join(map(repr, missing))}")
+    for name in required:
+        if name not in CODE_SEARCH_FIELDS and not isinstance(obj[name], str):
+            raise _BadRecord("wrong_type", f"field {name!r} must be a string, got {type(obj[name]).__name__}")
     record: dict[str, Any] = {}
     for name in CODE_SEARCH_FIELDS:
         value = obj.get(name)

@@ -144,6 +144,13 @@ class TextTower(nn.Module):
         self.backbone = backbone
         self.tokenizer = tokenizer
         self.config = config
+        check_pooling(backbone, config.pooling)
+        limit = max_positions(backbone)
+        if limit is not None and config.max_length > limit:
+            raise ValueError(
+                f"tower {config.init or config.arch}: max length {config.max_length} tokens exceeds the "
+                f"{limit} positions of the model; lower --max-text-length/--max-code-length"
+            )
         hidden = backbone.config.hidden_size
         self.proj = nn.Linear(hidden, embed_dim, bias=False)
         if config.init and hidden == embed_dim:
@@ -186,6 +193,41 @@ class TextTower(nn.Module):
         return self.proj(pool(hidden, attention_mask, self.config.pooling))  # (B, D)
 
 
+def is_causal(backbone: nn.Module) -> bool:
+    """Whether a backbone is decoder-only (each position sees only its left context): its model type
+    has a causal-LM class in ``transformers`` and no masked-LM class (GPT-2, Llama, ...; BERT and
+    RoBERTa have both and are encoders)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    kind = getattr(backbone.config, "model_type", None)
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
+def check_pooling(backbone: nn.Module, how: Pooling) -> None:
+    """Encoders pool ``cls`` or ``mean``; causal models ``last`` or ``mean`` (their first token has
+    seen nothing else; an encoder's last token is padding or a separator, trained for nothing)."""
+    causal = is_causal(backbone)
+    if causal and how == "cls":
+        raise ValueError(f"a causal model ({backbone.config.model_type}) pools 'last' or 'mean', not 'cls'")
+    if not causal and how == "last":
+        raise ValueError(f"an encoder ({backbone.config.model_type}) pools 'cls' or 'mean', not 'last'")
+
+
+def max_positions(backbone: nn.Module) -> int | None:
+    """How many tokens the backbone's position embeddings cover (None: no limit known)."""
+    cfg = backbone.config
+    n = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+    if n is None:
+        return None
+    embeddings = getattr(backbone, "embeddings", None)
+    if getattr(embeddings, "padding_idx", None) is not None:  # RoBERTa: positions start at pad_token_id + 1
+        n -= embeddings.padding_idx + 1
+    return int(n)
+
+
 def set_dropout(module: nn.Module, p: float) -> int:
     """Set the probability of every ``nn.Dropout`` in ``module`` (transformers' attention reads its
     ``dropout.p`` too); the saved model config keeps its own values. Returns how many were set."""
@@ -197,11 +239,38 @@ def set_dropout(module: nn.Module, p: float) -> int:
     return len(layers)
 
 
+# Weights of the language-model heads a tower drops (BERT, RoBERTa, GPT-2 and most others).
+LM_HEAD_PREFIXES = ("lm_head.", "cls.", "predictions.")
+
+
 def _load_backbone(path: str) -> nn.Module:
-    """The encoder part of a saved model: a causal/masked LM head, if any, is dropped."""
+    """The encoder part of a saved model: a causal/masked LM head, if any, is dropped.
+
+    transformers' own load report (a table of every dropped and new weight) is replaced by one
+    line: the expected differences (the LM head dropped, an unused pooler added) are logged at
+    INFO, anything else as a WARNING naming the weights.
+    """
     from transformers import AutoModel
 
-    return AutoModel.from_pretrained(path, use_safetensors=_has_safetensors(path))
+    from mmssl.console import get_logger
+
+    log = get_logger("models")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModel.from_pretrained(path, use_safetensors=_has_safetensors(path), output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    head = [k for k in info.get("unexpected_keys", []) if k.startswith(LM_HEAD_PREFIXES)]
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(LM_HEAD_PREFIXES)]
+    missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler.")]
+    if head:
+        log.info("%s: language-model head dropped (%d tensors)", path, len(head))
+    if unexpected:
+        log.warning("%s: %d weights not used by %s: %s", path, len(unexpected), type(model).__name__, unexpected[:5])
+    if missing:
+        log.warning("%s: %d weights not in the checkpoint, newly initialized: %s", path, len(missing), missing[:5])
+    return model
 
 
 def _has_safetensors(path: str) -> bool | None:
@@ -217,4 +286,4 @@ def _has_safetensors(path: str) -> bool | None:
     return None
 
 
-__all__ = ["KNOWN_TOWERS", "PRESETS", "TextTower", "TowerConfig", "pool", "resolve_init"]
+__all__ = ["KNOWN_TOWERS", "PRESETS", "TextTower", "TowerConfig", "is_causal", "max_positions", "pool", "resolve_init"]

@@ -1,0 +1,20 @@
+"""Self-supervised pretraining of text/code towers: masked LM (BERT-style) and causal LM (GPT-style).
+
+``corpus``: documents from JSONL fields, text files or ``datasets``, packed into full blocks.
+``tasks``: ``MLMTask`` and ``CLMTask`` for the one training engine (``mmssl.train.Trainer``).
+``run``: ``mmssl pretrain mlm|clm`` (``MLMConfig``, ``CLMConfig``, ``main``). The output directory
+initializes a dual encoder's tower: ``mmssl train --text-init OUT/best``.
+"""
+
+from mmssl.pretrain.corpus import PackedBlocks, load_dataset_documents, pack, read_documents, split_documents
+from mmssl.pretrain.tasks import CLMTask, MLMTask
+
+__all__ = [
+    "CLMTask",
+    "MLMTask",
+    "PackedBlocks",
+    "load_dataset_documents",
+    "pack",
+    "read_documents",
+    "split_documents",
+]
