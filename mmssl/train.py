@@ -342,15 +342,22 @@ def plot_curves(metrics_path: Path, png_path: Path, metric: str = "mrr", loss_ti
     plt.close(fig)
 
 
+def run_training(config: EngineConfig, build) -> dict:
+    """A training command's body: logging, seed, device, ``build(config, device) -> (task,
+    valid_fn)``, then the loop. Returns ``Trainer.fit``'s summary."""
+    setup_logging()
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    task, valid_fn = build(config, device)
+    result = Trainer(task, config, valid_fn, device).fit()
+    log.info("done: %s", json.dumps(result))
+    return result
+
+
 def main(config: TrainConfig) -> int:
     from mmssl.text_code import build_text_code
 
-    setup_logging()
     if not config.train:
         raise ValueError("--train is required (a CodeSearchNet .jsonl[.gz] file or folder)")
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    task, valid_fn = build_text_code(config, device)
-    result = Trainer(task, config, valid_fn, device).fit()
-    log.info("done: %s", json.dumps(result))
+    run_training(config, build_text_code)
     return 0

@@ -89,3 +89,21 @@ def make_code_corpus(path, n: int = 1000, seed: int = 0) -> str:
 @pytest.fixture(scope="session")
 def code_corpus(tmp_path_factory) -> str:
     return make_code_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl.gz")
+
+
+def fit_or_crash(trainer, monkeypatch, crash_at: int | None = None) -> None:
+    """``trainer.fit()``; with ``crash_at``, a simulated crash (KeyboardInterrupt) when the trainer
+    is about to run that step, after whatever checkpoints came before it."""
+    if not crash_at:
+        trainer.fit()
+        return
+    real = trainer.train_step
+
+    def crashing():
+        if trainer.step == crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        return real()
+
+    monkeypatch.setattr(trainer, "train_step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()

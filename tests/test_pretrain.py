@@ -16,6 +16,7 @@ from mmssl.data import DataError
 from mmssl.pretrain import pack, read_documents, split_documents
 from mmssl.pretrain.run import CLMConfig, MLMConfig, build_pretraining
 from mmssl.train import Trainer
+from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")
 
@@ -215,20 +216,7 @@ def test_pretraining_resumes_exactly(code_corpus, tmp_path, monkeypatch):
         torch.manual_seed(0)
         config = tiny(MLMConfig, code_corpus, out, max_steps=8, save_every=4, resume=resume)
         task, _ = build_pretraining(config, CPU)
-        trainer = Trainer(task, config, None, CPU)
-        if crash_at:
-            real = trainer.train_step
-
-            def crashing():
-                if trainer.step == crash_at:
-                    raise KeyboardInterrupt("simulated crash")
-                return real()
-
-            monkeypatch.setattr(trainer, "train_step", crashing)
-            with pytest.raises(KeyboardInterrupt):
-                trainer.fit()
-        else:
-            trainer.fit()
+        fit_or_crash(Trainer(task, config, None, CPU), monkeypatch, crash_at)
 
     run(tmp_path / "a")
     run(tmp_path / "b", crash_at=6)

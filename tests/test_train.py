@@ -12,6 +12,7 @@ import torch
 from mmssl import cli
 from mmssl.text_code import build_text_code, evaluate_pairs, load_pairs
 from mmssl.train import TrainConfig, Trainer
+from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")
 
@@ -68,20 +69,7 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(code_corpus, tmp_path, m
         torch.manual_seed(0)
         config = tiny_config(code_corpus, out, max_steps=8, save_every=4, resume=resume, eval_every=0)
         task, _ = build_text_code(config, CPU)
-        trainer = Trainer(task, config, None, CPU)
-        if crash_at:
-            real = trainer.train_step
-
-            def crashing():
-                if trainer.step == crash_at:
-                    raise KeyboardInterrupt("simulated crash")
-                return real()
-
-            monkeypatch.setattr(trainer, "train_step", crashing)
-            with pytest.raises(KeyboardInterrupt):
-                trainer.fit()
-        else:
-            trainer.fit()
+        fit_or_crash(Trainer(task, config, None, CPU), monkeypatch, crash_at)
 
     run(tmp_path / "a")
     run(tmp_path / "b", crash_at=6)  # dies after the step-4 checkpoint and two more logged steps

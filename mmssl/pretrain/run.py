@@ -14,13 +14,12 @@ experiment (same architecture, same tokenizer, no pretraining).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
-from mmssl.console import get_logger, setup_logging
+from mmssl.console import get_logger
 from mmssl.pretrain.corpus import (
     DEFAULT_PATTERN,
     load_dataset_documents,
@@ -29,8 +28,7 @@ from mmssl.pretrain.corpus import (
     split_documents,
 )
 from mmssl.pretrain.tasks import CLMTask, MLMTask
-from mmssl.runtime import resolve_device, seed_everything
-from mmssl.train import EngineConfig, Trainer
+from mmssl.train import EngineConfig, run_training
 
 log = get_logger("pretrain")
 TOKENIZER_SAMPLE = 100_000  # documents the BPE tokenizer is trained on
@@ -210,10 +208,5 @@ def build_pretraining(config: PretrainConfig, device: torch.device):
 
 
 def main(config: PretrainConfig) -> int:
-    setup_logging()
-    seed_everything(config.seed)
-    device = resolve_device(config.device)
-    task, valid_fn = build_pretraining(config, device)
-    result = Trainer(task, config, valid_fn, device).fit()
-    log.info("done: %s", json.dumps(result))
+    run_training(config, build_pretraining)
     return 0
