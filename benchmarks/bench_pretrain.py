@@ -35,7 +35,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench_text_code import MMSSL, ROOT, evaluate, mine, run
+from bench_text_code import MMSSL, ROOT, budget_steps, evaluate, mine, run
 
 from mmssl.runtime import cpu_has_native_bf16
 
@@ -71,14 +71,9 @@ def pretrain(corpus: Path, out: Path, name: str, args) -> dict:
     if name.startswith("rand"):
         run([*base, "--out", str(run_dir), "--max-steps", "0"], out / f"pre-{name}.log")
         return {"model": str(run_dir / "final"), "steps": 0}
-    # A short probe sets the step count, so that the cosine schedule ends inside the budget.
-    probe = out / f"pre-{name}-probe"
-    run([*base, "--out", str(probe), "--max-steps", "12", "--eval-every", "0", "--save-every", "0", "--log-every",
-         "1", "--warmup-steps", "1"], out / f"pre-{name}-probe.log")  # fmt: skip
-    rates = [json.loads(x).get("samples_per_s") for x in (probe / "metrics.jsonl").read_text().splitlines()]
-    per_step = PRETRAIN_BATCH / statistics.median([r for r in rates[2:] if r])
-    steps = max(20, int(0.9 * args.pretrain_minutes * 60 / per_step))
-    print(f"{name}: {per_step:.2f} s/step in the probe -> {steps} pretraining steps", flush=True)
+    steps = budget_steps(
+        base, out / f"pre-{name}-probe", out / f"pre-{name}-probe.log", PRETRAIN_BATCH, args.pretrain_minutes, name
+    )
     run(
         [*base, "--out", str(run_dir), "--max-steps", str(steps), "--max-minutes", str(args.pretrain_minutes),
          "--warmup-steps", str(max(10, steps // 20)), "--eval-every", str(max(50, steps // 5)), "--save-every",

@@ -86,39 +86,27 @@ def evaluate(corpus: Path, out: Path, name: str, args, *extra: str) -> dict:
     return result
 
 
-def probe_and_train(corpus: Path, out: Path, name: str, minutes: float, train_args: list[str]) -> dict:
-    run_dir = out / name
-    probe_dir = out / f"{name}-probe"
-    probe_steps = 12
-    run(
-        [
-            *MMSSL,
-            "train",
-            "--train",
-            str(corpus),
-            "--out",
-            str(probe_dir),
-            "--max-steps",
-            str(probe_steps),
-            "--eval-every",
-            "0",
-            "--save-every",
-            "0",
-            "--log-every",
-            "1",
-            "--warmup-steps",
-            "1",
-            *train_args,
-        ],
-        out / f"{name}-probe.log",
-    )
+def budget_steps(cmd: list[str], probe_dir: Path, log: Path, batch: int, minutes: float, name: str) -> int:
+    """Steps that fit ``minutes``, from a 12-step probe of ``cmd`` (a training command without
+    ``--out``), so that the cosine schedule ends inside the budget; a tenth of the budget is left
+    for validation and checkpoints."""
+    probe = ["--max-steps", "12", "--eval-every", "0", "--save-every", "0", "--log-every", "1", "--warmup-steps", "1"]
+    run([*cmd, "--out", str(probe_dir), *probe], log)
     rows = [json.loads(x) for x in (probe_dir / "metrics.jsonl").read_text().splitlines()]
     rates = [r["samples_per_s"] for r in rows if "samples_per_s" in r and r["step"] > 2]
-    batch = int(train_args[train_args.index("--batch-size") + 1])
     per_step = batch / statistics.median(rates)
-    # Leave a tenth of the budget for validation and checkpoints.
     steps = max(20, int(0.9 * minutes * 60 / per_step))
     print(f"{name}: {per_step:.2f} s/step in the probe -> {steps} steps for {minutes} min", flush=True)
+    return steps
+
+
+def probe_and_train(corpus: Path, out: Path, name: str, minutes: float, train_args: list[str]) -> dict:
+    run_dir = out / name
+    batch = int(train_args[train_args.index("--batch-size") + 1])
+    steps = budget_steps(
+        [*MMSSL, "train", "--train", str(corpus), *train_args], out / f"{name}-probe", out / f"{name}-probe.log",
+        batch, minutes, name,
+    )  # fmt: skip
     start = time.monotonic()
     run(
         [

@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -188,6 +188,16 @@ def _normalize_record(obj: object, required: Iterable[str] = ("docstring", "code
     return record
 
 
+def files_below(folder: Path, keep: Callable[[str], bool]) -> list[Path]:
+    """The files below ``folder`` whose name ``keep`` accepts, hidden files and folders left out,
+    sorted by their path relative to ``folder``."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [Path(dirpath, f) for f in filenames if not f.startswith(".") and keep(f)]
+    return sorted(found, key=lambda f: f.relative_to(folder).as_posix())
+
+
 def shard_files(sources: PathLike | Iterable[PathLike]) -> list[Path]:
     """The shard files named by ``sources``: files as given, directories expanded.
 
@@ -201,13 +211,10 @@ def shard_files(sources: PathLike | Iterable[PathLike]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = []
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                found += [Path(dirpath, f) for f in filenames if f.endswith(SHARD_SUFFIXES) and not f.startswith(".")]
+            found = files_below(p, lambda name: name.endswith(SHARD_SUFFIXES))
             if not found:
                 raise ValueError(f"{p}: no *.jsonl or *.jsonl.gz files in this directory")
-            files += sorted(found, key=lambda f: f.relative_to(p).as_posix())
+            files += found
         elif p.is_file():
             if not p.name.endswith(SHARD_SUFFIXES):
                 raise ValueError(f"{p}: expected a .jsonl or .jsonl.gz file or a directory")

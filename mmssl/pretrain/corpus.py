@@ -28,13 +28,14 @@ import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from mmssl.data.code_search import SHARD_SUFFIXES, DataError, read_code_search
+from mmssl.data.code_search import SHARD_SUFFIXES, DataError, files_below, read_code_search
 
 Unit = Literal["line", "file"]
 DEFAULT_PATTERN = "*.jsonl,*.jsonl.gz,*.txt"
@@ -49,17 +50,10 @@ def _files(sources: Sequence[str | os.PathLike], pattern: str) -> list[Path]:
         if p.is_file():
             files.append(p)
         elif p.is_dir():
-            found = []
-            for dirpath, dirnames, filenames in os.walk(p):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                found += [
-                    Path(dirpath, f)
-                    for f in filenames
-                    if not f.startswith(".") and any(fnmatch.fnmatch(f, pat) for pat in patterns)
-                ]
+            found = files_below(p, lambda name: any(fnmatch.fnmatch(name, pat) for pat in patterns))
             if not found:
                 raise ValueError(f"{p}: no file matching {pattern!r} in this folder")
-            files += sorted(found, key=lambda f: f.relative_to(p).as_posix())
+            files += found
         else:
             raise FileNotFoundError(f"{p}: no such file or directory")
     return files
@@ -182,9 +176,9 @@ def pack(
     if block_size < 2:
         raise ValueError(f"block size must be at least 2 tokens; got {block_size}")
     docs = list(docs)
-    ids: list[int] = []
-    special: list[int] = []
-    offsets: list[tuple[int, int]] = []
+    # One tensor per chunk of documents, joined at the end: Python lists of every token of a
+    # corpus would cost some 36 bytes a token, the tensors 8.
+    ids, special, offsets = [], [], []
     for start in range(0, len(docs), chunk):
         enc = tokenizer(
             docs[start : start + chunk],
@@ -195,17 +189,17 @@ def pack(
             return_attention_mask=False,
             verbose=False,  # documents longer than the model's length are what packing is for
         )
-        for i, seq in enumerate(enc["input_ids"]):
-            ids += seq
-            special += enc["special_tokens_mask"][i]
-            if with_offsets:
-                offsets += enc["offset_mapping"][i]
-    n = len(ids) // block_size
+        ids.append(torch.tensor(list(chain.from_iterable(enc["input_ids"])), dtype=torch.long))
+        special.append(torch.tensor(list(chain.from_iterable(enc["special_tokens_mask"])), dtype=torch.bool))
+        if with_offsets:
+            offsets.append(torch.tensor(list(chain.from_iterable(enc["offset_mapping"])), dtype=torch.long))
+    total = sum(len(t) for t in ids)
+    n = total // block_size
     if n == 0:
-        raise ValueError(f"{len(ids)} tokens in all: not one block of {block_size}")
+        raise ValueError(f"{total} tokens in all: not one block of {block_size}")
     keep = n * block_size
     return PackedBlocks(
-        input_ids=torch.tensor(ids[:keep], dtype=torch.long).view(n, block_size),  # (N, T)
-        special_tokens_mask=torch.tensor(special[:keep], dtype=torch.bool).view(n, block_size),  # (N, T)
-        offsets=torch.tensor(offsets[:keep], dtype=torch.long).view(n, block_size, 2) if with_offsets else None,
+        input_ids=torch.cat(ids)[:keep].view(n, block_size),  # (N, T)
+        special_tokens_mask=torch.cat(special)[:keep].view(n, block_size),  # (N, T)
+        offsets=torch.cat(offsets)[:keep].view(n, block_size, 2) if with_offsets else None,  # (N, T, 2)
     )

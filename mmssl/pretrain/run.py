@@ -131,7 +131,7 @@ def build_lm(config: PretrainConfig, tokenizer):
         path = resolve_init(config.init)
         model = auto.from_pretrained(path, use_safetensors=_has_safetensors(path))
     else:
-        if PRESETS.get(config.preset, (0, 1))[1] == 0:
+        if config.preset in PRESETS and PRESETS[config.preset][1] == 0:  # (hidden, layers, heads, inter)
             raise ValueError(f"preset {config.preset!r} has no transformer layer: nothing to pretrain")
         tower = TowerConfig(arch=config.arch, preset=config.preset, max_length=config.block_size)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
