@@ -6,6 +6,8 @@
   is code i), computed in blocks of queries so no (N, N) matrix is ever held; ``*_from_scores_fn``
   variants for score functions such as BM25 (``mmssl.bm25.BM25Index.scores_fn``).
 - ``zero_shot_accuracy`` and ``linear_probe`` for image classification with embeddings.
+- ``embedding_geometry``: anisotropy, effective rank and per-dimension spread of a set of
+  embeddings (collapse and "one common direction" diagnostics).
 
 Shape legend: N pairs (query i's positive is code i), D embedding dim, B query block, C classes.
 
@@ -410,12 +412,43 @@ def linear_probe(
     return float(np.mean(clf.predict(xte) == yte))
 
 
+def embedding_geometry(x: Any) -> dict[str, float]:
+    """How spread out N embeddings are. Shape: x (N, D), N >= 2; computed in float64 on the host.
+
+    - ``anisotropy``: mean cosine between two different rows (0 for isotropic random vectors, 1 when
+      all point the same way; the "common direction" of under-trained language models).
+    - ``effective_rank``: exp of the entropy of the normalized singular values of the centered rows
+      (Roy & Vetterli 2007): about D for isotropic data, k for data spread over k equal directions,
+      1 for data on a line; 0 when all rows are equal.
+    - ``std_mean``: mean over dimensions of each dimension's standard deviation of the L2-normalized
+      rows (the collapse monitor of SimSiam / VICReg: 0 when collapsed, about 1/sqrt(D) when spread).
+    """
+    a = _to_numpy(x).astype(np.float64)
+    if a.ndim != 2 or a.shape[0] < 2:
+        raise ValueError(f"x must be (N, D) with N >= 2; got {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("x holds NaN or infinite values")
+    n = a.shape[0]
+    unit = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    total = unit.sum(0)
+    # sum over i != j of cos(i, j) = |sum of unit rows|^2 - sum of |unit row|^2 (no (N, N) matrix).
+    anisotropy = (total @ total - (unit * unit).sum()) / (n * (n - 1))
+    s = np.linalg.svd(a - a.mean(0), compute_uv=False)
+    if s.sum() <= 1e-12 * max(1.0, np.abs(a).max()):
+        rank = 0.0
+    else:
+        p = s[s > 0] / s.sum()
+        rank = float(np.exp(-(p * np.log(p)).sum()))
+    return {"anisotropy": float(anisotropy), "effective_rank": rank, "std_mean": float(unit.std(0).mean())}
+
+
 __all__ = [
     "MRRResult",
     "ScoresFn",
     "codesearchnet_chunks",
     "codesearchnet_mrr",
     "codesearchnet_mrr_embeddings",
+    "embedding_geometry",
     "embedding_scores_fn",
     "linear_probe",
     "mrr_full",

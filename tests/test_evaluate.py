@@ -321,3 +321,35 @@ def test_linear_probe_separable_and_deterministic():
     a1 = E.linear_probe(xtr, shuffled, xte, yte, C=1.0, max_iter=500, seed=0)
     assert a1 == E.linear_probe(xtr, shuffled, xte, yte, C=1.0, max_iter=500, seed=0)
     assert a1 < 0.8
+
+
+def test_embedding_geometry_isotropic_collapsed_and_low_rank():
+    rng = np.random.default_rng(0)
+    iso = E.embedding_geometry(rng.standard_normal((4000, 16)))
+    assert abs(iso["anisotropy"]) < 0.01
+    assert 14.5 < iso["effective_rank"] <= 16
+    assert iso["std_mean"] == pytest.approx(1 / math.sqrt(16), rel=0.05)
+    # One common direction plus a little noise: cosines near 1, per-dimension spread near 0.
+    common = rng.standard_normal(16)
+    near = E.embedding_geometry(common + 0.01 * rng.standard_normal((500, 16)))
+    assert near["anisotropy"] > 0.99 and near["std_mean"] < 0.01
+    # Spread over exactly 3 equal orthogonal directions: effective rank 3.
+    basis = np.linalg.qr(rng.standard_normal((16, 3)))[0].T  # (3, 16) orthonormal rows
+    signs = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=float)  # mean 0, equal spread
+    assert E.embedding_geometry(signs @ basis)["effective_rank"] == pytest.approx(3.0, abs=1e-9)
+    assert E.embedding_geometry(np.ones((5, 4)))["effective_rank"] == 0.0
+
+
+def test_embedding_geometry_anisotropy_matches_pairwise_loop_and_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((30, 5)) + 0.7
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    ref = np.mean([u[i] @ u[j] for i in range(30) for j in range(30) if i != j])
+    got = E.embedding_geometry(x)
+    assert got["anisotropy"] == pytest.approx(ref, abs=1e-12)
+    assert E.embedding_geometry(torch.tensor(x, dtype=torch.float32))["anisotropy"] == pytest.approx(ref, abs=1e-6)
+    with pytest.raises(ValueError, match="N >= 2"):
+        E.embedding_geometry(x[:1])
+    with pytest.raises(ValueError, match="NaN"):
+        E.embedding_geometry(np.full((3, 2), np.nan))
