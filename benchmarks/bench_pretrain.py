@@ -39,8 +39,8 @@ from bench_text_code import MMSSL, ROOT, budget_steps, evaluate, mine, run
 
 from mmssl.runtime import cpu_has_native_bf16
 
-ARCH = {"rand-roberta": "mlm", "mlm": "mlm", "rand-gpt2": "clm", "clm": "clm"}
-CONTROL = {"mlm": "rand-roberta", "clm": "rand-gpt2"}
+ARCH = {"rand-roberta": "mlm", "mlm": "mlm", "mlm-randemb": "mlm", "rand-gpt2": "clm", "clm": "clm"}
+CONTROL = {"mlm": "rand-roberta", "mlm-randemb": "rand-roberta", "clm": "rand-gpt2"}
 PRETRAIN_BATCH = 32
 
 
@@ -89,6 +89,29 @@ def pretrain(corpus: Path, out: Path, name: str, args) -> dict:
         info["valid_accuracy"] = max(r["accuracy"] for r in valid)
         info["samples_per_s"] = statistics.mean(r["samples_per_s"] for r in rows if "samples_per_s" in r)
     return info
+
+
+def graft(out: Path, name: str, layers: str, embeddings: str) -> dict:
+    """``mlm-randemb``, a diagnostic init: the MLM-pretrained tower with the random control's token
+    embeddings (the same tokenizer, so the same rows). Against ``mlm`` it isolates what the pretrained
+    token embeddings (tied to the MLM output layer) do; against ``rand-roberta``, what the pretrained
+    layers do."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    model = AutoModelForMaskedLM.from_pretrained(layers)
+    donor = AutoModelForMaskedLM.from_pretrained(embeddings).get_input_embeddings().weight
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(donor)
+    final, tmp = out / f"pre-{name}" / "final", out / f"pre-{name}" / "final.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(layers).save_pretrained(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return {"model": str(final), "steps": 0, "layers_from": layers, "embeddings_from": embeddings}
 
 
 def contrastive(corpus: Path, out: Path, name: str, seed: int, model: str, args) -> dict:
@@ -147,7 +170,12 @@ def main() -> None:
     p.add_argument("--test-pairs", type=int, default=5000, help="test pairs used (chunks of 1,000)")
     p.add_argument("--corpus-dir", default="runs/bench-text-code", help="where the mined corpus is (or goes)")
     p.add_argument("--out", default="runs/bench-pretrain")
-    p.add_argument("--only", default="rand-roberta,mlm,clm", help="comma list of inits (rand-gpt2: the causal control)")
+    p.add_argument(
+        "--only",
+        default="rand-roberta,mlm,clm",
+        help="comma list of inits (rand-gpt2: the causal control; mlm-randemb: the MLM tower with the random "
+        "control's token embeddings, a diagnostic)",
+    )
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--quick", action="store_true", help="smoke run: small corpus, 1-minute pretraining, 20 steps")
     args = p.parse_args()
@@ -180,9 +208,16 @@ def main() -> None:
         }
         saved.write_text(json.dumps(results, indent=2))
 
-    for name in names:
+    for name in sorted(names, key=lambda n: n == "mlm-randemb"):  # the graft needs both donors first
         if name not in results["pretrain"]:
-            results["pretrain"][name] = pretrain(corpus, out, name, args)
+            if name == "mlm-randemb":
+                for donor in ("mlm", "rand-roberta"):
+                    if donor not in results["pretrain"]:
+                        results["pretrain"][donor] = pretrain(corpus, out, donor, args)
+                done = results["pretrain"]
+                results["pretrain"][name] = graft(out, name, done["mlm"]["model"], done["rand-roberta"]["model"])
+            else:
+                results["pretrain"][name] = pretrain(corpus, out, name, args)
             save()
     for seed in seeds:
         for name in names:

@@ -17,6 +17,10 @@ chunk) and reports
   mean-pooled hidden states, from the token embeddings (layer 0) to the last layer: where in the
   network the lexical match that code search lives on survives pretraining.
 
+With ``--unigram``, first the perplexity of a unigram model (token frequencies of the train
+partition, add-one smoothed) on the valid partition, with the pretraining tokenizer: the floor a
+language model must beat to have learned anything from context.
+
 Runs in a few minutes on 2 cores, fp32:
     .venv/bin/python benchmarks/probe_inits.py --bench runs/bench-pretrain
 """
@@ -90,6 +94,32 @@ def layer_mrrs(tower, queries: list[str], codes: list[str], text_length: int, co
     return out
 
 
+def unigram_perplexity(tokenizer_dir: Path, corpus: str, docs: int = 10000) -> float:
+    """Perplexity on valid documents of train token frequencies (add-one), docstrings and code."""
+    import math
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from mmssl.data.code_search import read_code_search
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+    def documents(partition):
+        part = read_code_search(corpus, partition=partition)
+        return part.docstrings()[:docs] + part.codes()[:docs]
+
+    counts = Counter()
+    for ids in tok(documents("train"), add_special_tokens=False)["input_ids"]:
+        counts.update(ids)
+    total, vocab = sum(counts.values()), len(tok)
+    nll = n = 0
+    for ids in tok(documents("valid"), add_special_tokens=False)["input_ids"]:
+        nll -= sum(math.log((counts[i] + 1) / (total + vocab)) for i in ids)
+        n += len(ids)
+    return math.exp(nll / n)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bench", default="runs/bench-pretrain", help="a bench_pretrain.py output folder")
@@ -97,7 +127,9 @@ def main() -> int:
     p.add_argument("--pairs", type=int, default=1000, help="held-out pairs (the valid partition's first N)")
     p.add_argument("--code-length", type=int, default=128)
     p.add_argument("--text-length", type=int, default=48)
+    p.add_argument("--dirs", default="pre-*,dual-*", help="comma list of glob patterns under --bench")
     p.add_argument("--layers", action="store_true", help="per-layer zero-shot MRR of the pretraining dirs")
+    p.add_argument("--unigram", action="store_true", help="unigram perplexity floor of the corpus")
     p.add_argument("--json", action="store_true", help="also write BENCH/probe_inits.json")
     args = p.parse_args()
 
@@ -106,8 +138,14 @@ def main() -> int:
     bench = ROOT / args.bench
     pairs = load_pairs(str(ROOT / args.corpus), "valid")
     queries, codes = pairs.queries[: args.pairs], pairs.candidates[: args.pairs]
-    dirs = sorted(bench.glob("pre-*")) + sorted(bench.glob("dual-*"))
+    dirs = [d for pattern in args.dirs.split(",") for d in sorted(bench.glob(pattern))]
     rows = {}
+    if args.unigram:
+        tokenizer_dir = next(d / n for d in sorted(bench.glob("pre-*")) for n in ("best", "final") if (d / n).exists())
+        rows["unigram_perplexity"] = unigram_perplexity(tokenizer_dir, str(ROOT / args.corpus))
+        print(
+            f"unigram perplexity of the valid partition (tokenizer {tokenizer_dir}): {rows['unigram_perplexity']:.1f}"
+        )
     torch.manual_seed(0)
     for d in dirs:
         if not d.is_dir() or d.name.endswith("-probe"):
