@@ -1,1 +1,24 @@
-"""FAISS indexes of embeddings with their metadata."""
+"""FAISS indexes of embeddings with their metadata: embed, build, persist, load, search, update.
+
+FAISS and bm25s are imported when a function that needs them runs, not by ``import indexing``.
+"""
+
+from indexing.build import ArrayShards, IndexPlan, choose_index, parse_budget
+from indexing.index import Hit, SearchIndex, add_items, build_index_dir, remove_items
+from indexing.store import IndexDirError, Manifest, MetadataStore, model_fingerprint
+
+__all__ = [
+    "ArrayShards",
+    "Hit",
+    "IndexDirError",
+    "IndexPlan",
+    "Manifest",
+    "MetadataStore",
+    "SearchIndex",
+    "add_items",
+    "build_index_dir",
+    "choose_index",
+    "model_fingerprint",
+    "parse_budget",
+    "remove_items",
+]

@@ -30,6 +30,7 @@ class Command:
     config: str
     summary: str
     positional: str | None = None  # a list field filled by the leading non-option arguments
+    entry: str = "main"  # the function of ``module`` that runs the command
 
 
 COMMANDS: dict[str, Command] = {
@@ -41,6 +42,22 @@ COMMANDS: dict[str, Command] = {
     "pretrain mlm": Command("mmssl.pretrain.run", "MLMConfig", "pretrain a masked language model (BERT/RoBERTa)"),
     "pretrain clm": Command("mmssl.pretrain.run", "CLMConfig", "pretrain a causal language model (GPT-2)"),
     "eval": Command("mmssl.eval_cmd", "EvalConfig", "MRR (CodeSearchNet protocol) and recall@k, with baselines"),
+    "index build": Command(
+        "indexing.commands", "IndexBuildConfig", "embed a collection and build a search index", entry="build_main"
+    ),
+    "index add": Command("indexing.commands", "IndexAddConfig", "embed and add records to an index", entry="add_main"),
+    "index remove": Command(
+        "indexing.commands", "IndexRemoveConfig", "remove items by id or payload field", entry="remove_main"
+    ),
+    "index search": Command(
+        "indexing.commands",
+        "IndexSearchConfig",
+        "search an index: dense, lexical (BM25) or hybrid",
+        entry="search_main",
+    ),
+    "index info": Command(
+        "indexing.commands", "IndexInfoConfig", "what an index holds, files checked", entry="info_main"
+    ),
 }
 
 
@@ -143,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_config(name, rest)
         module = importlib.import_module(COMMANDS[name].module)
-        return int(module.main(config) or 0)
+        return int(getattr(module, COMMANDS[name].entry)(config) or 0)
     except (ValueError, FileNotFoundError) as e:
         print(f"mmssl {name}: error: {e}", file=sys.stderr)
         return 2

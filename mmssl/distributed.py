@@ -45,6 +45,21 @@ def is_main_process() -> bool:
     return get_rank() == 0
 
 
+def init_distributed() -> bool:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1): NCCL on GPUs, gloo on CPU.
+
+    Returns whether this is a multi-process run. A no-op when already initialized or run alone.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(get_local_rank())
+        dist.init_process_group(backend=backend)
+    return True
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()

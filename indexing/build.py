@@ -1,0 +1,450 @@
+"""Choosing, building and tuning a FAISS index, in the manner of autofaiss.
+
+Shape legend: N database vectors (xb), Q queries (xq), D dimension, K neighbours.
+
+The choice (``choose_index``) from the collection size N, the dimension D and a memory budget:
+1. N below ``flat_max`` (20,000): exact search, ``IDMap2,Flat``. Nothing to train or tune, and at
+   this size a brute-force scan is a few milliseconds per query.
+2. Otherwise an inverted file with ``nlist`` ~ 2 sqrt(N) lists (a power of two), trained by
+   k-means on a sample. ``IVF{nlist},Flat`` keeps the vectors exactly (4 D bytes each) and is chosen
+   when it fits the budget.
+3. When it does not, ``IVF{nlist},PQ{m}`` with the largest number of 8-bit sub-quantizers m that
+   fits (m divides D; m bytes per vector), optionally behind an OPQ rotation (``opq=True``).
+4. When not even the smallest PQ code fits, or ``ondisk=True``: the inverted lists go to disk
+   (``IVF{nlist},Flat`` filled shard by shard and merged with FAISS's ``merge_ondisk``), and only
+   the coarse centroids stay in memory; the lists are memory-mapped at search time.
+HNSW (``HNSW32,Flat``) is never chosen automatically (its build is slow on few cores and it
+cannot remove items) but is one ``index_type`` away; any FAISS factory string is accepted too.
+
+Tuning (``tune``): held-out queries, their exact top-K over the whole collection as the reference,
+and the smallest ``nprobe`` (IVF) or ``efSearch`` (HNSW) whose recall@K reaches the target. Recall
+here is the overlap of the approximate and exact top-K (|A ∩ E| / K), averaged over queries.
+
+Why written here rather than with autofaiss: autofaiss (the peer) pins old faiss-cpu releases and
+would replace the faiss-gpu wheel this project depends on; its rules are a page of code, and this
+version plugs into the project's shard format, id handling and manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from mmssl.console import get_logger, progress
+
+log = get_logger("index")
+
+FLAT_MAX = 20_000
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf_flat", "ivf_pq")
+
+
+class Shards(Protocol):
+    """Embeddings with their ids, in pieces that each fit in memory."""
+
+    dim: int
+    count: int
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # (ids (n,) int64, x (n, D) float32)
+        ...
+
+    def sample(self, m: int, seed: int = 0) -> np.ndarray:  # (min(m, N), D) float32, uniform rows
+        ...
+
+
+class ArrayShards:
+    """In-memory vectors as ``Shards`` (``shard_size`` rows at a time)."""
+
+    def __init__(self, x: np.ndarray, ids: np.ndarray | None = None, shard_size: int = 100_000) -> None:
+        self.x = as_float32_matrix(x, "x")
+        self.ids = np.arange(len(x), dtype=np.int64) if ids is None else as_ids(ids, len(x))
+        self.count, self.dim = self.x.shape
+        self.shard_size = shard_size
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, self.count, self.shard_size):
+            yield self.ids[start : start + self.shard_size], self.x[start : start + self.shard_size]
+
+    def sample(self, m: int, seed: int = 0) -> np.ndarray:
+        if m >= self.count:
+            return self.x
+        rows = np.sort(np.random.default_rng(seed).choice(self.count, m, replace=False))
+        return self.x[rows]
+
+
+def as_float32_matrix(x: Any, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] == 0:
+        raise ValueError(f"{name}: expected a (N, D) matrix, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name}: expected floating-point vectors, got {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int(np.argwhere(~np.isfinite(x))[0][0])
+        raise ValueError(f"{name}: row {bad} holds NaN or inf")
+    return x
+
+
+def as_ids(ids: Any, n: int) -> np.ndarray:
+    ids = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} vectors")
+    if len(np.unique(ids)) != n:
+        raise ValueError("ids must be unique")
+    if n and ids.min() < 0:
+        raise ValueError("ids must be non-negative")
+    return ids
+
+
+# ---- the choice ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """What to build: the FAISS factory string, the kind, and why."""
+
+    index_type: str  # flat | hnsw | ivf_flat | ivf_pq | custom
+    factory: str
+    nlist: int = 0
+    train_size: int = 0
+    memory_bytes: int = 0  # estimated resident size of the built index (on-disk: in memory only)
+    ondisk: bool = False
+    reason: str = ""
+
+
+def default_nlist(n: int) -> int:
+    """A power of two near 2 sqrt(N), with at least 39 training points per list (FAISS's minimum)."""
+    nlist = 2 ** round(math.log2(max(2.0 * math.sqrt(n), 16)))
+    while nlist > 16 and n < 39 * nlist:
+        nlist //= 2
+    return int(nlist)
+
+
+def train_size_for(n: int, nlist: int) -> int:
+    """64 points per list (k-means quality stops improving around there), at least 50,000."""
+    return int(min(n, max(64 * nlist, 50_000)))
+
+
+def memory_estimate(index_type: str, n: int, d: int, nlist: int = 0, m: int = 0, ondisk: bool = False) -> int:
+    """Bytes the index holds in RAM (vectors or codes, ids, centroids), within ~10%."""
+    ids = 16 * n  # id map / direct map entries
+    if index_type == "flat":
+        return n * 4 * d + ids
+    if index_type == "hnsw":
+        return n * (4 * d + 32 * 2 * 4 + 8) + ids  # vectors + 2M neighbour links on level 0 + levels
+    centroids = nlist * 4 * d
+    if ondisk:
+        return centroids + ids
+    if index_type == "ivf_flat":
+        return n * (4 * d + 8) + centroids + ids
+    if index_type == "ivf_pq":
+        return n * (m + 8) + centroids + 256 * 4 * d + ids
+    raise ValueError(f"unknown index type {index_type!r}")
+
+
+def parse_budget(text: str | int | None) -> int | None:
+    """'4G', '512M', '2.5GB', plain bytes, or None (no budget)."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        if s and s[-1] in scale:
+            return int(float(s[:-1]) * scale[s[-1]])
+        return int(float(s))
+    except ValueError:
+        raise ValueError(f"memory budget {text!r}: use bytes or a size such as 512M, 4G") from None
+
+
+def _pq_sizes(d: int) -> list[int]:
+    """Numbers of 8-bit sub-quantizers that divide D, largest first (FAISS's PQ needs D % m == 0)."""
+    return [m for m in range(min(d, 128), 0, -1) if d % m == 0 and d // m <= 32 and m >= 4] or [1]
+
+
+def choose_index(
+    n: int,
+    d: int,
+    memory_budget: int | None = None,
+    *,
+    index_type: str = "auto",
+    factory: str | None = None,
+    opq: bool = False,
+    ondisk: bool = False,
+    flat_max: int = FLAT_MAX,
+) -> IndexPlan:
+    """The index for N vectors of dimension D under a memory budget in bytes (see the module docstring)."""
+    if n <= 0:
+        raise ValueError("cannot index an empty collection")
+    if index_type not in INDEX_TYPES:
+        raise ValueError(f"index type {index_type!r}: choose one of {', '.join(INDEX_TYPES)}")
+    nlist = default_nlist(n)
+    budget = memory_budget if memory_budget is not None else math.inf
+    if factory:
+        return IndexPlan(
+            "custom", factory, nlist=0, train_size=min(n, 100_000), ondisk=ondisk, reason="factory string given"
+        )
+    if ondisk and index_type not in ("auto", "ivf_flat"):
+        raise ValueError("on-disk indexes are IVF-Flat here: use --index-type auto or ivf_flat with --ondisk")
+
+    def ivf_flat(reason: str, on_disk: bool = False) -> IndexPlan:
+        mem = memory_estimate("ivf_flat", n, d, nlist, ondisk=on_disk)
+        return IndexPlan("ivf_flat", f"IVF{nlist},Flat", nlist, train_size_for(n, nlist), mem, on_disk, reason)
+
+    def ivf_pq(m: int, reason: str) -> IndexPlan:
+        pre = f"OPQ{m}," if opq else ""
+        mem = memory_estimate("ivf_pq", n, d, nlist, m)
+        return IndexPlan("ivf_pq", f"{pre}IVF{nlist},PQ{m}", nlist, train_size_for(n, nlist), mem, False, reason)
+
+    if index_type == "flat":
+        return IndexPlan("flat", "Flat", memory_bytes=memory_estimate("flat", n, d), reason="asked for")
+    if index_type == "hnsw":
+        return IndexPlan("hnsw", "HNSW32,Flat", memory_bytes=memory_estimate("hnsw", n, d), reason="asked for")
+    if index_type == "ivf_flat":
+        return ivf_flat("asked for", on_disk=ondisk)
+    if index_type == "ivf_pq":
+        fits = [m for m in _pq_sizes(d) if memory_estimate("ivf_pq", n, d, nlist, m) <= budget]
+        return ivf_pq(fits[0] if fits else _pq_sizes(d)[-1], "asked for")
+    if ondisk:
+        return ivf_flat("on-disk asked for", on_disk=True)
+    flat_mem = memory_estimate("flat", n, d)
+    if n <= flat_max and flat_mem <= budget:
+        return IndexPlan("flat", "Flat", memory_bytes=flat_mem, reason=f"N={n:,} <= {flat_max:,}: exact search")
+    if memory_estimate("ivf_flat", n, d, nlist) <= budget:
+        return ivf_flat("fits the memory budget with exact vectors")
+    for m in _pq_sizes(d):
+        if memory_estimate("ivf_pq", n, d, nlist, m) <= budget:
+            return ivf_pq(m, f"exact vectors need {memory_estimate('ivf_flat', n, d, nlist) / 2**20:,.0f} MiB")
+    return ivf_flat(f"not even PQ codes fit {budget / 2**20:,.0f} MiB: inverted lists on disk", on_disk=True)
+
+
+# ---- building ------------------------------------------------------------------------------------
+
+
+def metric():
+    import faiss
+
+    return faiss.METRIC_INNER_PRODUCT
+
+
+def new_index(plan: IndexPlan, d: int):
+    """An empty (untrained) CPU index for the plan; ids are the caller's (add_with_ids)."""
+    import faiss
+
+    try:
+        index = faiss.index_factory(d, plan.factory, metric())
+    except RuntimeError as e:
+        raise ValueError(f"FAISS factory string {plan.factory!r}: {str(e).strip().splitlines()[-1]}") from None
+    if faiss.try_extract_index_ivf(index) is None:
+        index = faiss.IndexIDMap2(index)  # flat / HNSW: ids through a map (IVF stores them itself)
+    return index
+
+
+def gpu_count() -> int:
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def train_index(index, plan: IndexPlan, shards: Shards, *, use_gpu: bool, seed: int = 0) -> float:
+    """Train on a uniform sample of ``plan.train_size`` vectors; returns seconds spent."""
+    if index.is_trained:
+        return 0.0
+    import faiss
+
+    start = time.perf_counter()
+    xt = shards.sample(max(plan.train_size, 1), seed)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+    if use_gpu and ivf is not None:
+        # Train the coarse quantizer's k-means on the GPU (the expensive part); codes stay CPU-side.
+        clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+        ivf.clustering_index = clustering_index
+    log.info("training %s on %s vectors", plan.factory, f"{len(xt):,}")
+    index.train(xt)
+    if ivf is not None:
+        ivf.clustering_index = None
+    return time.perf_counter() - start
+
+
+def fill_index(index, shards: Iterable[tuple[np.ndarray, np.ndarray]], total: int | None = None) -> None:
+    """Add every shard's vectors with their ids."""
+    for ids, x in progress(shards, total=total, description="adding"):
+        index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def enable_id_lookup(index) -> None:
+    """Make ``reconstruct(id)`` work on IVF indexes (a hash-table direct map; flat/HNSW use IDMap2)."""
+    import faiss
+
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
+
+
+def build_in_memory(plan: IndexPlan, shards: Shards, *, use_gpu: bool | None = None, seed: int = 0):
+    """Train and fill a CPU index for ``plan`` (on the GPU when FAISS sees one and the index allows)."""
+    import faiss
+
+    use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
+    index = new_index(plan, shards.dim)
+    train_index(index, plan, shards, use_gpu=use_gpu, seed=seed)
+    if use_gpu and plan.index_type in ("ivf_flat", "ivf_pq", "flat"):
+        try:
+            gpu = faiss.index_cpu_to_all_gpus(index)
+        except RuntimeError as e:  # e.g. a PQ size the GPU kernels do not support
+            log.warning("building on the CPU: the GPU cannot hold %s (%s)", plan.factory, e)
+        else:
+            fill_index(gpu, shards)
+            index = faiss.index_gpu_to_cpu(gpu)
+            enable_id_lookup(index)
+            return index
+    enable_id_lookup(index)
+    fill_index(index, shards)
+    return index
+
+
+def build_ondisk(plan: IndexPlan, shards: Shards, workdir: Path, ondisk_path: Path, *, seed: int = 0):
+    """Train once, fill one small index per shard, merge their inverted lists into ``ondisk_path``.
+
+    Memory: the training sample and one shard at a time; the merged lists never sit in RAM.
+    """
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    trained = new_index(plan, shards.dim)
+    train_index(trained, plan, shards, use_gpu=gpu_count() > 0, seed=seed)
+    trained_path = workdir / "trained.faiss"
+    faiss.write_index(trained, str(trained_path))
+    parts = []
+    for i, (ids, x) in enumerate(progress(shards, description="filling shards")):
+        part = faiss.read_index(str(trained_path))
+        part.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+        parts.append(str(workdir / f"part-{i:05d}.faiss"))
+        faiss.write_index(part, parts[-1])
+        del part
+    index = faiss.read_index(str(trained_path))
+    merge_ondisk(index, parts, str(ondisk_path))
+    for p in [*parts, str(trained_path)]:
+        Path(p).unlink()
+    return index
+
+
+# ---- search parameters and tuning ----------------------------------------------------------------
+
+
+def search_parameters(index, params: dict[str, int] | None = None, selector=None):
+    """A FAISS ``SearchParameters`` object for this index (nprobe / efSearch, optional id selector)."""
+    import faiss
+
+    params = params or {}
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(nprobe=int(params.get("nprobe", ivf.nprobe)), sel=selector)
+    if _hnsw(index) is not None:
+        return faiss.SearchParametersHNSW(
+            efSearch=int(params.get("efSearch", _hnsw(index).hnsw.efSearch)), sel=selector
+        )
+    return faiss.SearchParameters(sel=selector) if selector is not None else None
+
+
+def _hnsw(index):
+    import faiss
+
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    return inner if isinstance(inner, faiss.IndexHNSW) else None
+
+
+def exact_neighbours(xq: np.ndarray, shards: Shards, k: int) -> np.ndarray:
+    """(Q, K) ids of the exact top-K by inner product, streaming over the shards."""
+    import faiss
+
+    k = min(k, shards.count)
+    best_d = np.full((len(xq), k), -np.inf, dtype=np.float32)
+    best_i = np.full((len(xq), k), -1, dtype=np.int64)
+    for ids, x in shards:
+        dist, pos = faiss.knn(xq, np.ascontiguousarray(x, dtype=np.float32), min(k, len(x)), metric=metric())
+        cand_d = np.concatenate([best_d, dist], axis=1)
+        cand_i = np.concatenate([best_i, ids[pos]], axis=1)
+        top = np.argsort(-cand_d, axis=1, kind="stable")[:, :k]
+        best_d = np.take_along_axis(cand_d, top, axis=1)
+        best_i = np.take_along_axis(cand_i, top, axis=1)
+    return best_i
+
+
+def recall_at(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean over queries of |found ∩ exact| / K (the K of ``exact``)."""
+    k = exact.shape[1]
+    hits = [len(np.intersect1d(f[f >= 0], e)) for f, e in zip(found[:, :k], exact)]
+    return float(np.mean(hits) / k)
+
+
+@dataclass
+class Tuning:
+    params: dict[str, int] = field(default_factory=dict)
+    recall: float = 1.0
+    target: float = 0.0
+    k: int = 10
+    queries: int = 0
+    curve: list[tuple[int, float]] = field(default_factory=list)  # (parameter value, recall)
+    reached: bool = True
+
+    def to_dict(self) -> dict:
+        return {
+            "target_recall": self.target,
+            "k": self.k,
+            "queries": self.queries,
+            "recall": round(self.recall, 4),
+            "reached": self.reached,
+            "curve": [[v, round(r, 4)] for v, r in self.curve],
+        }
+
+
+def tune(index, xq: np.ndarray, exact: np.ndarray, target: float = 0.95) -> Tuning:
+    """The cheapest nprobe (IVF) or efSearch (HNSW) whose recall@K on ``xq`` reaches ``target``.
+
+    Doubles the parameter until the target is reached, then bisects between the last two values.
+    If the index cannot reach it (PQ codes are lossy), it keeps the smallest value within 0.005 of
+    the best recall seen and says ``reached=False``.
+    """
+    import faiss
+
+    k = exact.shape[1]
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        name, values_max, start = "nprobe", ivf.nlist, 1
+    elif _hnsw(index) is not None:
+        name, values_max, start = "efSearch", 4096, max(16, k)
+    else:  # nothing to tune (a custom factory such as PQ16): measure what it gives
+        _, found = index.search(xq, k)
+        recall = recall_at(found, exact)
+        return Tuning(recall=recall, target=target, k=k, queries=len(xq), reached=recall >= target)
+    cache: dict[int, float] = {}
+
+    def measure(v: int) -> float:
+        if v not in cache:
+            _, found = index.search(xq, k, params=search_parameters(index, {name: v}))
+            cache[v] = recall_at(found, exact)
+        return cache[v]
+
+    v = start
+    while measure(v) < target and v < values_max:
+        v = min(v * 2, values_max)
+    if measure(v) >= target:
+        lo, hi = v // 2, v  # measure(lo) < target <= measure(hi), unless v == start
+        while v > start and hi - lo > max(1, hi // 16):
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if measure(mid) >= target else (mid, hi)
+        chosen, reached = (hi if v > start else v), True
+    else:
+        best = max(cache.values())
+        chosen, reached = min(x for x, r in cache.items() if r >= best - 0.005), False
+    curve = sorted(cache.items())
+    return Tuning({name: int(chosen)}, cache[chosen], target, k, len(xq), curve, reached)

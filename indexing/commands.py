@@ -1,0 +1,271 @@
+"""``mmssl index build | add | remove | search | info``.
+
+A collection is a JSONL(.gz) file or folder of records (CodeSearchNet format, or any records with
+a text field): the indexed text is ``--text-field`` (default: ``code`` for a code index,
+``docstring`` for a text index), every other field except token lists becomes the payload a hit
+shows. Item ids are the records' positions in the collection (after ``--partition``), from 0.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from mmssl.console import get_logger, setup_logging
+
+log = get_logger("index")
+TOKEN_FIELDS = ("code_tokens", "docstring_tokens")
+DEFAULT_TEXT_FIELD = {"code": "code", "text": "docstring"}
+
+
+def read_collection(data: str, text_field: str, partition: str | None, max_items: int | None = None):
+    """(texts, payloads, other-modality texts or None) from CodeSearchNet-format or plain JSONL records."""
+    from mmssl.data.code_search import read_code_search
+
+    corpus = read_code_search(data, partition=partition or None, required=(text_field,))
+    records = corpus.records[:max_items] if max_items else corpus.records
+    if not records:
+        raise ValueError(f"{data}: no records" + (f" in partition {partition!r}" if partition else ""))
+    texts = [r[text_field] for r in records]
+    payloads = [{k: v for k, v in r.items() if k != text_field and k not in TOKEN_FIELDS and v != ""} for r in records]
+    return texts, payloads, records
+
+
+def _where(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--where {pair!r}: use FIELD=VALUE, e.g. --where repo=requests")
+        out[key] = value
+    return out
+
+
+@dataclass(frozen=True)
+class IndexBuildConfig:
+    """Embed a collection with a dual encoder and build a search index directory from it."""
+
+    model: str = field(metadata={"help": "dual encoder directory (mmssl train output)"})
+    data: str = field(metadata={"help": "collection: JSONL(.gz) file or folder (CodeSearchNet format or any records)"})
+    out: str = field(metadata={"help": "index directory to write (atomically)"})
+    modality: str | None = field(default=None, metadata={"help": "what the items are (default: the model's 2nd side)"})
+    text_field: str | None = field(default=None, metadata={"help": "record field to index (default by modality)"})
+    partition: str | None = field(default=None, metadata={"help": "only records of this partition"})
+    max_items: int | None = field(default=None, metadata={"help": "index only the first N records"})
+    index_type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"] = field(
+        default="auto", metadata={"help": "index kind (auto: from the size and the memory budget)"}
+    )
+    factory: str | None = field(default=None, metadata={"help": "any FAISS factory string (overrides index_type)"})
+    memory_budget: str | None = field(default=None, metadata={"help": "RAM the index may use, e.g. 2G"})
+    target_recall: float = field(default=0.95, metadata={"help": "recall@10 vs exact search that tuning aims for"})
+    opq: bool = field(default=False, metadata={"help": "rotate with OPQ before PQ (when PQ is chosen)"})
+    ondisk: bool = field(default=False, metadata={"help": "IVF lists on disk, memory-mapped (beyond RAM)"})
+    lexical: bool = field(default=False, metadata={"help": "also build a BM25 index (for --mode lexical/hybrid)"})
+    embeddings: str | None = field(
+        default=None, metadata={"help": "embedding shards directory (default OUT.embeddings; resumable)"}
+    )
+    shard_size: int = field(default=50_000, metadata={"help": "items per embedding shard"})
+    dtype: Literal["float32", "float16"] = field(default="float32", metadata={"help": "dtype of stored embeddings"})
+    batch_size: int = field(default=128, metadata={"help": "embedding batch size"})
+    device: str = field(default="auto", metadata={"help": "auto, cpu, cuda[:N]"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing index at OUT"})
+    seed: int = field(default=0, metadata={"help": "seed of training and tuning samples"})
+
+
+def _load_model(path: str, device: str):
+    from mmssl.models import DualEncoder
+    from mmssl.runtime import resolve_device
+
+    return DualEncoder.from_pretrained(path, device=resolve_device(device)).eval()
+
+
+def build_main(config: IndexBuildConfig) -> int:
+    from indexing.build import parse_budget
+    from indexing.embed import ShardDir, embed_collection, embed_texts
+    from indexing.index import build_index_dir
+    from indexing.store import model_fingerprint
+    from mmssl.distributed import get_rank, init_distributed
+
+    setup_logging()
+    budget = parse_budget(config.memory_budget)
+    out = Path(config.out)
+    if out.exists() and not config.overwrite and (out / "manifest.json").is_file():
+        raise ValueError(f"{out}: an index is already there; pass --overwrite to replace it")
+    init_distributed()
+    model = _load_model(config.model, config.device)
+    first, second = model.config.modalities
+    modality = config.modality or second
+    if modality not in (first, second):
+        raise ValueError(f"--modality {modality!r}: the model embeds {first} and {second}")
+    query_modality = first if modality == second else second
+    text_field = config.text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
+    texts, payloads, records = read_collection(config.data, text_field, config.partition, config.max_items)
+    ids = np.arange(len(texts), dtype=np.int64)
+    sha = model_fingerprint(config.model)
+    emb_dir = Path(config.embeddings or f"{out}.embeddings")
+    embed_collection(
+        model,
+        modality,
+        texts,
+        ids,
+        emb_dir,
+        model_sha256=sha,
+        shard_size=config.shard_size,
+        dtype=config.dtype,
+        batch_size=config.batch_size,
+    )
+    if get_rank() != 0:
+        return 0
+    # Tune on real queries where the records carry them (docstrings for a code index).
+    query_field = DEFAULT_TEXT_FIELD.get(query_modality)
+    tune_queries = None
+    if query_field and query_field != text_field:
+        qs = [r.get(query_field) for r in records]
+        rng = np.random.default_rng(config.seed + 1)
+        pick = [i for i in rng.permutation(len(qs))[:1000] if isinstance(qs[i], str) and qs[i].strip()]
+        if len(pick) >= 50:
+            tune_queries = embed_texts(model, query_modality, [qs[i] for i in pick], config.batch_size)
+    manifest = build_index_dir(
+        out,
+        ShardDir(emb_dir),
+        (ids, texts, payloads),
+        memory_budget=budget,
+        index_type=config.index_type,
+        factory=config.factory,
+        opq=config.opq,
+        ondisk=config.ondisk,
+        target_recall=config.target_recall,
+        tune_queries=tune_queries,
+        lexical=config.lexical,
+        model_path=config.model,
+        model_sha256=sha,
+        modality=modality,
+        query_modality=query_modality,
+        overwrite=config.overwrite,
+        seed=config.seed,
+    )
+    t = manifest.tuning
+    recall = f", recall@10 {t['recall']:.3f} at {manifest.search_params}" if manifest.search_params else ""
+    print(f"{out}: {manifest.count:,} {modality} items, {manifest.factory}{recall}; embeddings in {emb_dir}")
+    return 0
+
+
+@dataclass(frozen=True)
+class IndexAddConfig:
+    """Embed more records with the index's own model and add them to an index directory."""
+
+    index: str = field(metadata={"help": "index directory"})
+    data: str = field(metadata={"help": "records to add: JSONL(.gz) file or folder"})
+    text_field: str | None = field(default=None, metadata={"help": "record field to index (default by modality)"})
+    partition: str | None = field(default=None, metadata={"help": "only records of this partition"})
+    batch_size: int = field(default=128, metadata={"help": "embedding batch size"})
+
+
+def add_main(config: IndexAddConfig) -> int:
+    from indexing.embed import embed_texts
+    from indexing.index import SearchIndex, add_items
+
+    setup_logging()
+    with SearchIndex.load(config.index) as index:
+        model = index.model()
+        modality = index.manifest.modality or model.config.modalities[1]
+        text_field = config.text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
+        texts, payloads, _ = read_collection(config.data, text_field, config.partition)
+        vectors = embed_texts(model, modality, texts, config.batch_size)
+    ids = add_items(config.index, vectors, texts, payloads)
+    print(f"{config.index}: added {len(ids):,} items (ids {ids.min()}..{ids.max()})")
+    return 0
+
+
+@dataclass(frozen=True)
+class IndexRemoveConfig:
+    """Remove items from an index directory, by id or by payload field."""
+
+    index: str = field(metadata={"help": "index directory"})
+    ids: list[int] | None = field(default=None, metadata={"help": "item ids to remove"})
+    where: list[str] | None = field(default=None, metadata={"help": "FIELD=VALUE filters on the payload"})
+
+
+def remove_main(config: IndexRemoveConfig) -> int:
+    from indexing.index import SearchIndex, remove_items
+
+    setup_logging()
+    if not config.ids and not config.where:
+        raise ValueError("give --ids or --where")
+    ids = list(config.ids or [])
+    if config.where:
+        with SearchIndex.load(config.index, verify=False) as index:
+            ids += index.filter_ids(_where(config.where)).tolist()
+    n = remove_items(config.index, ids)
+    print(f"{config.index}: removed {n:,} items")
+    return 0
+
+
+@dataclass(frozen=True)
+class IndexSearchConfig:
+    """Search an index with text queries: ranked results with scores and payloads."""
+
+    index: str = field(metadata={"help": "index directory"})
+    query: list[str] = field(metadata={"help": "query text (repeat for several)"})
+    k: int = field(default=10, metadata={"aliases": ["-k"], "help": "results per query"})
+    mode: Literal["dense", "lexical", "hybrid"] = field(
+        default="dense", metadata={"help": "dense, BM25, or both (RRF)"}
+    )
+    where: list[str] | None = field(default=None, metadata={"help": "FIELD=VALUE payload filters, e.g. repo=json"})
+    json: bool = field(default=False, metadata={"help": "print JSON (one list per query)"})
+    verify: bool = field(default=False, metadata={"help": "check every file's sha256 before searching"})
+
+
+def search_main(config: IndexSearchConfig) -> int:
+    from indexing.index import SearchIndex
+
+    setup_logging("WARNING")
+    with SearchIndex.load(config.index, verify=config.verify) as index:
+        results = index.search(config.query, config.k, mode=config.mode, where=_where(config.where))
+    if config.json:
+        print(json.dumps([[h.to_dict() for h in hits] for hits in results], ensure_ascii=False, indent=1))
+        return 0
+    for query, hits in zip(config.query, results):
+        print(f"query: {query}")
+        if not hits:
+            print("  (no results)")
+        for h in hits:
+            p = h.payload
+            where = " ".join(str(p[k]) for k in ("repo", "path", "func_name") if p.get(k))
+            first = next((line.strip() for line in h.text.splitlines() if line.strip()), "")
+            print(f"{h.rank:>3}. {h.score:8.4f}  id={h.id}  {where}")
+            print(f"       {first[:100]}")
+    return 0
+
+
+@dataclass(frozen=True)
+class IndexInfoConfig:
+    """Show what an index directory holds (from its manifest), after checking its files."""
+
+    index: str = field(metadata={"help": "index directory"})
+    json: bool = field(default=False, metadata={"help": "print JSON"})
+    verify: bool = field(default=True, metadata={"help": "check every file's sha256"})
+
+
+def info_main(config: IndexInfoConfig) -> int:
+    from indexing.index import SearchIndex
+
+    setup_logging("WARNING")
+    with SearchIndex.load(config.index, verify=config.verify, use_gpu=False) as index:
+        info = index.info()
+    if config.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        if key == "tuning":
+            value = {k: v for k, v in value.items() if k != "curve"}
+        sys.stdout.write(f"{key:<{width}}  {value}\n")
+    return 0

@@ -1,0 +1,200 @@
+"""Embedding a collection into shards on disk, resumable and split across processes.
+
+Shape legend: N items, S items per shard, D embedding size.
+
+Layout of an embeddings directory:
+    DIR/embeddings.json        model hash, modality, D, dtype, S, N: what every shard was made with
+    DIR/shard-00000.npy        (S, D) float32 or float16 embeddings, L2-normalized
+    DIR/shard-00000.ids.npy    (S,) int64 item ids: written last, so its presence marks a finished shard
+
+Each file is written to a temporary name and renamed, so a crash loses at most the shard being
+embedded; a rerun with the same settings skips every finished shard. A rerun with different
+settings (another model, dtype, shard size or collection size) is refused rather than mixed in.
+Under ``torchrun`` rank r of W embeds shards r, r + W, r + 2W, ...; every rank reads the same
+collection and skips what is not its own. Within a shard texts are sorted by length, so batches
+carry little padding; the model runs under ``torch.inference_mode`` and, on a GPU, bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmssl.console import get_logger, progress
+from mmssl.distributed import barrier, get_rank, get_world_size
+from mmssl.io import atomic_file
+
+log = get_logger("index.embed")
+SPEC = "embeddings.json"
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    model_sha256: str
+    modality: str
+    dim: int
+    dtype: str
+    shard_size: int
+    count: int
+
+    @property
+    def n_shards(self) -> int:
+        return (self.count + self.shard_size - 1) // self.shard_size
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_file(path) as f:
+        np.save(f, array)
+
+
+class ShardDir:
+    """A finished embeddings directory, read as ``Shards`` (float32, one shard in memory at a time)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        spec_file = self.path / SPEC
+        if not spec_file.is_file():
+            raise FileNotFoundError(f"{self.path}: not an embeddings directory (no {SPEC})")
+        try:
+            self.spec = EmbeddingSpec(**json.loads(spec_file.read_text()))
+        except (json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{spec_file}: malformed ({e})") from None
+        self.dim, self.count = self.spec.dim, self.spec.count
+        missing = [i for i in range(self.spec.n_shards) if not (self.path / f"{shard_name(i)}.ids.npy").is_file()]
+        if missing:
+            raise ValueError(
+                f"{self.path}: {len(missing)} of {self.spec.n_shards} shards unfinished "
+                f"(first: {shard_name(missing[0])}); rerun the embedding to complete them"
+            )
+
+    def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        base = self.path / shard_name(i)
+        try:
+            x = np.load(f"{base}.npy", mmap_mode="r")
+            ids = np.load(f"{base}.ids.npy")
+        except (ValueError, OSError) as e:
+            raise ValueError(
+                f"{base}.npy: unreadable ({e}); delete the shard's files and rerun the embedding"
+            ) from None
+        expected = min(self.spec.shard_size, self.count - i * self.spec.shard_size)
+        if x.shape != (expected, self.dim) or ids.shape != (expected,):
+            raise ValueError(f"{base}.npy: shape {x.shape} / ids {ids.shape}, expected ({expected}, {self.dim})")
+        return ids, np.asarray(x, dtype=np.float32)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for i in range(self.spec.n_shards):
+            yield self.shard(i)
+
+    def sample(self, m: int, seed: int = 0) -> np.ndarray:
+        """``m`` uniformly chosen rows (all rows if m >= N), read shard by shard."""
+        if m >= self.count:
+            return np.concatenate([x for _, x in self], axis=0)
+        rows = np.sort(np.random.default_rng(seed).choice(self.count, m, replace=False))
+        out = []
+        for i in range(self.spec.n_shards):
+            lo = i * self.spec.shard_size
+            mine = rows[(rows >= lo) & (rows < lo + self.spec.shard_size)] - lo
+            if len(mine):
+                x = np.load(self.path / f"{shard_name(i)}.npy", mmap_mode="r")
+                out.append(np.asarray(x[mine], dtype=np.float32))
+        return np.concatenate(out, axis=0)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def embed_texts(model, modality: str, texts: Sequence[str], batch_size: int = 128, bar=None) -> np.ndarray:
+    """(len(texts), D) float32 L2-normalized embeddings, length-sorted batches, input order kept."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = np.empty((len(texts), model.config.embed_dim), dtype=np.float32)
+    with _autocast(model.device):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            emb = model.encode(modality, model.tokenize(modality, [texts[i] for i in idx]))
+            out[idx] = emb.float().cpu().numpy()
+            if bar is not None:
+                bar(len(idx))
+    model.train(was_training)
+    return out
+
+
+def embed_collection(
+    model,
+    modality: str,
+    texts: Sequence[str],
+    ids: Sequence[int] | np.ndarray,
+    out_dir: str | Path,
+    *,
+    model_sha256: str,
+    shard_size: int = 50_000,
+    dtype: str = "float32",
+    batch_size: int = 128,
+) -> Path:
+    """Embed ``texts`` (item ``ids``) into shards under ``out_dir``; returns ``out_dir``.
+
+    Resumes: finished shards are skipped. Under torchrun each rank embeds its own shards and the
+    call returns on every rank once all shards are written.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose float32 or float16")
+    if len(texts) != len(ids):
+        raise ValueError(f"{len(texts)} texts but {len(ids)} ids")
+    if not texts:
+        raise ValueError("nothing to embed: the collection is empty")
+    if modality not in model.config.modalities:
+        raise ValueError(f"modality {modality!r}: the model embeds {' and '.join(model.config.modalities)}")
+    out = Path(out_dir)
+    spec = EmbeddingSpec(model_sha256, modality, model.config.embed_dim, dtype, shard_size, len(texts))
+    spec_file = out / SPEC
+    if get_rank() == 0:
+        if spec_file.is_file():
+            old = json.loads(spec_file.read_text())
+            diff = [k for k, v in asdict(spec).items() if old.get(k) != v]
+            if diff:
+                raise ValueError(
+                    f"{spec_file}: made with a different {diff[0]} ({old.get(diff[0])!r}, "
+                    f"now {getattr(spec, diff[0])!r}); use another directory or delete this one"
+                )
+        else:
+            with atomic_file(spec_file, "w") as f:
+                f.write(json.dumps(asdict(spec), indent=2) + "\n")
+    barrier()
+    ids = np.asarray(ids, dtype=np.int64)
+    rank, world = get_rank(), get_world_size()
+    todo = [i for i in range(rank, spec.n_shards, world) if not (out / f"{shard_name(i)}.ids.npy").is_file()]
+    done = len(range(rank, spec.n_shards, world)) - len(todo)
+    if done:
+        log.info("resuming: %d shard(s) already embedded", done)
+    total = sum(min(shard_size, len(texts) - i * shard_size) for i in todo)
+    ticks = iter(progress(range(total), total=total, description=f"embedding {modality}"))
+
+    def bar(n: int) -> None:
+        for _ in range(n):
+            next(ticks, None)
+
+    for i in todo:
+        lo, hi = i * shard_size, min((i + 1) * shard_size, len(texts))
+        x = embed_texts(model, modality, texts[lo:hi], batch_size, bar)
+        _save_npy(out / f"{shard_name(i)}.npy", x.astype(dtype))
+        _save_npy(out / f"{shard_name(i)}.ids.npy", ids[lo:hi])  # last: marks the shard finished
+    for _ in ticks:  # close the progress bar
+        pass
+    barrier()
+    return out

@@ -1,0 +1,570 @@
+"""Build, load, search and update an index directory (layout in ``indexing.store``).
+
+Shape legend: N items, Q queries, K results, D embedding size.
+
+    from indexing import build_index_dir, SearchIndex
+    build_index_dir("runs/idx", ArrayShards(xb, ids), items=(ids, texts, payloads), model_path="runs/model")
+    index = SearchIndex.load("runs/idx")
+    hits = index.search(["read a csv file"], k=10, mode="hybrid", where={"repo": "pandas"})
+
+Dense search embeds queries with the model recorded in the manifest (its hash is checked first).
+Filtered search (``where`` on payload fields, or ``ids``): a filter that keeps at most
+``EXACT_FILTER_MAX`` items is answered exactly, by scoring the kept items' vectors (reconstructed
+from the index); a wider one goes through FAISS's ``IDSelector`` on the CPU index, since FAISS
+ignores selectors on GPU indexes. ``add`` and ``remove`` write a new version of the directory and
+swap it in atomically; HNSW cannot delete, so its removed ids are kept as tombstones and excluded
+at search time.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from indexing.build import (
+    ArrayShards,
+    IndexPlan,
+    Shards,
+    Tuning,
+    as_float32_matrix,
+    as_ids,
+    build_in_memory,
+    build_ondisk,
+    choose_index,
+    exact_neighbours,
+    gpu_count,
+    search_parameters,
+    tune,
+)
+from indexing.lexical import LexicalIndex, reciprocal_rank_fusion
+from indexing.store import (
+    INDEX_FILE,
+    LEXICAL_DIR,
+    MANIFEST,
+    META_FILE,
+    ONDISK_FILE,
+    IndexDirError,
+    Manifest,
+    MetadataStore,
+    check_files,
+    model_fingerprint,
+    now,
+    record_files,
+)
+from mmssl.console import get_logger
+from mmssl.io import atomic_dir
+
+log = get_logger("index")
+Mode = Literal["dense", "lexical", "hybrid"]
+EXACT_FILTER_MAX = 65_536
+FUSION_DEPTH = 100  # candidates each side contributes to hybrid fusion
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    id: int
+    score: float
+    text: str
+    payload: dict[str, Any]
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "id": self.id, "score": self.score, "text": self.text, "payload": self.payload}
+
+
+def _versions() -> dict[str, str]:
+    import faiss
+
+    from mmssl import __version__
+
+    return {"mmssl": __version__, "faiss": faiss.__version__}
+
+
+def _write_index(index, path: Path) -> None:
+    import faiss
+
+    faiss.write_index(index, str(path))
+
+
+def _read_index(path: Path, ondisk: bool):
+    import faiss
+
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if ondisk else 0
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as e:
+        raise IndexDirError(f"{path}: FAISS cannot read it ({str(e).strip().splitlines()[-1]})") from None
+
+
+def _check_target(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a directory that is not an index, or an index unless ``overwrite``."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a directory")
+    if (out / MANIFEST).is_file():
+        if not overwrite:
+            raise ValueError(f"{out}: an index is already there; pass overwrite (--overwrite) to replace it")
+    elif any(out.iterdir()):
+        raise ValueError(f"{out}: a non-empty directory that is not an index; choose another path")
+
+
+def build_index_dir(
+    out: str | Path,
+    shards: Shards,
+    items: tuple[Sequence[int], Sequence[str], Sequence[dict]] | None = None,
+    *,
+    memory_budget: int | None = None,
+    index_type: str = "auto",
+    factory: str | None = None,
+    opq: bool = False,
+    ondisk: bool = False,
+    target_recall: float = 0.95,
+    tune_queries: np.ndarray | None = None,
+    n_tune: int = 1000,
+    lexical: bool = False,
+    model_path: str | None = None,
+    model_sha256: str | None = None,
+    modality: str | None = None,
+    query_modality: str | None = None,
+    use_gpu: bool | None = None,
+    overwrite: bool = False,
+    seed: int = 0,
+) -> Manifest:
+    """Choose, build, tune and write an index directory for ``shards`` (atomically).
+
+    ``items`` = (ids, texts, payloads) fills the metadata store (ids must be the shards' ids);
+    ``tune_queries`` (Q, D) are the held-out queries the search parameters are tuned on (default:
+    a sample of the collection's own vectors). Returns the manifest written.
+    """
+    out = Path(out)
+    _check_target(out, overwrite)
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+    if lexical and items is None:
+        raise ValueError("a lexical index needs the items' text")
+    if model_path and not model_sha256:
+        model_sha256 = model_fingerprint(model_path)
+    plan = choose_index(
+        shards.count, shards.dim, memory_budget, index_type=index_type, factory=factory, opq=opq, ondisk=ondisk
+    )
+    log.info("index for %s vectors of dim %d: %s (%s)", f"{shards.count:,}", shards.dim, plan.factory, plan.reason)
+    started = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        if plan.ondisk:
+            index = build_ondisk(plan, shards, tmp, tmp / ONDISK_FILE, seed=seed)
+        else:
+            index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
+        if index.ntotal != shards.count:
+            raise RuntimeError(f"index holds {index.ntotal} vectors, expected {shards.count}")
+        tuning = _tune(index, plan, shards, tune_queries, n_tune, target_recall, seed)
+        build_seconds = time.perf_counter() - started
+        _write_index(index, tmp / INDEX_FILE)
+        names = [INDEX_FILE, META_FILE] + ([ONDISK_FILE] if plan.ondisk else [])
+        shard_ids = np.concatenate([i for i, _ in _ids_only(shards)])
+        next_id = int(shard_ids.max()) + 1
+        with MetadataStore(tmp / META_FILE) as store:
+            if items is not None:
+                ids, texts, payloads = items
+                ids = as_ids(ids, len(texts))
+                if len(shard_ids) != len(ids) or not np.array_equal(np.sort(shard_ids), np.sort(ids)):
+                    raise ValueError("the items' ids are not the embeddings' ids")
+                store.insert(ids, texts, payloads)
+        lex_info = None
+        if lexical:
+            LexicalIndex.build(items[0], items[1]).save(tmp / LEXICAL_DIR)
+            names.append(LEXICAL_DIR)
+            lex_info = _lexical_info()
+        manifest = Manifest(
+            dim=shards.dim,
+            count=int(index.ntotal),
+            index_type=plan.index_type,
+            factory=plan.factory,
+            search_params=tuning.params,
+            tuning={**tuning.to_dict(), "build_seconds": round(build_seconds, 2), "reason": plan.reason},
+            ondisk=plan.ondisk,
+            model_path=str(Path(model_path).resolve()) if model_path else None,
+            model_sha256=model_sha256,
+            modality=modality,
+            query_modality=query_modality,
+            lexical=lex_info,
+            files=record_files(tmp, names),
+            next_id=next_id,
+            created=now(),
+            updated=now(),
+            versions=_versions(),
+        )
+        (tmp / MANIFEST).write_text(manifest.to_json())
+    log.info("wrote %s: %s items, %s, %s", out, f"{manifest.count:,}", plan.factory, tuning.params or "exact search")
+    return manifest
+
+
+def _lexical_info() -> dict:
+    from indexing.lexical import K1, B
+
+    return {"library": "bm25s", "method": "lucene", "k1": K1, "b": B, "tokenizer": "mmssl.bm25.code_search_tokens"}
+
+
+def _ids_only(shards: Shards):
+    if isinstance(shards, ArrayShards):
+        yield shards.ids, None
+        return
+    if hasattr(shards, "path"):  # ShardDir: read only the ids files
+        from indexing.embed import shard_name
+
+        for i in range(shards.spec.n_shards):
+            yield np.load(shards.path / f"{shard_name(i)}.ids.npy"), None
+        return
+    for ids, _ in shards:
+        yield ids, None
+
+
+def _tune(index, plan: IndexPlan, shards: Shards, xq, n_tune: int, target: float, seed: int) -> Tuning:
+    if plan.index_type == "flat":
+        return Tuning(target=target)
+    xq = shards.sample(n_tune, seed + 1) if xq is None else as_float32_matrix(xq, "tune queries")
+    if xq.shape[1] != shards.dim:
+        raise ValueError(f"tune queries have dim {xq.shape[1]}, the collection {shards.dim}")
+    exact = exact_neighbours(xq, shards, 10)
+    tuning = tune(index, xq, exact, target)
+    if not tuning.reached:
+        log.warning(
+            "%s reaches recall@10 %.3f at best (target %.2f): more memory (exact vectors) would be needed",
+            plan.factory,
+            tuning.recall,
+            target,
+        )
+    return tuning
+
+
+class SearchIndex:
+    """A loaded index directory: dense, lexical and hybrid search; add and remove."""
+
+    def __init__(self, path: Path, manifest: Manifest, index, store: MetadataStore, lexical: LexicalIndex | None):
+        self.path = path
+        self.manifest = manifest
+        self.index = index
+        self.store = store
+        self.lexical = lexical
+        self._model = None
+        self._gpu_index = None
+        self._removed = self._tombstones()
+
+    # ---- loading --------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: str | Path, *, verify: bool = True, use_gpu: bool | None = None) -> SearchIndex:
+        """Open an index directory: manifest first, then each file checked against it."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: no such index directory")
+        manifest = Manifest.from_file(path / MANIFEST)
+        check_files(path, manifest, verify=verify)
+        index = _read_index(path / INDEX_FILE, manifest.ondisk)
+        if index.d != manifest.dim:
+            raise IndexDirError(f"{path / INDEX_FILE}: dimension {index.d}, {MANIFEST} says {manifest.dim}")
+        if index.ntotal != manifest.count:
+            raise IndexDirError(f"{path / INDEX_FILE}: {index.ntotal} vectors, {MANIFEST} says {manifest.count}")
+        store = MetadataStore(path / META_FILE, readonly=True)
+        lexical = LexicalIndex.load(path / LEXICAL_DIR) if manifest.lexical else None
+        self = cls(path, manifest, index, store, lexical)
+        use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
+        if use_gpu and not manifest.ondisk and manifest.index_type in ("ivf_flat", "ivf_pq"):
+            self._to_gpu()
+        return self
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> SearchIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _to_gpu(self) -> None:
+        import faiss
+
+        try:
+            self._gpu_index = faiss.index_cpu_to_all_gpus(self.index)
+        except RuntimeError as e:
+            log.warning("searching on the CPU: %s", e)
+
+    def _tombstones(self) -> np.ndarray:
+        try:
+            rows = self.store.conn.execute("SELECT id FROM removed").fetchall()
+        except sqlite3.OperationalError:  # no such table: nothing removed
+            return np.zeros(0, dtype=np.int64)
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.manifest.count - len(self._removed)
+
+    # ---- the model ------------------------------------------------------------------------------
+
+    def model(self, path: str | None = None, device: str = "cpu"):
+        """The dual encoder that embeds queries: the manifest's model, checked by hash."""
+        if self._model is None:
+            from mmssl.models import DualEncoder
+
+            path = path or self.manifest.model_path
+            if not path:
+                raise ValueError(f"{self.path}: the index records no model; search with vectors or mode=lexical")
+            if self.manifest.model_sha256 and model_fingerprint(path) != self.manifest.model_sha256:
+                raise IndexDirError(
+                    f"{path}: not the model this index was built with ({MANIFEST} records another hash); "
+                    "rebuild the index with this model"
+                )
+            model = DualEncoder.from_pretrained(path, device=device)
+            if model.config.embed_dim != self.manifest.dim:
+                raise IndexDirError(
+                    f"{path}: embeds in dim {model.config.embed_dim}, the index holds {self.manifest.dim}"
+                )
+            self._model = model.eval()
+        return self._model
+
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        from indexing.embed import embed_texts
+
+        model = self.model()
+        modality = self.manifest.query_modality or model.config.modalities[0]
+        return embed_texts(model, modality, list(queries))
+
+    # ---- search ---------------------------------------------------------------------------------
+
+    def search_vectors(
+        self, xq: np.ndarray, k: int = 10, *, ids: Sequence[int] | np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores (Q, K), ids (Q, K)) by inner product; -1 ids pad rows with fewer than K results.
+
+        ``ids``: search only among these item ids.
+        """
+        import faiss
+
+        xq = as_float32_matrix(xq, "queries")
+        if xq.shape[1] != self.manifest.dim:
+            raise ValueError(f"queries have dim {xq.shape[1]}, the index {self.manifest.dim}")
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        if ids is not None:
+            allowed = np.setdiff1d(np.asarray(ids, dtype=np.int64), self._removed)
+            if len(allowed) <= EXACT_FILTER_MAX:
+                exact = self._exact_among(xq, k, allowed)
+                if exact is not None:
+                    return exact
+            selector = faiss.IDSelectorBatch(allowed)
+            return self.index.search(xq, k, params=search_parameters(self.index, self.manifest.search_params, selector))
+        if len(self._removed):
+            selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(self._removed))
+            return self.index.search(xq, k, params=search_parameters(self.index, self.manifest.search_params, selector))
+        index = self._gpu_index if self._gpu_index is not None else self.index
+        if index is self._gpu_index:
+            _set_gpu_params(index, self.manifest.search_params)
+            return index.search(xq, k)
+        return index.search(xq, k, params=search_parameters(index, self.manifest.search_params))
+
+    def _exact_among(self, xq: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Exact top-K among ``allowed`` from reconstructed vectors; None if the index cannot reconstruct."""
+        scores = np.full((len(xq), k), -np.inf, dtype=np.float32)
+        found = np.full((len(xq), k), -1, dtype=np.int64)
+        if len(allowed) == 0:
+            return scores, found
+        try:
+            vectors = np.stack([self.index.reconstruct(int(i)) for i in allowed])  # (M, D)
+        except RuntimeError:
+            return None
+        sims = xq @ vectors.T  # (Q, M)
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        n = top.shape[1]
+        scores[:, :n] = np.take_along_axis(sims, top, axis=1)
+        found[:, :n] = allowed[top]
+        return scores, found
+
+    def filter_ids(self, where: dict[str, Any]) -> np.ndarray:
+        return np.asarray(self.store.ids_where(where), dtype=np.int64)
+
+    def search(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        *,
+        mode: Mode = "dense",
+        where: dict[str, Any] | None = None,
+        ids: Sequence[int] | None = None,
+        fusion_depth: int = FUSION_DEPTH,
+    ) -> list[list[Hit]]:
+        """Ranked hits for each query text (dense, lexical BM25, or both fused by RRF)."""
+        if mode not in ("dense", "lexical", "hybrid"):
+            raise ValueError(f"mode {mode!r}: choose dense, lexical or hybrid")
+        if mode != "dense" and self.lexical is None:
+            raise ValueError(f"{self.path}: built without a lexical index (rebuild with --lexical) for mode={mode}")
+        allowed = None
+        if where:
+            allowed = self.filter_ids(where)
+        if ids is not None:
+            ids = np.asarray(ids, dtype=np.int64)
+            allowed = ids if allowed is None else np.intersect1d(allowed, ids)
+        queries = list(queries)
+        depth = max(k, fusion_depth) if mode == "hybrid" else k
+        if mode in ("dense", "hybrid"):
+            d_scores, d_ids = self.search_vectors(self.embed_queries(queries), depth, ids=allowed)
+        if mode in ("lexical", "hybrid"):
+            l_scores, l_ids = self.lexical.search(queries, depth, allowed=allowed)
+        if mode == "dense":
+            scores, found = d_scores[:, :k], d_ids[:, :k]
+        elif mode == "lexical":
+            scores, found = l_scores, l_ids
+        else:
+            scores, found = reciprocal_rank_fusion([d_ids, l_ids], k)
+        return self._hits(scores, found)
+
+    def _hits(self, scores: np.ndarray, found: np.ndarray) -> list[list[Hit]]:
+        meta = self.store.get([int(i) for i in np.unique(found) if i >= 0])
+        out = []
+        for row_s, row_i in zip(scores, found):
+            hits = []
+            for s, i in zip(row_s, row_i):
+                if i < 0 or int(i) not in meta:
+                    continue
+                text, payload = meta[int(i)]
+                hits.append(Hit(len(hits) + 1, int(i), float(s), text, payload))
+            out.append(hits)
+        return out
+
+    # ---- updates --------------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        m = self.manifest
+        return {
+            "path": str(self.path),
+            "count": len(self),
+            "dim": m.dim,
+            "index_type": m.index_type,
+            "factory": m.factory,
+            "search_params": m.search_params,
+            "tuning": m.tuning,
+            "ondisk": m.ondisk,
+            "model_path": m.model_path,
+            "modality": m.modality,
+            "query_modality": m.query_modality,
+            "lexical": m.lexical is not None,
+            "removed_tombstones": len(self._removed),
+            "created": m.created,
+            "updated": m.updated,
+            "versions": m.versions,
+            "bytes": sum(f.bytes for f in m.files.values()),
+        }
+
+
+def _set_gpu_params(index, params: dict[str, int]) -> None:
+    import faiss
+
+    ps = faiss.GpuParameterSpace()
+    ps.initialize(index)
+    for name, value in params.items():
+        ps.set_index_parameter(index, name, value)
+
+
+def _new_version(path: Path, change) -> Manifest:
+    """Copy the index directory, apply ``change(tmp_dir, index, manifest) -> manifest``, swap it in."""
+    manifest = Manifest.from_file(path / MANIFEST)
+    check_files(path, manifest)
+    if manifest.ondisk:
+        raise ValueError(f"{path}: an on-disk index cannot be updated in place; rebuild it with the new items")
+    with atomic_dir(path) as tmp:
+        for name in (INDEX_FILE, META_FILE):
+            shutil.copy2(path / name, tmp / name)
+        index = _read_index(tmp / INDEX_FILE, False)
+        manifest = change(tmp, index, manifest)
+        _write_index(index, tmp / INDEX_FILE)
+        names = [INDEX_FILE, META_FILE] + ([LEXICAL_DIR] if manifest.lexical else [])
+        if manifest.lexical:
+            with MetadataStore(tmp / META_FILE, readonly=True) as store:
+                ids, texts = [], []
+                for batch_ids, batch_texts in store.iter_items():
+                    ids += batch_ids
+                    texts += batch_texts
+            LexicalIndex.build(ids, texts).save(tmp / LEXICAL_DIR)
+        manifest = replace(manifest, count=int(index.ntotal), files=record_files(tmp, names), updated=now())
+        (tmp / MANIFEST).write_text(manifest.to_json())
+    return manifest
+
+
+def add_items(
+    path: str | Path,
+    vectors: np.ndarray,
+    texts: Sequence[str],
+    payloads: Sequence[dict],
+    ids: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Add items (their vectors, text and payload) to an index directory; returns their ids.
+
+    Ids default to the manifest's ``next_id`` onwards. The directory is replaced atomically: a crash
+    leaves the previous version.
+    """
+    path = Path(path)
+    vectors = as_float32_matrix(vectors, "vectors")
+    assigned: list[np.ndarray] = []
+
+    def change(tmp: Path, index, manifest: Manifest) -> Manifest:
+        if vectors.shape[1] != manifest.dim:
+            raise ValueError(f"vectors have dim {vectors.shape[1]}, the index {manifest.dim}")
+        new_ids = (
+            np.arange(manifest.next_id, manifest.next_id + len(vectors), dtype=np.int64)
+            if ids is None
+            else as_ids(ids, len(vectors))
+        )
+        with MetadataStore(tmp / META_FILE) as store:
+            clash = store.existing(new_ids)
+            if clash:
+                raise ValueError(f"id {clash[0]} is already in {path}")
+            store.conn.execute("CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY)")
+            dead = store.conn.execute("SELECT id FROM removed").fetchall()
+            reused = np.intersect1d(new_ids, [r[0] for r in dead])
+            if len(reused):
+                raise ValueError(f"id {reused[0]} was removed from this HNSW index and cannot be reused")
+            store.insert(new_ids, texts, payloads)
+        index.add_with_ids(vectors, new_ids)
+        assigned.append(new_ids)
+        return replace(manifest, next_id=max(manifest.next_id, int(new_ids.max()) + 1))
+
+    if not (len(vectors) == len(texts) == len(payloads)):
+        raise ValueError(
+            f"{len(vectors)} vectors, {len(texts)} texts, {len(payloads)} payloads: give one of each per item"
+        )
+    if len(vectors) == 0:
+        raise ValueError("nothing to add")
+    _new_version(path, change)
+    return assigned[0]
+
+
+def remove_items(path: str | Path, ids: Sequence[int]) -> int:
+    """Remove items by id (index, metadata and lexical side); returns how many were present."""
+    path = Path(path)
+    ids = np.unique(np.asarray(ids, dtype=np.int64))
+    removed: list[int] = []
+
+    def change(tmp: Path, index, manifest: Manifest) -> Manifest:
+        with MetadataStore(tmp / META_FILE) as store:
+            present = np.asarray(store.existing(ids), dtype=np.int64)
+            store.delete(present)
+            if manifest.index_type == "hnsw":  # HNSW graphs cannot drop nodes: tombstones
+                store.conn.execute("CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY)")
+                with store.conn:
+                    store.conn.executemany("INSERT OR IGNORE INTO removed VALUES (?)", ((int(i),) for i in present))
+            else:
+                n = index.remove_ids(present)
+                if n != len(present):
+                    raise IndexDirError(f"{path}: the index held {n} of the {len(present)} ids the metadata lists")
+        removed.append(len(present))
+        return manifest
+
+    _new_version(path, change)
+    return removed[0]

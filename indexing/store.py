@@ -1,0 +1,267 @@
+"""The index directory: a FAISS index, its metadata (SQLite) and a manifest that ties them together.
+
+Layout of an index directory (written whole into a temporary sibling, then renamed into place, so
+a crash leaves the previous version or nothing, never half of one):
+
+    DIR/manifest.json   format version, model (path, hash, modalities), dimension, metric,
+                        normalization, index type and parameters, count, each file's size and sha256
+    DIR/index.faiss     the FAISS index (a CPU index, whatever built it); ids are the item ids
+    DIR/ivf.ondisk      only for on-disk indexes: the inverted lists, memory-mapped at search time
+    DIR/meta.sqlite     items(id INTEGER PRIMARY KEY, text, payload JSON): what a hit shows
+    DIR/lexical/        optional: a bm25s index over the items' text, and the ids of its rows
+
+Loading reads the manifest first and checks, before anything is used, that every file it lists is
+present with its recorded size (a truncated copy fails here) and, unless ``verify=False``, its
+sha256; that the format version is one this code reads; and, when a model is given, that its hash
+and embedding size are the ones the index was built with. Every error names the file and field.
+
+Shape legend: N items, D embedding size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+ONDISK_FILE = "ivf.ondisk"
+META_FILE = "meta.sqlite"
+LEXICAL_DIR = "lexical"
+
+
+class IndexDirError(ValueError):
+    """A malformed, mismatched or damaged index directory (a ``ValueError``: the CLI prints it as one line)."""
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over a model directory's files (relative path and bytes, in sorted order).
+
+    Two directories with the same weights, configs and tokenizer files have the same fingerprint
+    wherever they are; retraining, or swapping a tokenizer, changes it.
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such model directory")
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(sha256_file(path).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an index directory holds; ``manifest.json`` is this, as JSON."""
+
+    dim: int
+    count: int
+    index_type: str  # flat | hnsw | ivf_flat | ivf_pq
+    factory: str  # the FAISS factory string the index was built from
+    metric: str = "ip"  # inner product; on L2-normalized vectors, cosine similarity
+    normalized: bool = True
+    search_params: dict[str, int] = field(default_factory=dict)  # nprobe / efSearch chosen by tuning
+    tuning: dict[str, Any] = field(default_factory=dict)  # target, measured recall, curve
+    ondisk: bool = False
+    model_path: str | None = None
+    model_sha256: str | None = None
+    modality: str | None = None  # what the items are (code, text, image)
+    query_modality: str | None = None  # what queries are embedded as
+    lexical: dict[str, Any] | None = None  # {"library": "bm25s", "k1": ..., "b": ..., "tokenizer": ...}
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    next_id: int = 0  # the id ``add`` gives the next item when none is given
+    created: str = ""
+    updated: str = ""
+    versions: dict[str, str] = field(default_factory=dict)  # mmssl, faiss
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_file(cls, path: Path) -> Manifest:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path.parent}: not an mmssl index directory (no {path.name})")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise IndexDirError(f"{path}: invalid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise IndexDirError(f"{path}: expected a JSON object")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise IndexDirError(
+                f"{path}: format_version {version!r}; this mmssl reads {FORMAT_VERSION} (rebuild the index)"
+            )
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise IndexDirError(f"{path}: unknown field {unknown[0]!r}")
+        for name in ("dim", "count", "index_type", "factory"):
+            if name not in raw:
+                raise IndexDirError(f"{path}: missing field {name!r}")
+        try:
+            raw["files"] = {k: FileRecord(**v) for k, v in raw.get("files", {}).items()}
+            manifest = cls(**raw)
+        except TypeError as e:
+            raise IndexDirError(f"{path}: malformed field ({e})") from None
+        if not isinstance(manifest.dim, int) or manifest.dim <= 0:
+            raise IndexDirError(f"{path}: field 'dim' must be a positive integer, got {manifest.dim!r}")
+        return manifest
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def record_files(root: Path, names: Iterable[str]) -> dict[str, FileRecord]:
+    """Size and sha256 of each named file under ``root`` (directories: every file below them)."""
+    out: dict[str, FileRecord] = {}
+    for name in names:
+        path = root / name
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for p in paths:
+            out[str(p.relative_to(root))] = FileRecord(p.stat().st_size, sha256_file(p))
+    return out
+
+
+def check_files(root: Path, manifest: Manifest, verify: bool = True) -> None:
+    """Every file the manifest lists is present with its size (and, if ``verify``, its sha256)."""
+    for name, rec in manifest.files.items():
+        path = root / name
+        if not path.is_file():
+            raise IndexDirError(f"{path}: missing (listed in {MANIFEST})")
+        size = path.stat().st_size
+        if size != rec.bytes:
+            what = "truncated" if size < rec.bytes else "changed"
+            raise IndexDirError(f"{path}: {size} bytes, {MANIFEST} records {rec.bytes} ({what}; rebuild or restore it)")
+        if verify and sha256_file(path) != rec.sha256:
+            raise IndexDirError(
+                f"{path}: sha256 does not match {MANIFEST} (the file is damaged; rebuild or restore it)"
+            )
+
+
+# ---- metadata ------------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY,
+    text TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+"""
+
+
+class MetadataStore:
+    """id -> (text, payload) in SQLite. ``text`` is what was embedded; ``payload`` a JSON object."""
+
+    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path}: no such metadata store")
+            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            self.conn = sqlite3.connect(self.path, check_same_thread=False)
+            self.conn.executescript(_SCHEMA)
+        try:
+            self.conn.execute("SELECT id, text, payload FROM items LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as e:
+            raise IndexDirError(f"{self.path}: not a readable metadata store ({e})") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> MetadataStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def insert(self, ids: Sequence[int], texts: Sequence[str], payloads: Sequence[dict]) -> None:
+        if not (len(ids) == len(texts) == len(payloads)):
+            raise ValueError(f"ids, texts and payloads differ in length: {len(ids)}, {len(texts)}, {len(payloads)}")
+        try:
+            with self.conn:
+                self.conn.executemany(
+                    "INSERT INTO items (id, text, payload) VALUES (?, ?, ?)",
+                    ((int(i), t, json.dumps(p, ensure_ascii=False)) for i, t, p in zip(ids, texts, payloads)),
+                )
+        except sqlite3.IntegrityError:
+            dup = self.existing(ids)
+            raise ValueError(f"id {dup[0] if dup else '?'} is already in the index (ids must be unique)") from None
+
+    def delete(self, ids: Sequence[int]) -> int:
+        with self.conn:
+            cur = self.conn.executemany("DELETE FROM items WHERE id = ?", ((int(i),) for i in ids))
+        return cur.rowcount
+
+    def existing(self, ids: Sequence[int]) -> list[int]:
+        """The ones of ``ids`` that are stored."""
+        found: list[int] = []
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = [int(i) for i in ids[start : start + 900]]
+            marks = ",".join("?" * len(chunk))
+            found += [r[0] for r in self.conn.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)]
+        return found
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def get(self, ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
+        out: dict[int, tuple[str, dict]] = {}
+        for start in range(0, len(ids), 900):
+            chunk = [int(i) for i in ids[start : start + 900]]
+            marks = ",".join("?" * len(chunk))
+            rows = self.conn.execute(f"SELECT id, text, payload FROM items WHERE id IN ({marks})", chunk)
+            out.update({i: (t, json.loads(p)) for i, t, p in rows})
+        return out
+
+    def iter_items(self, batch: int = 10_000) -> Iterator[tuple[list[int], list[str]]]:
+        """(ids, texts) in id order, ``batch`` at a time."""
+        last = None
+        while True:
+            if last is None:
+                rows = self.conn.execute("SELECT id, text FROM items ORDER BY id LIMIT ?", (batch,)).fetchall()
+            else:
+                rows = self.conn.execute(
+                    "SELECT id, text FROM items WHERE id > ? ORDER BY id LIMIT ?", (last, batch)
+                ).fetchall()
+            if not rows:
+                return
+            yield [r[0] for r in rows], [r[1] for r in rows]
+            last = rows[-1][0]
+
+    def ids_where(self, where: dict[str, Any]) -> list[int]:
+        """Ids whose payload has every ``field == value`` of ``where`` (``repo``, ``path`` ...)."""
+        if not where:
+            raise ValueError("an empty filter: give at least one field=value")
+        clauses, params = [], []
+        for key, value in where.items():
+            if not key or any(c in key for c in "\"'[]$"):
+                raise ValueError(f"filter field {key!r}: use a plain payload field name such as 'repo'")
+            clauses.append("json_extract(payload, ?) = ?")
+            params += [f'$."{key}"', value]
+        sql = "SELECT id FROM items WHERE " + " AND ".join(clauses)
+        return [r[0] for r in self.conn.execute(sql, params)]
