@@ -56,6 +56,9 @@ class Shards(Protocol):
     def sample(self, m: int, seed: int = 0) -> np.ndarray:  # (min(m, N), D) float32, uniform rows
         ...
 
+    def all_ids(self) -> np.ndarray:  # (N,) int64, in shard order, without reading the vectors
+        ...
+
 
 class ArrayShards:
     """In-memory vectors as ``Shards`` (``shard_size`` rows at a time)."""
@@ -69,6 +72,9 @@ class ArrayShards:
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for start in range(0, self.count, self.shard_size):
             yield self.ids[start : start + self.shard_size], self.x[start : start + self.shard_size]
+
+    def all_ids(self) -> np.ndarray:
+        return self.ids
 
     def sample(self, m: int, seed: int = 0) -> np.ndarray:
         if m >= self.count:

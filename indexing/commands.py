@@ -89,15 +89,14 @@ def _load_model(path: str, device: str):
 def build_main(config: IndexBuildConfig) -> int:
     from indexing.build import parse_budget
     from indexing.embed import ShardDir, embed_collection, embed_texts
-    from indexing.index import build_index_dir
+    from indexing.index import build_index_dir, check_target
     from indexing.store import model_fingerprint
     from mmssl.distributed import get_rank, init_distributed
 
     setup_logging()
     budget = parse_budget(config.memory_budget)
     out = Path(config.out)
-    if out.exists() and not config.overwrite and (out / "manifest.json").is_file():
-        raise ValueError(f"{out}: an index is already there; pass --overwrite to replace it")
+    check_target(out, config.overwrite)  # before minutes of embedding, not after
     init_distributed()
     model = _load_model(config.model, config.device)
     first, second = model.config.modalities

@@ -96,6 +96,9 @@ class ShardDir:
         for i in range(self.spec.n_shards):
             yield self.shard(i)
 
+    def all_ids(self) -> np.ndarray:
+        return np.concatenate([np.load(self.path / f"{shard_name(i)}.ids.npy") for i in range(self.spec.n_shards)])
+
     def sample(self, m: int, seed: int = 0) -> np.ndarray:
         """``m`` uniformly chosen rows (all rows if m >= N), read shard by shard."""
         if m >= self.count:

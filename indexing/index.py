@@ -29,7 +29,6 @@ from typing import Any, Literal
 import numpy as np
 
 from indexing.build import (
-    ArrayShards,
     IndexPlan,
     Shards,
     Tuning,
@@ -103,7 +102,7 @@ def _read_index(path: Path, ondisk: bool):
         raise IndexDirError(f"{path}: FAISS cannot read it ({str(e).strip().splitlines()[-1]})") from None
 
 
-def _check_target(out: Path, overwrite: bool) -> None:
+def check_target(out: Path, overwrite: bool) -> None:
     """Refuse to replace a directory that is not an index, or an index unless ``overwrite``."""
     if not out.exists():
         return
@@ -145,7 +144,7 @@ def build_index_dir(
     a sample of the collection's own vectors). Returns the manifest written.
     """
     out = Path(out)
-    _check_target(out, overwrite)
+    check_target(out, overwrite)
     if not 0 < target_recall <= 1:
         raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
     if lexical and items is None:
@@ -168,7 +167,7 @@ def build_index_dir(
         build_seconds = time.perf_counter() - started
         _write_index(index, tmp / INDEX_FILE)
         names = [INDEX_FILE, META_FILE] + ([ONDISK_FILE] if plan.ondisk else [])
-        shard_ids = np.concatenate([i for i, _ in _ids_only(shards)])
+        shard_ids = shards.all_ids()
         next_id = int(shard_ids.max()) + 1
         with MetadataStore(tmp / META_FILE) as store:
             if items is not None:
@@ -210,20 +209,6 @@ def _lexical_info() -> dict:
     from indexing.lexical import K1, B
 
     return {"library": "bm25s", "method": "lucene", "k1": K1, "b": B, "tokenizer": "mmssl.bm25.code_search_tokens"}
-
-
-def _ids_only(shards: Shards):
-    if isinstance(shards, ArrayShards):
-        yield shards.ids, None
-        return
-    if hasattr(shards, "path"):  # ShardDir: read only the ids files
-        from indexing.embed import shard_name
-
-        for i in range(shards.spec.n_shards):
-            yield np.load(shards.path / f"{shard_name(i)}.ids.npy"), None
-        return
-    for ids, _ in shards:
-        yield ids, None
 
 
 def _tune(index, plan: IndexPlan, shards: Shards, xq, n_tune: int, target: float, seed: int) -> Tuning:

@@ -219,24 +219,20 @@ class MetadataStore:
 
     def existing(self, ids: Sequence[int]) -> list[int]:
         """The ones of ``ids`` that are stored."""
-        found: list[int] = []
-        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
-            chunk = [int(i) for i in ids[start : start + 900]]
-            marks = ",".join("?" * len(chunk))
-            found += [r[0] for r in self.conn.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)]
-        return found
+        return [r[0] for r in self._rows_with_ids("id", ids)]
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
 
     def get(self, ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
-        out: dict[int, tuple[str, dict]] = {}
+        return {i: (t, json.loads(p)) for i, t, p in self._rows_with_ids("id, text, payload", ids)}
+
+    def _rows_with_ids(self, columns: str, ids: Sequence[int]) -> Iterator[tuple]:
+        """``SELECT columns`` of the stored items among ``ids``, in chunks under SQLite's parameter limit."""
         for start in range(0, len(ids), 900):
             chunk = [int(i) for i in ids[start : start + 900]]
             marks = ",".join("?" * len(chunk))
-            rows = self.conn.execute(f"SELECT id, text, payload FROM items WHERE id IN ({marks})", chunk)
-            out.update({i: (t, json.loads(p)) for i, t, p in rows})
-        return out
+            yield from self.conn.execute(f"SELECT {columns} FROM items WHERE id IN ({marks})", chunk)
 
     def iter_items(self, batch: int = 10_000) -> Iterator[tuple[list[int], list[str]]]:
         """(ids, texts) in id order, ``batch`` at a time."""
