@@ -31,10 +31,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_infonce.py
 
-demo:
-	@echo "make demo: not built yet. The Gradio search demo over a trained model and its index"
-	@echo "arrives with the demo issue (#6); training (#3) and indexing (#5) come first."
-	@exit 1
+demo: $(STAMP)
+	$(VENV)/bin/mmssl demo default
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -4,8 +4,9 @@ FAISS and bm25s are imported when a function that needs them runs, not by ``impo
 """
 
 from indexing.build import ArrayShards, IndexPlan, choose_index, parse_budget
-from indexing.index import Hit, SearchIndex, add_items, build_index_dir, remove_items
+from indexing.index import Hit, SearchIndex, build_index_dir
 from indexing.store import IndexDirError, Manifest, MetadataStore, model_fingerprint
+from indexing.update import add_items, remove_items
 
 __all__ = [
     "ArrayShards",

@@ -59,7 +59,7 @@ class IndexBuildConfig:
     text_field: str | None = field(default=None, metadata={"help": "record field to index (default by modality)"})
     partition: str | None = field(default=None, metadata={"help": "only records of this partition"})
     max_items: int | None = field(default=None, metadata={"help": "index only the first N records"})
-    index_type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_pq"] = field(
+    index_type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_fastscan", "ivf_pq"] = field(
         default="auto", metadata={"help": "index kind (auto: from the size and the memory budget)"}
     )
     factory: str | None = field(default=None, metadata={"help": "any FAISS factory string (overrides index_type)"})
@@ -169,7 +169,8 @@ class IndexAddConfig:
 
 def add_main(config: IndexAddConfig) -> int:
     from indexing.embed import embed_texts
-    from indexing.index import SearchIndex, add_items
+    from indexing.index import SearchIndex
+    from indexing.update import add_items
 
     setup_logging()
     with SearchIndex.load(config.index) as index:
@@ -193,7 +194,8 @@ class IndexRemoveConfig:
 
 
 def remove_main(config: IndexRemoveConfig) -> int:
-    from indexing.index import SearchIndex, remove_items
+    from indexing.index import SearchIndex
+    from indexing.update import remove_items
 
     setup_logging()
     if not config.ids and not config.where:

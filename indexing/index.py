@@ -11,14 +11,13 @@ Dense search embeds queries with the model recorded in the manifest (its hash is
 Filtered search (``where`` on payload fields, or ``ids``): a filter that keeps at most
 ``EXACT_FILTER_MAX`` items is answered exactly, by scoring the kept items' vectors (reconstructed
 from the index); a wider one goes through FAISS's ``IDSelector`` on the CPU index, since FAISS
-ignores selectors on GPU indexes. ``add`` and ``remove`` write a new version of the directory and
-swap it in atomically; HNSW cannot delete, so its removed ids are kept as tombstones and excluded
-at search time.
+ignores selectors on GPU indexes. Adding and removing items is ``indexing.update``; the ids an
+index cannot drop (tombstones: HNSW, fast-scan) are excluded here at search time.
 """
 
 from __future__ import annotations
 
-import shutil
+import math
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from indexing.build import (
     build_in_memory,
     build_ondisk,
     choose_index,
+    enable_id_lookup,
     exact_neighbours,
     gpu_count,
     search_parameters,
@@ -55,7 +55,9 @@ from indexing.store import (
     check_files,
     model_fingerprint,
     now,
+    read_index_file,
     record_files,
+    write_index_file,
 )
 from mmssl.console import get_logger
 from mmssl.io import atomic_dir
@@ -84,22 +86,6 @@ def _versions() -> dict[str, str]:
     from mmssl import __version__
 
     return {"mmssl": __version__, "faiss": faiss.__version__}
-
-
-def _write_index(index, path: Path) -> None:
-    import faiss
-
-    faiss.write_index(index, str(path))
-
-
-def _read_index(path: Path, ondisk: bool):
-    import faiss
-
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if ondisk else 0
-    try:
-        return faiss.read_index(str(path), flags)
-    except RuntimeError as e:
-        raise IndexDirError(f"{path}: FAISS cannot read it ({str(e).strip().splitlines()[-1]})") from None
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -164,8 +150,19 @@ def build_index_dir(
         if index.ntotal != shards.count:
             raise RuntimeError(f"index holds {index.ntotal} vectors, expected {shards.count}")
         tuning = _tune(index, plan, shards, tune_queries, n_tune, target_recall, seed)
+        if not tuning.reached and plan.index_type == "ivf_fastscan" and index_type == "auto" and not factory:
+            # 4-bit codes too coarse for this data even with 64 x K candidates re-ranked: the
+            # exact vectors fit, so scan them instead (slower, but it reaches the target)
+            log.warning("%s: recall@10 %.3f at best; building IVF-Flat instead", plan.factory, tuning.recall)
+            plan = replace(
+                choose_index(shards.count, shards.dim, memory_budget, index_type="ivf_flat"),
+                reason=f"fast-scan codes reached recall@10 {tuning.recall:.3f} < {target_recall}: exact vectors",
+            )
+            del index
+            index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
+            tuning = _tune(index, plan, shards, tune_queries, n_tune, target_recall, seed)
         build_seconds = time.perf_counter() - started
-        _write_index(index, tmp / INDEX_FILE)
+        write_index_file(index, tmp / INDEX_FILE)
         names = [INDEX_FILE, META_FILE] + ([ONDISK_FILE] if plan.ondisk else [])
         shard_ids = shards.all_ids()
         next_id = int(shard_ids.max()) + 1
@@ -219,7 +216,7 @@ def _tune(index, plan: IndexPlan, shards: Shards, xq, n_tune: int, target: float
         raise ValueError(f"tune queries have dim {xq.shape[1]}, the collection {shards.dim}")
     exact = exact_neighbours(xq, shards, 10)
     tuning = tune(index, xq, exact, target)
-    if not tuning.reached:
+    if not tuning.reached and plan.index_type != "ivf_fastscan":
         log.warning(
             "%s reaches recall@10 %.3f at best (target %.2f): more memory (exact vectors) would be needed",
             plan.factory,
@@ -230,7 +227,7 @@ def _tune(index, plan: IndexPlan, shards: Shards, xq, n_tune: int, target: float
 
 
 class SearchIndex:
-    """A loaded index directory: dense, lexical and hybrid search; add and remove."""
+    """A loaded index directory: dense, lexical and hybrid search."""
 
     def __init__(self, path: Path, manifest: Manifest, index, store: MetadataStore, lexical: LexicalIndex | None):
         self.path = path
@@ -241,6 +238,7 @@ class SearchIndex:
         self._model = None
         self._gpu_index = None
         self._removed = self._tombstones()
+        self._params = search_parameters(index, manifest.search_params)  # built once: per-query cost
 
     # ---- loading --------------------------------------------------------------------------------
 
@@ -252,7 +250,7 @@ class SearchIndex:
             raise FileNotFoundError(f"{path}: no such index directory")
         manifest = Manifest.from_file(path / MANIFEST)
         check_files(path, manifest, verify=verify)
-        index = _read_index(path / INDEX_FILE, manifest.ondisk)
+        index = read_index_file(path / INDEX_FILE, manifest.ondisk)
         if index.d != manifest.dim:
             raise IndexDirError(f"{path / INDEX_FILE}: dimension {index.d}, {MANIFEST} says {manifest.dim}")
         if index.ntotal != manifest.count:
@@ -278,9 +276,12 @@ class SearchIndex:
         import faiss
 
         try:
-            self._gpu_index = faiss.index_cpu_to_all_gpus(self.index)
+            gpu = faiss.index_cpu_to_all_gpus(self.index)
+            _set_gpu_params(gpu, self.manifest.search_params)
         except RuntimeError as e:
             log.warning("searching on the CPU: %s", e)
+        else:
+            self._gpu_index = gpu
 
     def _tombstones(self) -> np.ndarray:
         try:
@@ -331,13 +332,17 @@ class SearchIndex:
 
         ``ids``: search only among these item ids.
         """
-        import faiss
-
         xq = as_float32_matrix(xq, "queries")
         if xq.shape[1] != self.manifest.dim:
             raise ValueError(f"queries have dim {xq.shape[1]}, the index {self.manifest.dim}")
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
+        if ids is None and not len(self._removed):  # the common case: no selector to build
+            if self._gpu_index is not None:
+                return self._gpu_index.search(xq, k)
+            return self.index.search(xq, k, params=self._params)
+        import faiss
+
         if ids is not None:
             allowed = np.setdiff1d(np.asarray(ids, dtype=np.int64), self._removed)
             if len(allowed) <= EXACT_FILTER_MAX:
@@ -345,15 +350,11 @@ class SearchIndex:
                 if exact is not None:
                     return exact
             selector = faiss.IDSelectorBatch(allowed)
-            return self.index.search(xq, k, params=search_parameters(self.index, self.manifest.search_params, selector))
-        if len(self._removed):
+            params = widened(self.manifest.search_params, self.index.ntotal / max(len(allowed), 1))
+        else:
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(self._removed))
-            return self.index.search(xq, k, params=search_parameters(self.index, self.manifest.search_params, selector))
-        index = self._gpu_index if self._gpu_index is not None else self.index
-        if index is self._gpu_index:
-            _set_gpu_params(index, self.manifest.search_params)
-            return index.search(xq, k)
-        return index.search(xq, k, params=search_parameters(index, self.manifest.search_params))
+            params = self.manifest.search_params
+        return self.index.search(xq, k, params=search_parameters(self.index, params, selector))
 
     def _exact_among(self, xq: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Exact top-K among ``allowed`` from reconstructed vectors; None if the index cannot reconstruct."""
@@ -362,7 +363,8 @@ class SearchIndex:
         if len(allowed) == 0:
             return scores, found
         try:
-            vectors = np.stack([self.index.reconstruct(int(i)) for i in allowed])  # (M, D)
+            enable_id_lookup(self.index)
+            vectors = self.index.reconstruct_batch(allowed)  # (M, D)
         except RuntimeError:
             return None
         sims = xq @ vectors.T  # (Q, M)
@@ -423,7 +425,7 @@ class SearchIndex:
             out.append(hits)
         return out
 
-    # ---- updates --------------------------------------------------------------------------------
+    # ---- about the index ------------------------------------------------------------------------
 
     def info(self) -> dict:
         m = self.manifest
@@ -448,6 +450,17 @@ class SearchIndex:
         }
 
 
+def widened(params: dict[str, int], factor: float) -> dict[str, int]:
+    """Search parameters for a filter that keeps 1/``factor`` of the items: FAISS filters inside the
+    lists (or graph) it visits, so it visits ``factor`` times as many to find as many kept items
+    as the tuned parameters find unfiltered (FAISS caps nprobe at nlist)."""
+    out = dict(params)
+    for name, cap in (("nprobe", 1 << 20), ("efSearch", 4096)):
+        if name in out:
+            out[name] = int(min(cap, math.ceil(out[name] * factor)))
+    return out
+
+
 def _set_gpu_params(index, params: dict[str, int]) -> None:
     import faiss
 
@@ -455,101 +468,3 @@ def _set_gpu_params(index, params: dict[str, int]) -> None:
     ps.initialize(index)
     for name, value in params.items():
         ps.set_index_parameter(index, name, value)
-
-
-def _new_version(path: Path, change) -> Manifest:
-    """Copy the index directory, apply ``change(tmp_dir, index, manifest) -> manifest``, swap it in."""
-    manifest = Manifest.from_file(path / MANIFEST)
-    check_files(path, manifest)
-    if manifest.ondisk:
-        raise ValueError(f"{path}: an on-disk index cannot be updated in place; rebuild it with the new items")
-    with atomic_dir(path) as tmp:
-        for name in (INDEX_FILE, META_FILE):
-            shutil.copy2(path / name, tmp / name)
-        index = _read_index(tmp / INDEX_FILE, False)
-        manifest = change(tmp, index, manifest)
-        _write_index(index, tmp / INDEX_FILE)
-        names = [INDEX_FILE, META_FILE] + ([LEXICAL_DIR] if manifest.lexical else [])
-        if manifest.lexical:
-            with MetadataStore(tmp / META_FILE, readonly=True) as store:
-                ids, texts = [], []
-                for batch_ids, batch_texts in store.iter_items():
-                    ids += batch_ids
-                    texts += batch_texts
-            LexicalIndex.build(ids, texts).save(tmp / LEXICAL_DIR)
-        manifest = replace(manifest, count=int(index.ntotal), files=record_files(tmp, names), updated=now())
-        (tmp / MANIFEST).write_text(manifest.to_json())
-    return manifest
-
-
-def add_items(
-    path: str | Path,
-    vectors: np.ndarray,
-    texts: Sequence[str],
-    payloads: Sequence[dict],
-    ids: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Add items (their vectors, text and payload) to an index directory; returns their ids.
-
-    Ids default to the manifest's ``next_id`` onwards. The directory is replaced atomically: a crash
-    leaves the previous version.
-    """
-    path = Path(path)
-    vectors = as_float32_matrix(vectors, "vectors")
-    assigned: list[np.ndarray] = []
-
-    def change(tmp: Path, index, manifest: Manifest) -> Manifest:
-        if vectors.shape[1] != manifest.dim:
-            raise ValueError(f"vectors have dim {vectors.shape[1]}, the index {manifest.dim}")
-        new_ids = (
-            np.arange(manifest.next_id, manifest.next_id + len(vectors), dtype=np.int64)
-            if ids is None
-            else as_ids(ids, len(vectors))
-        )
-        with MetadataStore(tmp / META_FILE) as store:
-            clash = store.existing(new_ids)
-            if clash:
-                raise ValueError(f"id {clash[0]} is already in {path}")
-            store.conn.execute("CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY)")
-            dead = store.conn.execute("SELECT id FROM removed").fetchall()
-            reused = np.intersect1d(new_ids, [r[0] for r in dead])
-            if len(reused):
-                raise ValueError(f"id {reused[0]} was removed from this HNSW index and cannot be reused")
-            store.insert(new_ids, texts, payloads)
-        index.add_with_ids(vectors, new_ids)
-        assigned.append(new_ids)
-        return replace(manifest, next_id=max(manifest.next_id, int(new_ids.max()) + 1))
-
-    if not (len(vectors) == len(texts) == len(payloads)):
-        raise ValueError(
-            f"{len(vectors)} vectors, {len(texts)} texts, {len(payloads)} payloads: give one of each per item"
-        )
-    if len(vectors) == 0:
-        raise ValueError("nothing to add")
-    _new_version(path, change)
-    return assigned[0]
-
-
-def remove_items(path: str | Path, ids: Sequence[int]) -> int:
-    """Remove items by id (index, metadata and lexical side); returns how many were present."""
-    path = Path(path)
-    ids = np.unique(np.asarray(ids, dtype=np.int64))
-    removed: list[int] = []
-
-    def change(tmp: Path, index, manifest: Manifest) -> Manifest:
-        with MetadataStore(tmp / META_FILE) as store:
-            present = np.asarray(store.existing(ids), dtype=np.int64)
-            store.delete(present)
-            if manifest.index_type == "hnsw":  # HNSW graphs cannot drop nodes: tombstones
-                store.conn.execute("CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY)")
-                with store.conn:
-                    store.conn.executemany("INSERT OR IGNORE INTO removed VALUES (?)", ((int(i),) for i in present))
-            else:
-                n = index.remove_ids(present)
-                if n != len(present):
-                    raise IndexDirError(f"{path}: the index held {n} of the {len(present)} ids the metadata lists")
-        removed.append(len(present))
-        return manifest
-
-    _new_version(path, change)
-    return removed[0]

@@ -77,7 +77,7 @@ class Manifest:
 
     dim: int
     count: int
-    index_type: str  # flat | hnsw | ivf_flat | ivf_pq
+    index_type: str  # flat | hnsw | ivf_flat | ivf_fastscan | ivf_pq
     factory: str  # the FAISS factory string the index was built from
     metric: str = "ip"  # inner product; on L2-normalized vectors, cosine similarity
     normalized: bool = True
@@ -261,3 +261,22 @@ class MetadataStore:
             params += [f'$."{key}"', value]
         sql = "SELECT id FROM items WHERE " + " AND ".join(clauses)
         return [r[0] for r in self.conn.execute(sql, params)]
+
+
+# ---- the FAISS file -------------------------------------------------------------------------------
+
+
+def write_index_file(index, path: Path) -> None:
+    import faiss
+
+    faiss.write_index(index, str(path))
+
+
+def read_index_file(path: Path, ondisk: bool):
+    import faiss
+
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if ondisk else 0
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as e:
+        raise IndexDirError(f"{path}: FAISS cannot read it ({str(e).strip().splitlines()[-1]})") from None

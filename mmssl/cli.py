@@ -58,6 +58,10 @@ COMMANDS: dict[str, Command] = {
     "index info": Command(
         "indexing.commands", "IndexInfoConfig", "what an index holds, files checked", entry="info_main"
     ),
+    "demo": Command("demo.command", "DemoConfig", "the Gradio cross-modal search app over index directories"),
+    "demo default": Command(
+        "demo.default", "DemoDefaultConfig", "build the offline default (corpus, model, indexes) and open the app"
+    ),
 }
 
 
@@ -110,6 +114,36 @@ def read_config_file(path: str) -> dict:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
+def merge_repeated(argv: list[str], list_flags: set[str]) -> list[str]:
+    """``--index a --index b c`` -> ``--index a b c``: a list option given several times accumulates
+    (argparse's ``nargs='+'`` would keep only the last)."""
+    values: dict[str, list[str]] = {}
+    out: list[str] = []
+    current: str | None = None
+    for arg in argv:
+        flag, eq, inline = arg.partition("=")
+        if flag in list_flags:
+            if flag not in values:
+                values[flag] = []
+                out.append(flag)
+            current = flag
+            if eq:
+                values[flag].append(inline)
+            continue
+        if arg.startswith("-"):
+            current = None
+        if current is not None:
+            values[current].append(arg)
+        else:
+            out.append(arg)
+    merged: list[str] = []
+    for arg in out:
+        merged.append(arg)
+        if arg in values:
+            merged += values[arg]
+    return merged
+
+
 def parse_config(name: str, argv: list[str]):
     """The command's config object from its arguments (and ``--config FILE``), without running it."""
     spec = COMMANDS[name]
@@ -122,6 +156,8 @@ def parse_config(name: str, argv: list[str]):
         n = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
         if n:
             argv = [f"--{spec.positional}", *argv[:n], *argv[n:]]
+    list_flags = {f"--{f.name}" for f in dataclasses.fields(config_cls) if str(f.type).startswith("list")}
+    argv = merge_repeated(argv, list_flags)
     parser = HfArgumentParser(config_cls, prog=f"mmssl {name}", description=config_cls.__doc__)
     parser.add_argument("--config", default=None, help="TOML/YAML/JSON file of option values (flags override)")
     pre_parser = argparse.ArgumentParser(add_help=False)

@@ -91,6 +91,22 @@ def code_corpus(tmp_path_factory) -> str:
     return make_code_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl.gz")
 
 
+@pytest.fixture(scope="session")
+def tiny_model(code_corpus, tmp_path_factory):
+    """A tiny text-code dual encoder trained for 30 steps on ``code_corpus`` (its ``final`` directory)."""
+    import torch
+
+    from mmssl import cli
+
+    out = tmp_path_factory.mktemp("model") / "run"
+    argv = ["train", "--train", code_corpus, "--out", str(out), "--preset", "tiny", "--vocab-size", "300"]
+    argv += ["--batch-size", "32", "--max-steps", "30", "--eval-every", "0", "--embed-dim", "16", "--device", "cpu"]
+    argv += ["--lr", "2e-3", "--warmup-steps", "3"]
+    torch.manual_seed(0)
+    assert cli.main(argv) == 0
+    return out / "final"
+
+
 def fit_or_crash(trainer, monkeypatch, crash_at: int | None = None) -> None:
     """``trainer.fit()``; with ``crash_at``, a simulated crash (KeyboardInterrupt) when the trainer
     is about to run that step, after whatever checkpoints came before it."""

@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
+import indexing.index
 from indexing import ArrayShards, IndexDirError, SearchIndex, add_items, build_index_dir, choose_index, remove_items
 from indexing.build import exact_neighbours, memory_estimate, parse_budget, recall_at
 from indexing.embed import ShardDir, embed_collection
@@ -44,11 +44,15 @@ def items_for(ids):
 def test_choice_follows_size_and_memory_budget():
     assert choose_index(5_000, 256).index_type == "flat"
     medium = choose_index(1_000_000, 256)
-    assert medium.index_type == "ivf_flat" and medium.factory.startswith("IVF") and medium.nlist == 2048
+    assert medium.index_type == "ivf_fastscan" and medium.factory == "IVF2048,PQ128x4fs,RFlat"
+    # exact vectors fit, the fast-scan codes beside them do not: plain IVF-Flat
+    flat_mem = memory_estimate("ivf_flat", 1_000_000, 256, 2048)
+    assert flat_mem < medium.memory_bytes
+    assert choose_index(1_000_000, 256, flat_mem).index_type == "ivf_flat"
     budget = 200 * 2**20  # exact vectors need ~1 GiB
     tight = choose_index(1_000_000, 256, budget)
     assert tight.index_type == "ivf_pq" and tight.memory_bytes <= budget
-    m = int(tight.factory.split("PQ")[1])
+    m = int(tight.factory.split("PQ")[1].removesuffix("np"))
     assert 256 % m == 0 and memory_estimate("ivf_pq", 1_000_000, 256, tight.nlist, m) <= budget
     assert (
         memory_estimate("ivf_pq", 1_000_000, 256, tight.nlist, 2 * m) > budget or 2 * m > 128
@@ -81,11 +85,14 @@ def test_flat_index_equals_brute_force_and_round_trips(tmp_path):
     assert saved == manifest and saved.files["index.faiss"].bytes > 2000 * 32 * 4
 
 
-def test_auto_ivf_index_reaches_its_target_recall_on_held_out_queries(tmp_path):
+@pytest.mark.parametrize("index_type", ["auto", "ivf_flat"])
+def test_ivf_index_reaches_its_target_recall_on_held_out_queries(tmp_path, index_type):
     xb = clustered(30_000, 32)
     shards = ArrayShards(xb, shard_size=7_000)
-    manifest = build_index_dir(tmp_path / "idx", shards, target_recall=0.95, tune_queries=clustered(500, 32, seed=2))
-    assert manifest.index_type == "ivf_flat" and "nprobe" in manifest.search_params
+    tune_q = clustered(500, 32, seed=2)
+    manifest = build_index_dir(tmp_path / "idx", shards, index_type=index_type, tune_queries=tune_q)
+    assert manifest.index_type == ("ivf_fastscan" if index_type == "auto" else index_type)
+    assert "nprobe" in manifest.search_params
     nprobe = manifest.search_params["nprobe"]
     assert manifest.tuning["reached"] and manifest.tuning["recall"] >= 0.95
     xq = clustered(400, 32, seed=3)  # other held-out queries than the tuning ones
@@ -210,10 +217,11 @@ def test_add_and_remove_update_index_metadata_and_lexical_side(small_index):
         assert index.store.get([3, 1500]) == {}
 
 
-def test_hnsw_removal_uses_tombstones(tmp_path):
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf_fastscan"])
+def test_removal_uses_tombstones_where_faiss_cannot_drop_items(tmp_path, index_type):
     xb = clustered(800, 16)
     ids = np.arange(800, dtype=np.int64)
-    build_index_dir(tmp_path / "h", ArrayShards(xb, ids), items_for(ids), index_type="hnsw")
+    build_index_dir(tmp_path / "h", ArrayShards(xb, ids), items_for(ids), index_type=index_type)
     assert remove_items(tmp_path / "h", [0, 1, 2]) == 3
     with SearchIndex.load(tmp_path / "h") as index:
         assert len(index) == 797 and index.info()["removed_tombstones"] == 3
@@ -223,15 +231,24 @@ def test_hnsw_removal_uses_tombstones(tmp_path):
         add_items(tmp_path / "h", xb[:1], ["x"], [{}], ids=[1])
 
 
-def test_filtered_search_is_exact_among_the_kept_items(small_index):
-    path, xb = small_index
+@pytest.mark.parametrize("index_type", ["flat", "ivf_flat", "ivf_fastscan", "hnsw"])
+def test_filtered_search_is_exact_among_the_kept_items(tmp_path, index_type, monkeypatch):
+    xb = clustered(1500, 16)
+    ids = np.arange(1500, dtype=np.int64)
+    path = tmp_path / "idx"
+    build_index_dir(path, ArrayShards(xb, ids), items_for(ids), index_type=index_type)
     xq = clustered(5, 16, seed=11)
-    with SearchIndex.load(path) as index:
+    with SearchIndex.load(path) as index:  # IVF: the id lookup for reconstruct is built on first use
         keep = index.filter_ids({"repo": "repo3"})
         assert len(keep) == len(range(3, 1500, 7))
         scores, found = index.search_vectors(xq, 10, ids=keep)
         ref_s, ref_i = brute_force(xq, xb[keep], keep, 10)
         np.testing.assert_array_equal(found, ref_i)
+        # a wide filter goes through FAISS's id selector (translated to the inner ids for fast-scan)
+        monkeypatch.setattr(indexing.index, "EXACT_FILTER_MAX", 0)
+        _, found = index.search_vectors(xq, 10, ids=keep)
+        assert set(found[found >= 0].tolist()) <= set(keep.tolist())
+        assert recall_at(found, ref_i) >= (1.0 if index_type == "flat" else 0.6)
         with pytest.raises(ValueError, match="plain payload field"):
             index.filter_ids({"repo'--": "x"})
 
@@ -260,17 +277,6 @@ def test_lexical_index_matches_identifier_parts_and_respects_filters(tmp_path):
 
 
 # ---- embedding shards, model checks, command line ------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_model(code_corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("model") / "run"
-    argv = ["train", "--train", code_corpus, "--out", str(out), "--preset", "tiny", "--vocab-size", "300"]
-    argv += ["--batch-size", "32", "--max-steps", "30", "--eval-every", "0", "--embed-dim", "16", "--device", "cpu"]
-    argv += ["--lr", "2e-3", "--warmup-steps", "3"]
-    torch.manual_seed(0)
-    assert cli.main(argv) == 0
-    return out / "final"
 
 
 def test_embedding_resumes_after_a_crash_and_refuses_other_settings(tiny_model, tmp_path):

