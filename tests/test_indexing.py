@@ -70,6 +70,18 @@ def test_choice_follows_size_and_memory_budget():
 # ---- building and recall -------------------------------------------------------------------------
 
 
+def test_adds_are_grouped_into_few_large_calls():
+    from indexing.build import grouped
+
+    xb = clustered(1000, 8)
+    shards = ArrayShards(xb, np.arange(1000) + 5, shard_size=150)  # 7 shards, 4,800 bytes each (last 3,200)
+    groups = list(grouped(shards, max_bytes=3 * 4800))
+    assert [len(ids) for ids, _ in groups] == [450, 450, 100]
+    np.testing.assert_array_equal(np.concatenate([ids for ids, _ in groups]), np.arange(1000) + 5)
+    np.testing.assert_array_equal(np.concatenate([x for _, x in groups]), xb)
+    assert len(list(grouped(shards))) == 1
+
+
 def test_flat_index_equals_brute_force_and_round_trips(tmp_path):
     xb = clustered(2000, 32)
     ids = np.arange(1000, 3000, dtype=np.int64)
