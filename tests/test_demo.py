@@ -120,12 +120,12 @@ def chromium() -> tuple[str, str] | None:
 
 
 @pytest.mark.skipif(
-    chromium() is None and not os.environ.get("MMSSL_REQUIRE_BROWSER"),
+    chromium() is None and not os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"),
     reason="headless Chromium not installed (.ci/run installs the Debian packages chromium, chromium-driver)",
 )
 def test_browser_types_a_query_and_sees_the_result(app_url, tmp_path):
     """Headless Chromium: type a query, click Search, the known code appears; a screenshot is kept."""
-    assert chromium() is not None, "MMSSL_REQUIRE_BROWSER is set but chromium/chromedriver are missing"
+    assert chromium() is not None, "MMSSL_REQUIRE_SYSTEM_PACKAGES is set but chromium/chromedriver are missing"
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By

@@ -275,6 +275,14 @@ def test_reciprocal_rank_fusion_by_hand():
     # 30: 1/63 + 1/61; 10: 1/61; 40: 1/62; 20: 1/62 (ties by id)
     assert ids[0].tolist() == [30, 10, 20, 40]
     assert scores[0, 0] == pytest.approx(1 / 63 + 1 / 61)
+    # weighted: the second list counts a quarter (30: 1/63 + 0.25/61); at weight 0, dense order
+    scores, ids = reciprocal_rank_fusion([dense, lexical], k=4, c=60, weights=[1.0, 0.25])
+    assert ids[0].tolist() == [30, 10, 20, 40] and scores[0, 0] == pytest.approx(1 / 63 + 0.25 / 61)
+    assert scores[0, 3] == pytest.approx(0.25 / 62)
+    _, ids = reciprocal_rank_fusion([dense, lexical], k=4, c=60, weights=[1.0, 0.0])
+    assert ids[0].tolist()[:3] == [10, 20, 30]
+    with pytest.raises(ValueError, match="one non-negative weight"):
+        reciprocal_rank_fusion([dense, lexical], k=4, weights=[1.0])
 
 
 def test_lexical_index_matches_identifier_parts_and_respects_filters(tmp_path):
