@@ -73,6 +73,7 @@ class LoadedIndex:
     name: str
     path: Path
     index: Any  # indexing.SearchIndex
+    lexical_weight: float = 1.0  # BM25's weight in hybrid fusion (benchmarks/RESULTS.md: 0.1 for MiniLM)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -85,8 +86,10 @@ class LoadedIndex:
         return ["dense", "lexical", "hybrid"] if self.index.lexical is not None else ["dense"]
 
 
-def open_indexes(paths: list[str | Path]) -> dict[str, LoadedIndex]:
+def open_indexes(paths: list[str | Path], lexical_weight: float = 1.0) -> dict[str, LoadedIndex]:
     """Each directory loaded and checked (manifest, files, model hash); names must be distinct."""
+    if lexical_weight < 0:
+        raise ValueError(f"--lexical-weight {lexical_weight}: must be >= 0")
     from indexing import SearchIndex
 
     loaded: dict[str, LoadedIndex] = {}
@@ -97,7 +100,7 @@ def open_indexes(paths: list[str | Path]) -> dict[str, LoadedIndex]:
             raise ValueError(f"two indexes are named {name!r} ({loaded[name].path} and {path}): rename one")
         index = SearchIndex.load(path)
         index.model()  # load (and hash-check) the query model now, not on the first query
-        item = LoadedIndex(name, path, index)
+        item = LoadedIndex(name, path, index, lexical_weight)
         if item.pair not in TABS:
             raise ValueError(
                 f"{path}: {item.pair[0]}→{item.pair[1]} search has no tab yet (supported: "
@@ -134,7 +137,7 @@ def run_search(indexes: dict[str, LoadedIndex], spec: TabSpec, query: str, index
     if mode not in item.modes:
         raise SearchError(f"mode {mode!r}: this index offers {', '.join(item.modes)}")
     with item.lock:
-        hits = item.index.search([query], k=k, mode=mode)[0]
+        hits = item.index.search([query], k=k, mode=mode, lexical_weight=item.lexical_weight)[0]
     return [api_hit(h.to_dict()) for h in hits]
 
 

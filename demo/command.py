@@ -14,13 +14,16 @@ class DemoConfig:
     index: list[str] = field(metadata={"help": "index directory (mmssl index build); give --index several times"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0 exposes it to the network)"})
     port: int = field(default=7860, metadata={"help": "port to listen on"})
+    lexical_weight: float = field(
+        default=1.0, metadata={"help": "BM25's weight in hybrid mode (dense: 1); 0.1 suits MiniLM-class models"}
+    )
 
 
 def main(config: DemoConfig) -> int:
     from demo.app import launch, open_indexes
 
     setup_logging()
-    indexes = open_indexes(config.index)
+    indexes = open_indexes(config.index, config.lexical_weight)
     for item in indexes.values():
         q, m = item.pair
         print(f"loaded {item.name}: {len(item.index):,} {m} items, {q} queries ({item.path})", flush=True)

@@ -39,6 +39,8 @@ MODELS: dict[str, list[str] | None] = {
     "--vocab-size 16000 --warmup-steps 20".split(),
 }
 DEFAULT_ITEMS = {"minilm": 12_000, "scratch": 0}  # 0: all (--max-items overrides)
+# BM25's weight in hybrid mode, chosen on the validation split (benchmarks/RESULTS.md)
+LEXICAL_WEIGHT = {"minilm": 0.1, "scratch": 1.0}
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def main(config: DemoDefaultConfig) -> int:
     from demo.app import launch, open_indexes
 
     step("4/4 the search app")
-    indexes = open_indexes(paths)
+    indexes = open_indexes(paths, LEXICAL_WEIGHT[config.model])
     print(f"open http://{config.host}:{config.port}/ in a browser (Ctrl+C stops it)", flush=True)
     launch(indexes, config.host, config.port)
     return 0

@@ -102,6 +102,13 @@ def test_search_checks_its_arguments_itself(indexes):
     ]:
         with pytest.raises(SearchError, match=message):
             run_search(loaded, spec, *args)
+    # the app's BM25 weight reaches the fusion: at 0, hybrid ranks as dense does
+    dense_only = open_indexes(indexes[:1], lexical_weight=0.0)
+    hybrid = run_search(dense_only, spec, QUERY, "code-index", 5, "hybrid")
+    dense = run_search(dense_only, spec, QUERY, "code-index", 5, "dense")
+    assert [h["text"] for h in hybrid] == [h["text"] for h in dense]  # ids may differ among tied twins
+    with pytest.raises(ValueError, match="lexical-weight"):
+        open_indexes(indexes[:1], lexical_weight=-1)
 
 
 def test_open_indexes_refuses_what_it_cannot_serve(indexes, tmp_path):
