@@ -340,18 +340,23 @@ def grouped(shards: Iterable[tuple[np.ndarray, np.ndarray]], max_bytes: int = AD
     Fewer, larger add calls: a fast-scan list packs 32 codes to a block, and every add that starts
     mid-block packs its codes one by one (13 % of the build time at 1M x 256 with 10 adds).
     """
-    ids_parts: list[np.ndarray] = []
-    x_parts: list[np.ndarray] = []
+    group: list[tuple[np.ndarray, np.ndarray]] = []
     size = 0
     for ids, x in shards:
-        if x_parts and size + x.nbytes > max_bytes:
-            yield np.concatenate(ids_parts), np.concatenate(x_parts)
-            ids_parts, x_parts, size = [], [], 0
-        ids_parts.append(ids)
-        x_parts.append(x)
+        if group and size + x.nbytes > max_bytes:
+            yield _joined(group)
+            group, size = [], 0
+        group.append((ids, x))
         size += x.nbytes
-    if x_parts:
-        yield (ids_parts[0], x_parts[0]) if len(x_parts) == 1 else (np.concatenate(ids_parts), np.concatenate(x_parts))
+    if group:
+        yield _joined(group)
+
+
+def _joined(group: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """One (ids, x) of several; a single shard as it is, without a copy."""
+    if len(group) == 1:
+        return group[0]
+    return np.concatenate([ids for ids, _ in group]), np.concatenate([x for _, x in group])
 
 
 def fill_index(index, shards: Iterable[tuple[np.ndarray, np.ndarray]], total: int | None = None) -> None:

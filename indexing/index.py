@@ -28,7 +28,6 @@ from typing import Any, Literal
 import numpy as np
 
 from indexing.build import (
-    IndexPlan,
     Shards,
     Tuning,
     as_float32_matrix,
@@ -149,7 +148,8 @@ def build_index_dir(
             index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
         if index.ntotal != shards.count:
             raise RuntimeError(f"index holds {index.ntotal} vectors, expected {shards.count}")
-        tuning = _tune(index, plan, shards, tune_queries, n_tune, target_recall, seed)
+        reference = None if plan.index_type == "flat" else _tune_reference(shards, tune_queries, n_tune, seed)
+        tuning = tune(index, *reference, target_recall) if reference else Tuning(target=target_recall)
         if not tuning.reached and plan.index_type == "ivf_fastscan" and index_type == "auto" and not factory:
             # 4-bit codes too coarse for this data even with 64 x K candidates re-ranked: the
             # exact vectors fit, so scan them instead (slower, but it reaches the target)
@@ -160,7 +160,14 @@ def build_index_dir(
             )
             del index
             index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
-            tuning = _tune(index, plan, shards, tune_queries, n_tune, target_recall, seed)
+            tuning = tune(index, *reference, target_recall)
+        if not tuning.reached:
+            log.warning(
+                "%s reaches recall@10 %.3f at best (target %.2f): more memory (exact vectors) would be needed",
+                plan.factory,
+                tuning.recall,
+                target_recall,
+            )
         build_seconds = time.perf_counter() - started
         write_index_file(index, tmp / INDEX_FILE)
         names = [INDEX_FILE, META_FILE] + ([ONDISK_FILE] if plan.ondisk else [])
@@ -208,22 +215,12 @@ def _lexical_info() -> dict:
     return {"library": "bm25s", "method": "lucene", "k1": K1, "b": B, "tokenizer": "mmssl.bm25.code_search_tokens"}
 
 
-def _tune(index, plan: IndexPlan, shards: Shards, xq, n_tune: int, target: float, seed: int) -> Tuning:
-    if plan.index_type == "flat":
-        return Tuning(target=target)
+def _tune_reference(shards: Shards, xq, n_tune: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out queries (Q, D), their exact top-10 ids over the collection (Q, 10)) for ``tune``."""
     xq = shards.sample(n_tune, seed + 1) if xq is None else as_float32_matrix(xq, "tune queries")
     if xq.shape[1] != shards.dim:
         raise ValueError(f"tune queries have dim {xq.shape[1]}, the collection {shards.dim}")
-    exact = exact_neighbours(xq, shards, 10)
-    tuning = tune(index, xq, exact, target)
-    if not tuning.reached and plan.index_type != "ivf_fastscan":
-        log.warning(
-            "%s reaches recall@10 %.3f at best (target %.2f): more memory (exact vectors) would be needed",
-            plan.factory,
-            tuning.recall,
-            target,
-        )
-    return tuning
+    return xq, exact_neighbours(xq, shards, 10)
 
 
 class SearchIndex:
