@@ -25,10 +25,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_index import cpu_name  # noqa: E402
+from mmssl.runtime import cpu_name  # noqa: E402
 
 
 def queries_from(index_dir: Path, n: int, seed: int = 0) -> list[str]:

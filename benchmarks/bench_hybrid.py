@@ -44,10 +44,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from bench_index import cpu_name  # noqa: E402
 from bench_text_code import mine, paired, probe_and_train  # noqa: E402
 
-from mmssl.runtime import cpu_has_native_bf16  # noqa: E402
+from mmssl.runtime import cpu_has_native_bf16, cpu_name  # noqa: E402
 
 MODES = ("dense", "lexical", "hybrid")
 

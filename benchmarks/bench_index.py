@@ -46,7 +46,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -71,16 +70,7 @@ from indexing.build import (  # noqa: E402
     search_parameters,
 )
 from indexing.index import SearchIndex, build_index_dir  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from mmssl.runtime import cpu_name  # noqa: E402
 
 
 @dataclass(frozen=True)

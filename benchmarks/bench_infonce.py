@@ -193,15 +193,10 @@ def machine_info() -> dict:
     import open_clip
     import torch
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            match = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.MULTILINE)
-        cpu = match.group(1).strip() if match else cpu
-    except OSError:
-        pass
+    from mmssl.runtime import cpu_name
+
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

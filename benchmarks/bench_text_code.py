@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mmssl.runtime import cpu_has_native_bf16
+from mmssl.runtime import cpu_has_native_bf16, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 MMSSL = [sys.executable, "-m", "mmssl.cli"]
@@ -188,17 +187,9 @@ def main() -> None:
         results = json.loads(saved.read_text())["rows"]
 
     def save():
-        cpu = next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")
-            ),
-            platform.processor(),
-        )
         meta = {
             "date": started.strftime("%Y-%m-%d"),
-            "cpu": cpu,
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "minutes": args.minutes,
             "precision": args.precision,

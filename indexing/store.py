@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mmssl.io import read_json_object
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
@@ -103,12 +105,7 @@ class Manifest:
     def from_file(cls, path: Path) -> Manifest:
         if not path.is_file():
             raise FileNotFoundError(f"{path.parent}: not an mmssl index directory (no {path.name})")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise IndexDirError(f"{path}: invalid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise IndexDirError(f"{path}: expected a JSON object")
+        raw = read_json_object(path, IndexDirError)
         version = raw.get("format_version")
         if version != FORMAT_VERSION:
             raise IndexDirError(

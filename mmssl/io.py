@@ -8,6 +8,7 @@ moved in, and only then the old one deleted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -52,3 +53,15 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json_object(path: str | os.PathLike, error: type[ValueError] = ValueError) -> dict:
+    """The JSON object stored in ``path``; ``error`` naming the file if it is not JSON or not an object."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: invalid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object")
+    return value

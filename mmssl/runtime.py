@@ -56,6 +56,20 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo, else ``platform.processor()``), for benchmark records."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, from /proc/cpuinfo; False
     where that cannot be read). Without it, bf16 autocast on CPU is emulated and many times slower

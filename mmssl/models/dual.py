@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mmssl.io import atomic_dir
+from mmssl.io import atomic_dir, read_json_object
 from mmssl.models.text import TextTower, TowerConfig
 
 FORMAT_VERSION = 1
@@ -166,11 +166,7 @@ class DualEncoder(nn.Module):
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path}: not an mmssl dual encoder directory (no {CONFIG_NAME})")
-        try:
-            raw = json.loads(cfg_file.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_file}: invalid JSON ({e})") from None
-        config = DualEncoderConfig.from_dict(raw, str(cfg_file))
+        config = DualEncoderConfig.from_dict(read_json_object(cfg_file), str(cfg_file))
         towers: dict[str, TextTower] = {}
         for modality in cls._own_towers(config):
             tower_dir = path / "towers" / modality

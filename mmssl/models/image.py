@@ -25,13 +25,14 @@ mode; ``unlock_norms=True`` leaves the normalization layers trainable.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
+
+from mmssl.io import read_json_object
 
 HEAVY_SCALE = (0.3, 1.0)
 HEAVY_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
@@ -58,10 +59,7 @@ def _register(model: str) -> str:
     if path.suffix == ".json":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such open_clip model config")
-        try:
-            cfg = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: invalid JSON ({e})") from None
+        cfg = read_json_object(path)
         if "vision_cfg" not in cfg or "embed_dim" not in cfg:
             raise ValueError(f"{path}: an open_clip model config needs 'embed_dim' and 'vision_cfg'")
         open_clip.add_model_config(path)
