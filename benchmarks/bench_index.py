@@ -61,15 +61,9 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import faiss  # noqa: E402
 
-from indexing.build import (  # noqa: E402
-    ArrayShards,
-    build_in_memory,
-    choose_index,
-    memory_estimate,
-    recall_at,
-    search_parameters,
-)
+from indexing.build import ArrayShards, build_in_memory, choose_index, memory_estimate  # noqa: E402
 from indexing.index import SearchIndex, build_index_dir  # noqa: E402
+from indexing.tune import recall_at, search_parameters  # noqa: E402
 from mmssl.runtime import cpu_name  # noqa: E402
 
 

@@ -29,17 +29,13 @@ import numpy as np
 
 from indexing.build import (
     Shards,
-    Tuning,
     as_float32_matrix,
     as_ids,
     build_in_memory,
     build_ondisk,
     choose_index,
     enable_id_lookup,
-    exact_neighbours,
     gpu_count,
-    search_parameters,
-    tune,
 )
 from indexing.lexical import LexicalIndex, reciprocal_rank_fusion
 from indexing.store import (
@@ -58,6 +54,7 @@ from indexing.store import (
     record_files,
     write_index_file,
 )
+from indexing.tune import Tuning, exact_neighbours, search_parameters, tune
 from mmssl.console import get_logger
 from mmssl.io import atomic_dir
 
