@@ -3,26 +3,27 @@
     mmssl demo --index runs/demo/code-index --index runs/demo/doc-index [--host 127.0.0.1 --port 7860]
 
 Each index directory says what it holds (``modality``) and what queries it (``query_modality``);
-the app groups the indexes by that pair and gives each pair a tab (``TABS``: text→code and
-code→text here; the image issue adds text→image and image→text as two more entries, with their
-input and result renderers, without touching the rest). A tab has an index picker (when more than
-one index serves it), the query box, a ``k`` slider, the search mode (dense, and lexical / hybrid
-when the index has a BM25 side), example queries taken from the index itself, and an "about this
-index" panel from its manifest. Results show rank, score and payload: code in ``gr.Code`` with
-syntax highlighting, and where it comes from (repository, path, function, url).
+the app groups the indexes by that pair and gives each pair a tab (``TABS``: text→code, code→text,
+text→image, image→text). A tab has an index picker (when more than one index serves it), the query
+input (a text box, a code box, or an image to upload or pick from the examples), a ``k`` slider,
+the search mode (dense, and lexical / hybrid when the index has a BM25 side and the query is text),
+example queries taken from the index itself, and an "about this index" panel from its manifest.
+Results show rank, score and payload: code in ``gr.Code`` with syntax highlighting and where it
+comes from (repository, path, function, url); images in a gallery with their captions and scores.
 
-Every search is a named API endpoint (``/text_to_code``, ``/code_to_text``) returning the hits as
-JSON (rank, id, score, text, payload; the payload's ``path`` is named ``file_path`` there, see
-``api_hit``), callable with ``gradio_client``:
+Every search is a named API endpoint (``/text_to_code``, ``/code_to_text``, ``/text_to_image``,
+``/image_to_text``) returning the hits as JSON (rank, id, score, text, payload; the payload's
+``path`` is named ``file_path`` there, see ``api_hit``), callable with ``gradio_client``:
 
     from gradio_client import Client
     hits = Client("http://127.0.0.1:7860/").predict("read a csv file", "code-index", 5, "dense",
                                                       api_name="/text_to_code")
 
 Safe defaults: binds 127.0.0.1 unless told otherwise; a bounded queue (``max_size``) and
-concurrency; queries limited in length; a failed search shows the user a one-line message, never a
-stack trace; the app serves no file (results are text, rendered in the page), and nothing outside
-the index directories is read.
+concurrency; queries limited in length (images in pixels); a failed search shows the user a one-line
+message, never a stack trace; the app serves no file from disk: result images are read by the app
+from the paths their index records, downsized and sent as images, and nothing else outside the
+index directories is read.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ log = get_logger("demo")
 
 MAX_K = 20  # result slots on the page (and the most results an API call returns)
 MAX_QUERY_CHARS = {"text": 1_000, "code": 20_000}
+MAX_QUERY_PIXELS = 40_000_000  # an uploaded query image
+THUMB = 256  # result and example images are sent at most this many pixels a side
 QUEUE_SIZE = 64
 CONCURRENCY = 2  # searches in flight at once; each already uses every core (torch, FAISS)
 
@@ -49,8 +52,8 @@ class TabSpec:
 
     label: str
     api_name: str
-    query_kind: str  # text | code (image: upload) — the input component
-    result_kind: str  # code | text (image: gallery) — the result renderer
+    query_kind: str  # text | code | image (upload) — the input component
+    result_kind: str  # code | text | image (gallery) — the result renderer
     placeholder: str = ""
 
 
@@ -59,6 +62,15 @@ TABS: dict[tuple[str, str], TabSpec] = {
         "text → code", "text_to_code", "text", "code", "describe what the code does, e.g. 'read a csv file'"
     ),
     ("code", "text"): TabSpec("code → text", "code_to_text", "code", "text", "paste a function"),
+    ("text", "image"): TabSpec("text → image", "text_to_image", "text", "image", "describe the image, e.g. 'fruit'"),
+    ("image", "text"): TabSpec("image → text", "image_to_text", "image", "text", "upload an image"),
+}
+# The payload field that holds a query for the other side of an indexed pair (example queries).
+EXAMPLE_FIELD = {
+    ("text", "code"): "docstring",
+    ("code", "text"): "code",
+    ("text", "image"): "caption",
+    ("image", "text"): "path",
 }
 
 
@@ -83,7 +95,8 @@ class LoadedIndex:
 
     @property
     def modes(self) -> list[str]:
-        return ["dense", "lexical", "hybrid"] if self.index.lexical is not None else ["dense"]
+        text_query = self.pair[0] != "image"
+        return ["dense", "lexical", "hybrid"] if self.index.lexical is not None and text_query else ["dense"]
 
 
 def open_indexes(paths: list[str | Path], lexical_weight: float = 1.0) -> dict[str, LoadedIndex]:
@@ -113,7 +126,17 @@ def open_indexes(paths: list[str | Path], lexical_weight: float = 1.0) -> dict[s
     return loaded
 
 
-def check_query(query: str, kind: str) -> str:
+def check_query(query, kind: str):
+    if kind == "image":
+        from PIL import Image
+
+        if query is None:
+            raise SearchError("upload or pick an image first")
+        if not isinstance(query, Image.Image):
+            raise SearchError(f"the query must be an image, got {type(query).__name__}")
+        if query.width * query.height > MAX_QUERY_PIXELS:
+            raise SearchError(f"the image has {query.width} x {query.height} pixels; the limit is {MAX_QUERY_PIXELS:,}")
+        return query
     if not isinstance(query, str) or not query.strip():
         raise SearchError("type a query first")
     limit = MAX_QUERY_CHARS[kind]
@@ -164,10 +187,23 @@ def about(item: LoadedIndex) -> str:
     return "\n".join(lines)
 
 
-def example_queries(item: LoadedIndex, n: int = 4) -> list[str]:
+def thumbnail(path: str):
+    """The image at ``path`` (an indexed item's), RGB and at most THUMB pixels a side; None if unreadable."""
+    from mmssl.data.image_text import BadImage, open_image
+
+    try:
+        image = open_image(path)
+    except BadImage:
+        return None
+    image.thumbnail((THUMB, THUMB))
+    return image
+
+
+def example_queries(item: LoadedIndex, n: int = 4) -> list:
     """Queries for the examples row: the other side of a few indexed pairs (docstrings of indexed
-    code, code of indexed docstrings), spread over the index."""
-    query_field = {"text": "docstring", "code": "code"}.get(item.pair[0])
+    code, code of indexed docstrings, captions of indexed images, images of indexed captions),
+    spread over the index."""
+    query_field = EXAMPLE_FIELD.get(item.pair)
     count = item.index.manifest.count
     ids = [int(i * count / n) for i in range(n)]
     rows = item.index.store.get(ids)
@@ -175,7 +211,11 @@ def example_queries(item: LoadedIndex, n: int = 4) -> list[str]:
     for i in ids:
         if i in rows:
             value = rows[i][1].get(query_field) if query_field else None
-            if isinstance(value, str) and value.strip():
+            if item.pair[0] == "image":
+                image = thumbnail(value) if isinstance(value, str) else None
+                if image is not None:
+                    out.append(image)
+            elif isinstance(value, str) and value.strip():
                 out.append(value.strip().splitlines()[0][:200] if item.pair[0] == "text" else value[:2000])
     return out
 
@@ -232,6 +272,8 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
         mode = gr.Radio(first.modes, value="dense", label="mode", scale=2)
     if spec.query_kind == "code":
         query = gr.Code(language="python", label="query (code)", lines=8, interactive=True)
+    elif spec.query_kind == "image":
+        query = gr.Image(type="pil", label="query image", sources=["upload", "clipboard"], height=224)
     else:
         query = gr.Textbox(label="query", placeholder=spec.placeholder, lines=2, max_length=MAX_QUERY_CHARS["text"])
     button = gr.Button("Search", variant="primary")
@@ -243,7 +285,10 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
     hits_json = gr.JSON(visible=False)
     status = gr.Markdown()
     slots = []
-    for _ in range(MAX_K):
+    gallery = None
+    if spec.result_kind == "image":
+        gallery = gr.Gallery(label="results", columns=5, height="auto", object_fit="contain", preview=False)
+    for _ in range(MAX_K if gallery is None else 0):
         with gr.Column(visible=False) as col:
             head = gr.Markdown()
             if spec.result_kind == "code":
@@ -260,6 +305,10 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
     def render(hits):
         hits = hits or []
         updates = [f"{len(hits)} result{'s' * (len(hits) != 1)}" if hits else "no results"]
+        if gallery is not None:
+            shown = [(thumbnail(h["payload"].get("file_path", "")), h) for h in hits]
+            caption = "{rank}. {score:.3f} — {text}"
+            return updates + [[(im, caption.format(**h)) for im, h in shown if im is not None]]
         for i in range(MAX_K):
             if i < len(hits):
                 h = hits[i]
@@ -272,7 +321,7 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
         item = indexes[name]
         return gr.Radio(choices=item.modes, value="dense"), about(item)
 
-    outputs = [status] + [c for slot in slots for c in slot]
+    outputs = [status] + ([gallery] if gallery is not None else [c for slot in slots for c in slot])
     inputs = [query, picker, k, mode]
     # the button is the named API endpoint; Enter in a text box runs the same search, unnamed
     triggers = [(button.click, spec.api_name, "public")]

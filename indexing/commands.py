@@ -4,6 +4,11 @@ A collection is a JSONL(.gz) file or folder of records (CodeSearchNet format, or
 a text field): the indexed text is ``--text-field`` (default: ``code`` for a code index,
 ``docstring`` for a text index), every other field except token lists becomes the payload a hit
 shows. Item ids are the records' positions in the collection (after ``--partition``), from 0.
+
+For an image-text model the collection is image-caption pairs in any layout ``mmssl train --task
+image-text`` reads: an image index holds the images (payload: ``path``, ``caption`` and the
+record's other fields; its text, for BM25, is the caption), a caption index (``--modality text``)
+the captions (same payload), searched by image. Bad images are skipped and counted.
 """
 
 from __future__ import annotations
@@ -34,6 +39,28 @@ def read_collection(data: str, text_field: str, partition: str | None, max_items
     texts = [r[text_field] for r in records]
     payloads = [{k: v for k, v in r.items() if k != text_field and k not in TOKEN_FIELDS and v != ""} for r in records]
     return texts, payloads, records
+
+
+def read_image_collection(data: str, modality: str, image_modality: str, partition: str | None, max_items=None):
+    """(items to embed, texts for the store, payloads, tuning queries) of an image-caption source."""
+    from mmssl.image_text import load_image_pairs
+
+    pairs = load_image_pairs(data, partition or None, cache_mb=0)
+    records = pairs.candidates[:max_items] if max_items else pairs.candidates
+    if not records:
+        raise ValueError(f"{data}: no usable images" + (f" in split {partition!r}" if partition else ""))
+    texts = [r.text for r in records]
+    payloads = [
+        {
+            **{k: v for k, v in r.meta.items() if k not in ("file_name", "text")},
+            "path": str(r.image) if isinstance(r.image, (str, Path)) else r.where,
+            "caption": r.text,
+        }
+        for r in records
+    ]
+    if modality == image_modality:
+        return records, texts, payloads, texts
+    return texts, texts, payloads, records
 
 
 def _where(pairs: list[str] | None) -> dict[str, str] | None:
@@ -104,15 +131,25 @@ def build_main(config: IndexBuildConfig) -> int:
     if modality not in (first, second):
         raise ValueError(f"--modality {modality!r}: the model embeds {first} and {second}")
     query_modality = first if modality == second else second
-    text_field = config.text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
-    texts, payloads, records = read_collection(config.data, text_field, config.partition, config.max_items)
+    image_modality = next((m for m in (first, second) if model.is_image(m)), None)
+    if image_modality:
+        items, texts, payloads, queries = read_image_collection(
+            config.data, modality, image_modality, config.partition, config.max_items
+        )
+    else:
+        text_field = config.text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
+        texts, payloads, records = read_collection(config.data, text_field, config.partition, config.max_items)
+        items = texts
+        # Tune on real queries where the records carry them (docstrings for a code index).
+        query_field = DEFAULT_TEXT_FIELD.get(query_modality)
+        queries = [r.get(query_field) for r in records] if query_field and query_field != text_field else None
     ids = np.arange(len(texts), dtype=np.int64)
     sha = model_fingerprint(config.model)
     emb_dir = Path(config.embeddings or f"{out}.embeddings")
     embed_collection(
         model,
         modality,
-        texts,
+        items,
         ids,
         emb_dir,
         model_sha256=sha,
@@ -122,15 +159,13 @@ def build_main(config: IndexBuildConfig) -> int:
     )
     if get_rank() != 0:
         return 0
-    # Tune on real queries where the records carry them (docstrings for a code index).
-    query_field = DEFAULT_TEXT_FIELD.get(query_modality)
     tune_queries = None
-    if query_field and query_field != text_field:
-        qs = [r.get(query_field) for r in records]
+    if queries is not None:
         rng = np.random.default_rng(config.seed + 1)
-        pick = [i for i in rng.permutation(len(qs))[:1000] if isinstance(qs[i], str) and qs[i].strip()]
+        sample = rng.permutation(len(queries))[:1000]
+        pick = [i for i in sample if not isinstance(queries[i], str) or queries[i].strip()]
         if len(pick) >= 50:
-            tune_queries = embed_texts(model, query_modality, [qs[i] for i in pick], config.batch_size)
+            tune_queries = embed_texts(model, query_modality, [queries[i] for i in pick], config.batch_size)
     manifest = build_index_dir(
         out,
         ShardDir(emb_dir),
@@ -176,9 +211,14 @@ def add_main(config: IndexAddConfig) -> int:
     with SearchIndex.load(config.index) as index:
         model = index.model()
         modality = index.manifest.modality or model.config.modalities[1]
-        text_field = config.text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
-        texts, payloads, _ = read_collection(config.data, text_field, config.partition)
-        vectors = embed_texts(model, modality, texts, config.batch_size)
+        image_modality = next((m for m in model.config.modalities if model.is_image(m)), None)
+        if image_modality:
+            items, texts, payloads, _ = read_image_collection(config.data, modality, image_modality, config.partition)
+        else:
+            text_field = config.text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
+            texts, payloads, _ = read_collection(config.data, text_field, config.partition)
+            items = texts
+        vectors = embed_texts(model, modality, items, config.batch_size)
     ids = add_items(config.index, vectors, texts, payloads)
     print(f"{config.index}: added {len(ids):,} items (ids {ids.min()}..{ids.max()})")
     return 0
@@ -211,10 +251,12 @@ def remove_main(config: IndexRemoveConfig) -> int:
 
 @dataclass(frozen=True)
 class IndexSearchConfig:
-    """Search an index with text queries: ranked results with scores and payloads."""
+    """Search an index with text (or image) queries: ranked results with scores and payloads."""
 
     index: str = field(metadata={"help": "index directory"})
-    query: list[str] = field(metadata={"help": "query text (repeat for several)"})
+    query: list[str] = field(
+        metadata={"help": "query text (repeat for several); an image file for an index searched by image"}
+    )
     k: int = field(default=10, metadata={"aliases": ["-k"], "help": "results per query"})
     mode: Literal["dense", "lexical", "hybrid"] = field(
         default="dense", metadata={"help": "dense, BM25, or both (RRF)"}

@@ -310,7 +310,8 @@ class SearchIndex:
             self._model = model.eval()
         return self._model
 
-    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+    def embed_queries(self, queries: Sequence) -> np.ndarray:
+        """Query texts, or images for an index whose queries are images (paths, bytes, PIL images)."""
         from indexing.embed import embed_texts
 
         model = self.model()
@@ -373,7 +374,7 @@ class SearchIndex:
 
     def search(
         self,
-        queries: Sequence[str],
+        queries: Sequence,
         k: int = 10,
         *,
         mode: Mode = "dense",
@@ -382,7 +383,8 @@ class SearchIndex:
         fusion_depth: int = FUSION_DEPTH,
         lexical_weight: float = 1.0,
     ) -> list[list[Hit]]:
-        """Ranked hits for each query text (dense, lexical BM25, or both fused by RRF).
+        """Ranked hits for each query (dense, lexical BM25, or both fused by RRF); queries are texts,
+        or images (paths, bytes, PIL images) for an index of texts searched by image (dense only).
 
         ``lexical_weight``: BM25's weight in the fusion against the dense ranking's 1 (hybrid).
         """
@@ -390,6 +392,8 @@ class SearchIndex:
             raise ValueError(f"mode {mode!r}: choose dense, lexical or hybrid")
         if lexical_weight < 0:
             raise ValueError(f"lexical weight must be >= 0, got {lexical_weight}")
+        if mode != "dense" and self.manifest.query_modality == "image":
+            raise ValueError(f"mode={mode}: image queries search by embedding only (mode=dense)")
         if mode != "dense" and self.lexical is None:
             raise ValueError(f"{self.path}: built without a lexical index (rebuild with --lexical) for mode={mode}")
         allowed = None

@@ -41,7 +41,9 @@ COMMANDS: dict[str, Command] = {
     "data make-images": Command(
         "mmssl.data.images", "MakeImagesConfig", "make an image-caption set offline (emoji, shapes, digits)"
     ),
-    "train": Command("mmssl.train", "TrainConfig", "train a dual encoder (text-code) with symmetric InfoNCE"),
+    "train": Command(
+        "mmssl.train", "TrainConfig", "train a dual encoder (text-code, image-text) with symmetric InfoNCE"
+    ),
     "pretrain mlm": Command("mmssl.pretrain.run", "MLMConfig", "pretrain a masked language model (BERT/RoBERTa)"),
     "pretrain clm": Command("mmssl.pretrain.run", "CLMConfig", "pretrain a causal language model (GPT-2)"),
     "eval": Command("mmssl.eval_cmd", "EvalConfig", "MRR (CodeSearchNet protocol) and recall@k, with baselines"),

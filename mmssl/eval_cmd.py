@@ -1,5 +1,8 @@
 """``mmssl eval``: retrieval quality of a dual encoder, next to BM25 and a sentence-embedding baseline.
 
+``--task image-text`` scores an image-text model instead (``mmssl.image_text_eval``): recall@1/5/10
+both ways, zero-shot classification and linear probes, optionally next to the same model untrained.
+
 MRR follows the CodeSearchNet protocol (``mmssl.evaluate.codesearchnet_mrr``: pairs shuffled with
 a fixed seed into chunks of 1,000, each query ranks its code among the chunk's, ties count against
 the model); recall@k ranks each query against the whole file.
@@ -22,12 +25,21 @@ KS = (1, 5, 10)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Score a model (and baselines) on query-code pairs: MRR (CodeSearchNet protocol), recall@1/5/10."""
+    """Score a model (and baselines): text-code: MRR (CodeSearchNet protocol), recall@1/5/10; image-text:
+    recall@1/5/10 both ways, zero-shot accuracy, linear probes."""
 
-    task: Literal["text-code"] = field(default="text-code", metadata={"help": "what to evaluate"})
+    task: Literal["text-code", "image-text"] = field(default="text-code", metadata={"help": "what to evaluate"})
     model: str | None = field(default=None, metadata={"help": "a dual encoder directory (from mmssl train)"})
-    data: str = field(default="", metadata={"help": "CodeSearchNet .jsonl[.gz] file or folder"})
+    data: str = field(
+        default="", metadata={"help": "text-code: CodeSearchNet .jsonl[.gz] file or folder; image-text: image pairs"}
+    )
     partition: str | None = field(default="test", metadata={"help": "records of this partition ('' for all)"})
+    train_partition: str | None = field(
+        default="train", metadata={"help": "image-text: the linear probes' training split ('' for no probe)"}
+    )
+    untrained: bool = field(
+        default=False, metadata={"help": "image-text: also score the model's untrained initialization (seed 0)"}
+    )
     bm25: bool = field(default=False, metadata={"help": "also score BM25 over code tokens"})
     baseline_model: str | None = field(
         default=None, metadata={"help": "also score a sentence-embedding model dir (e.g. minilm), zero-shot"}
@@ -75,10 +87,56 @@ def sentence_encoder(path: str, device):
     return DualEncoder.build(config).to(device)
 
 
+def image_text_main(config: EvalConfig) -> int:
+    from mmssl.image_text_eval import evaluate_model, untrained_like
+    from mmssl.models import DualEncoder
+
+    if not config.model:
+        raise ValueError("--model is required for --task image-text")
+    device = resolve_device(config.device)
+    rows = {"model": DualEncoder.from_pretrained(config.model, device)}
+    if config.untrained:
+        rows["untrained"] = untrained_like(config.model).to(device)
+    scores = {
+        name: _timed(
+            lambda m=m: evaluate_model(
+                m, config.data, config.partition or None, config.train_partition or None, config.batch_size
+            )
+        )
+        for name, m in rows.items()
+    }
+    if config.json:
+        out = {**scores["model"], "data": config.data, "partition": config.partition}
+        if "untrained" in scores:
+            out["baselines"] = {"untrained": scores["untrained"]}
+        print(json.dumps(out, indent=2))
+        return 0
+    first = scores["model"]
+    print(f"{first['n']} images, {first['captions']} distinct captions from {config.data} (split {config.partition})")
+    print(f"{'model':<10} {'T>I R@1':>8} {'R@5':>7} {'R@10':>7} {'I>T R@1':>8} {'R@5':>7} {'R@10':>7}")
+    for name, r in scores.items():
+        t2i = [r[f"text_to_image_recall@{k}"] for k in KS]
+        i2t = [r[f"image_to_text_recall@{k}"] for k in KS]
+        print(f"{name:<10} {t2i[0]:8.4f} {t2i[1]:7.4f} {t2i[2]:7.4f} {i2t[0]:8.4f} {i2t[1]:7.4f} {i2t[2]:7.4f}")
+    for name, r in scores.items():
+        for task, z in r["zero_shot"].items():
+            probe = r["linear_probe"].get(task)
+            probe_text = f", linear probe {probe:.4f}" if probe is not None else ""
+            print(
+                f"{name:<10} {task}: zero-shot top-1 {z['top1']:.4f} over {z['classes']} classes "
+                f"(majority class {z['majority']:.4f}){probe_text}"
+            )
+    return 0
+
+
 def main(config: EvalConfig) -> int:
     from mmssl.text_code import load_pairs
 
     setup_logging("WARNING" if config.json else "INFO")
+    if config.task == "image-text":
+        if not config.data:
+            raise ValueError("--data is required (image-caption pairs: CSV, JSONL, a folder, shards)")
+        return image_text_main(config)
     if not config.data:
         raise ValueError("--data is required (a CodeSearchNet .jsonl[.gz] file or folder)")
     if not (config.model or config.bm25 or config.baseline_model):

@@ -324,6 +324,41 @@ def recall_at_k_from_scores_fn(
     return recall_from_ranks(retrieval_ranks_from_scores_fn(scores_fn, n, block_size=block_size), ks)
 
 
+def recall_at_k_groups(
+    query_emb: Any,
+    cand_emb: Any,
+    query_groups: Any,
+    cand_groups: Any,
+    ks: Sequence[int] = (1, 5, 10),
+    *,
+    block_size: int | None = None,
+) -> dict[str, float]:
+    """Recall@k when a query may have several right candidates: those of its own group (every image
+    of a caption that several images share, every copy of a repeated caption).
+
+    rank = 1 + #wrong candidates scoring >= the best right one (ties against, as everywhere here).
+    Shape: query_emb (Q, D), cand_emb (C, D), query_groups (Q,), cand_groups (C,) ints.
+    """
+    ks = _check_ks(ks)
+    q, c = (_to_numpy(x).astype(np.float32) for x in (query_emb, cand_emb))
+    qg, cg = _to_numpy(query_groups), _to_numpy(cand_groups)
+    if q.ndim != 2 or c.ndim != 2 or q.shape[1] != c.shape[1]:
+        raise ValueError(f"query_emb and cand_emb must be (Q, D) and (C, D); got {q.shape} and {c.shape}")
+    if qg.shape != (q.shape[0],) or cg.shape != (c.shape[0],):
+        raise ValueError(f"groups must be (Q,) and (C,); got {qg.shape} and {cg.shape}")
+    missing = np.setdiff1d(qg, cg)
+    if len(missing):
+        raise ValueError(f"{len(missing)} query group(s) without any candidate, e.g. {missing[0]}")
+    bs = _default_block(c.shape[0], block_size)
+    ranks = np.empty(q.shape[0], dtype=np.int64)
+    for start in range(0, q.shape[0], bs):
+        s = q[start : start + bs] @ c.T  # (B, C)
+        right = qg[start : start + bs, None] == cg[None, :]  # (B, C)
+        best = np.where(right, s, -np.inf).max(1, keepdims=True)  # (B, 1)
+        ranks[start : start + bs] = 1 + ((s >= best) & ~right).sum(1)
+    return recall_from_ranks(ranks, ks)
+
+
 def mrr_full(query_emb: Any, code_emb: Any, *, block_size: int | None = None) -> float:
     """Mean of 1 / rank over all N queries, each ranking its code among all N codes (ties against)."""
     return float(np.mean(1.0 / retrieval_ranks(query_emb, code_emb, block_size=block_size)))
@@ -455,6 +490,7 @@ __all__ = [
     "mrr_full_from_scores_fn",
     "recall_at_k",
     "recall_at_k_from_scores_fn",
+    "recall_at_k_groups",
     "recall_from_ranks",
     "retrieval_ranks",
     "retrieval_ranks_from_scores_fn",

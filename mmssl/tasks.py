@@ -21,18 +21,20 @@ from mmssl.models import DualEncoder
 
 @dataclass(frozen=True)
 class Pairs:
-    """Aligned (query, candidate) texts and, per pair, an id shared by identical queries.
+    """Aligned (query, candidate) items and, per pair, an id shared by identical queries.
 
-    Identical docstrings in one batch are false negatives for each other; the ids let the loss
-    mask them (the design notes' trap).
+    Queries are texts; candidates are texts (code) or images (``ImageTextRecord``s, whose ``where``
+    names them). Identical docstrings or captions in one batch are false negatives for each other;
+    the ids let the loss mask them (the design notes' trap), and let evaluation count every image of
+    a repeated caption as a right answer.
     """
 
     queries: list[str]
-    candidates: list[str]
+    candidates: list
     ids: Tensor  # (N,) int64
 
     @classmethod
-    def from_texts(cls, queries: list[str], candidates: list[str]) -> Pairs:
+    def from_texts(cls, queries: list[str], candidates: list) -> Pairs:
         if len(queries) != len(candidates):
             raise ValueError(f"{len(queries)} queries but {len(candidates)} candidates")
         seen: dict[str, int] = {}
@@ -54,6 +56,7 @@ class Pairs:
         """A short hash of the data, stored in checkpoints so that resume refuses other data."""
         h = hashlib.sha1()
         for q, c in zip(self.queries, self.candidates):
+            c = c if isinstance(c, str) else c.where  # an image record: its file or shard member
             h.update(q.encode("utf-8", "replace") + b"\0" + c.encode("utf-8", "replace") + b"\1")
         return h.hexdigest()[:16]
 
@@ -103,18 +106,59 @@ class EpochSampler:
         self._perm = self._permutation()
 
 
+def batch_seed(seed: int, state: dict) -> int:
+    """The RNG seed of one batch's randomness (image augmentation): a function of the run's seed and
+    the batch's place (epoch, index), so that batches are the same with any number of data workers
+    and after a resume."""
+    return (seed * 1_000_003 + state["epoch"] * 100_003 + state["index"]) % (2**63)
+
+
+class PairBatcher:
+    """Indices -> a CPU batch ``{"a": ..., "b": ..., "ids": (B,)}`` through each side's preparer.
+
+    Holds only data and preparers (tokenizers, image transforms), not the model: it is what
+    data-loader worker processes run.
+    """
+
+    def __init__(self, prep_a, prep_b, data: Pairs) -> None:
+        self.prep_a, self.prep_b, self.data = prep_a, prep_b, data
+
+    def __call__(self, indices: Tensor) -> dict:
+        idx = indices.tolist()
+        return {
+            "a": self.prep_a([self.data.queries[i] for i in idx]),
+            "b": self.prep_b([self.data.candidates[i] for i in idx]),
+            "ids": self.data.ids[indices],
+        }
+
+
+def to_device(batch, device: torch.device, non_blocking: bool = False):
+    """Tensors of a (nested) dict batch moved to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+    return batch
+
+
 class ContrastiveTask:
     """Symmetric InfoNCE between the two towers of a dual encoder, with in-batch negatives.
 
     ``training_forward`` embeds both sides of B pairs and returns ``{"contrastive_loss": ...}``
     and a report with the temperature and the in-batch top-1 accuracy (query -> candidate).
+    ``batcher`` makes CPU batches (with the image towers' training augmentation); the engine runs
+    it in data-loader workers when asked to.
     """
 
     metric, greater_is_better = "mrr", True  # the validation metric that picks the best model
     loss_name = "InfoNCE loss"
 
-    def __init__(self, model: DualEncoder, loss: InfoNCELoss, data: Pairs) -> None:
+    def __init__(self, model: DualEncoder, loss: InfoNCELoss, data: Pairs, metric: str | None = None) -> None:
         self.model, self.loss, self.data = model, loss, data
+        if metric:
+            self.metric = metric
+        a, b = model.config.modalities
+        self.batcher = PairBatcher(model.preparer(a, train=True), model.preparer(b, train=True), data)
 
     def save_pretrained(self, path) -> None:
         self.model.save_pretrained(path)
@@ -124,13 +168,7 @@ class ContrastiveTask:
         self.model.load_state_dict(DualEncoder.from_pretrained(path).state_dict())
 
     def batch(self, indices: Tensor) -> dict:
-        idx = indices.tolist()
-        a, b = self.model.config.modalities
-        return {
-            "a": self.model.tokenize(a, [self.data.queries[i] for i in idx]),
-            "b": self.model.tokenize(b, [self.data.candidates[i] for i in idx]),
-            "ids": self.data.ids[indices].to(self.model.device),
-        }
+        return to_device(self.batcher(indices), self.model.device)
 
     def training_forward(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, float]]:
         emb_a, emb_b, scale = self.model(batch["a"], batch["b"])  # (B, D), (B, D), ()

@@ -40,7 +40,7 @@ import torch
 from mmssl.console import get_logger, setup_logging
 from mmssl.io import atomic_dir, atomic_file
 from mmssl.runtime import autocast, check_precision, grad_scaler, resolve_device, seed_everything
-from mmssl.tasks import EpochSampler
+from mmssl.tasks import EpochSampler, batch_seed, to_device
 
 log = get_logger("train")
 MAX_LOG_SCALE = math.log(100.0)
@@ -70,14 +70,24 @@ class EngineConfig:
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
     log_every: int = field(default=10, metadata={"help": "log every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoints/last"})
+    workers: int = field(
+        default=0,
+        metadata={"help": "data-loader worker processes making batches (images: decode + augment) ahead of the step"},
+    )
 
 
 @dataclass(frozen=True)
 class TrainConfig(EngineConfig):
     """Train a dual encoder with symmetric InfoNCE (``--config FILE`` reads TOML/YAML/JSON defaults)."""
 
-    task: Literal["text-code"] = field(default="text-code", metadata={"help": "what to train"})
-    train: str = field(default="", metadata={"help": "training data: CodeSearchNet .jsonl[.gz] file or folder"})
+    task: Literal["text-code", "image-text"] = field(default="text-code", metadata={"help": "what to train"})
+    train: str = field(
+        default="",
+        metadata={
+            "help": "training data: text-code: CodeSearchNet .jsonl[.gz] file or folder; image-text: CSV/TSV, "
+            "JSONL, imagefolder (metadata.jsonl), saved datasets dir, or WebDataset .tar shards"
+        },
+    )
     train_partition: str | None = field(default="train", metadata={"help": "keep records with this partition"})
     valid: str | None = field(default=None, metadata={"help": "validation data (default: the training source)"})
     valid_partition: str | None = field(default="valid", metadata={"help": "partition of the validation records"})
@@ -115,6 +125,37 @@ class TrainConfig(EngineConfig):
     temperature: float = field(default=0.07, metadata={"help": "initial temperature (learnable)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "InfoNCE label smoothing"})
     eval_max_pairs: int = field(default=2000, metadata={"help": "validation pairs used"})
+    # image-text
+    image_model: str = field(
+        default="mmssl-vit-tiny",
+        metadata={
+            "help": "image-text: open_clip model config (ViT-B-32, RN50, ...), mmssl-vit-tiny/-micro, or a .json"
+        },
+    )
+    image_weights: str | None = field(
+        default=None, metadata={"help": "image-text: a local open_clip checkpoint (or a pretrained tag, online)"}
+    )
+    text_model: str | None = field(
+        default=None,
+        metadata={"help": "image-text: open_clip text tower config (default: the image model's); --text-init instead"},
+    )
+    context_length: int | None = field(
+        default=None, metadata={"help": "image-text: open_clip text tokens (default: the config's)"}
+    )
+    augment: Literal["none", "heavy"] = field(
+        default="none", metadata={"help": "image-text: none (open_clip's crop) or heavy (crop 0.3-1, colour jitter)"}
+    )
+    flip: bool = field(default=False, metadata={"help": "image-text: random horizontal flips"})
+    image_size: int | None = field(default=None, metadata={"help": "image-text: override the input size"})
+    lock_text: bool = field(default=False, metadata={"help": "image-text: freeze the text tower (LiT)"})
+    lock_image: bool = field(default=False, metadata={"help": "image-text: freeze the image tower"})
+    unlock_norms: bool = field(default=False, metadata={"help": "a locked tower keeps its norm layers trainable"})
+    on_bad: Literal["skip", "raise"] = field(
+        default="skip", metadata={"help": "image-text: bad images are skipped and counted, or stop the run"}
+    )
+    cache_images_mb: float = field(
+        default=2048.0, metadata={"help": "image-text: decoded images kept in memory up to this size"}
+    )
 
 
 def param_groups(params, weight_decay: float) -> list[dict]:
@@ -141,6 +182,48 @@ class Trainer:
         self.sampler = EpochSampler(len(task.data), config.batch_size, config.seed)
         self.metric, self.sign = task.metric, 1.0 if task.greater_is_better else -1.0
         self.step, self.skipped, self.best = 0, 0, -self.sign * math.inf
+        self._batches = None  # made on first use (after a resume has set the sampler's position)
+        self._consumed = self.sampler.state()  # the position after the last batch trained on
+
+    # ---- batches --------------------------------------------------------------------------------
+
+    def next_batch(self) -> dict:
+        """The next batch on the device. Tasks with a ``batcher`` get their batches made with a
+        per-batch seed (``batch_seed``), in ``workers`` processes when configured (prefetched: the
+        sampler runs ahead, the checkpoint keeps the position of the batches actually trained on)."""
+        batcher = getattr(self.task, "batcher", None)
+        if batcher is None:
+            batch = self.task.batch(self.sampler.next())
+            self._consumed = self.sampler.state()
+            return batch
+        if self._batches is None:
+            self._batches = self._batch_stream(batcher)
+        state, batch = next(self._batches)
+        self._consumed = state
+        return to_device(batch, self.device, non_blocking=self.device.type == "cuda")
+
+    def _index_stream(self):
+        while True:
+            indices = self.sampler.next()
+            yield self.sampler.state(), indices
+
+    def _batch_stream(self, batcher):
+        seeded = SeededBatches(batcher, self.config.seed)
+        if self.config.workers <= 0:
+            return (seeded[item] for item in self._index_stream())
+        import os
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers are forked after tokenizing
+        loader = torch.utils.data.DataLoader(
+            seeded,
+            sampler=self._index_stream(),
+            batch_size=None,
+            num_workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=True,
+            prefetch_factor=2,
+        )
+        return iter(loader)
 
     # ---- one optimizer step ---------------------------------------------------------------------
 
@@ -149,7 +232,7 @@ class Trainer:
         cfg = self.config
         total, reports, finite = 0.0, [], True
         for _ in range(cfg.grad_accum):
-            batch = self.task.batch(self.sampler.next())
+            batch = self.next_batch()
             with autocast(self.precision, self.device):
                 losses, report = self.task.training_forward(batch)
             loss = sum(v for k, v in losses.items() if k.endswith("_loss")) / cfg.grad_accum
@@ -237,6 +320,7 @@ class Trainer:
                 if out_of_time:
                     log.info("stopping at step %d: --max-minutes %.1f reached", self.step, cfg.max_minutes)
                     break
+        self._batches = None  # stops the data workers, if any
         self.task.save_pretrained(self.out / "final")
         self.plot()
         return {
@@ -275,7 +359,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "sampler": self.sampler.state(),
+            "sampler": self._consumed,
             "data_fingerprint": self.task.data.fingerprint(),
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -299,12 +383,29 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state(state["sampler"])
+        self._consumed, self._batches = self.sampler.state(), None
         torch.set_rng_state(state["rng_torch"])
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         random.setstate(_as_tuple(state["rng_python"]))
         self.step, self.skipped, self.best = state["step"], state["skipped"], state["best"]
         log.info("resumed from %s at step %d", ckpt, self.step)
+
+
+class SeededBatches(torch.utils.data.Dataset):
+    """(sampler state, indices) -> (state, the task's CPU batch), made under the batch's own seed.
+
+    The global RNG is forked around it, so that in-process batches leave the training RNG (dropout)
+    as it was: with 0 or N workers the run is the same."""
+
+    def __init__(self, batcher, seed: int) -> None:
+        self.batcher, self.seed = batcher, seed
+
+    def __getitem__(self, item):
+        state, indices = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(batch_seed(self.seed, state))
+            return state, self.batcher(indices)
 
 
 def _as_tuple(x):
@@ -355,9 +456,14 @@ def run_training(config: EngineConfig, build) -> dict:
 
 
 def main(config: TrainConfig) -> int:
-    from mmssl.text_code import build_text_code
-
     if not config.train:
-        raise ValueError("--train is required (a CodeSearchNet .jsonl[.gz] file or folder)")
-    run_training(config, build_text_code)
+        raise ValueError("--train is required (see --help for the layouts each --task reads)")
+    if config.task == "image-text":
+        from mmssl.image_text import build_image_text
+
+        run_training(config, build_image_text)
+    else:
+        from mmssl.text_code import build_text_code
+
+        run_training(config, build_text_code)
     return 0

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mmssl import cli
-from mmssl.data.images import CLDR_ANNOTATIONS, EMOJI_FONT, HELD_OUT
+from mmssl.data.images import CLDR_ANNOTATIONS, EMOJI_FONT, EMOJI_TEST, HELD_OUT
 
 
 def rows_of(out) -> list[dict]:
@@ -47,8 +47,9 @@ def test_digits_are_the_scikit_learn_set(tmp_path):
 
 
 @pytest.mark.skipif(
-    not (EMOJI_FONT.is_file() and CLDR_ANNOTATIONS.is_file()) and not os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"),
-    reason="Debian packages fonts-noto-color-emoji and unicode-cldr-core not installed (.ci/run installs them)",
+    not (EMOJI_FONT.is_file() and CLDR_ANNOTATIONS.is_file() and EMOJI_TEST.is_file())
+    and not os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"),
+    reason="Debian packages fonts-noto-color-emoji, unicode-cldr-core, unicode-data not installed (.ci/run does)",
 )
 def test_emoji_test_captions_use_no_training_caption(tmp_path):
     out = tmp_path / "emoji"
@@ -63,6 +64,9 @@ def test_emoji_test_captions_use_no_training_caption(tmp_path):
         assert r["text"] and r["text"].lower() not in train_captions and r["text"].lower() != r["name"].lower()
     apple = next(r for r in rows if r["name"] == "red apple")
     assert "fruit" in apple["keywords"]
+    assert (apple["group"], apple["subgroup"]) == ("Food & Drink", "food-fruit")
+    assert sum(bool(r["group"]) for r in rows) / len(rows) > 0.98  # groups found despite U+FE0F differences
+    assert len({r["group"] for r in rows}) >= 8
     image = Image.open(out / apple["file_name"]).convert("RGB")
     r, g, b = image.getpixel((32, 36))
     assert r > 150 and g < 100  # red in the middle of the apple

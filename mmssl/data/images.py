@@ -13,7 +13,9 @@ Kinds:
           (Noto Color Emoji, SIL Open Font License 1.1) rendered with Pillow at size 109
           (``embedded_color=True``) and resized, captioned from Debian's ``unicode-cldr-core``
           (CLDR annotations, ``common/annotations/en.xml``, Unicode licence): the short name ("red
-          apple") and the keywords ("apple | fruit | red"). A fixed split by code point hash (1 in
+          apple") and the keywords ("apple | fruit | red"); the group and subgroup of Debian's
+          ``unicode-data`` (``emoji/emoji-test.txt``: "Food & Drink", "food-fruit") as
+          ``group``/``subgroup`` fields, for zero-shot classification. A fixed split by code point hash (1 in
           5 to test). Training captions are the names; a test image's caption is built from its
           keywords that are not any training caption and not its own name, joined (and neither the
           name nor a training caption once joined), so that a model must generalize beyond
@@ -41,7 +43,8 @@ from mmssl.io import atomic_dir
 
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 CLDR_ANNOTATIONS = Path("/usr/share/unicode/cldr/common/annotations/en.xml")
-DEBIAN_PACKAGES = {"emoji": ("fonts-noto-color-emoji", "unicode-cldr-core")}
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")  # Debian unicode-data: groups, subgroups
+DEBIAN_PACKAGES = {"emoji": ("fonts-noto-color-emoji", "unicode-cldr-core", "unicode-data")}
 EMOJI_SIZE = 109  # the one bitmap size Noto Color Emoji ships
 
 SHAPES = ("circle", "square", "triangle")
@@ -87,6 +90,25 @@ def cldr_annotations(path: Path = CLDR_ANNOTATIONS) -> dict[str, tuple[str, list
     return {cp: (name, keywords.get(cp, [])) for cp, name in names.items()}
 
 
+def emoji_groups(path: Path = EMOJI_TEST) -> dict[str, tuple[str, str]]:
+    """code point sequence (without U+FE0F) -> (group, subgroup) from Unicode's ``emoji-test.txt``
+    ("Animals & Nature", "animal-mammal"): the categories of zero-shot classification."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; install the Debian package unicode-data")
+    groups: dict[str, tuple[str, str]] = {}
+    group = subgroup = ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif line and not line.startswith("#") and ";" in line:
+            cps = line.split(";", 1)[0].split()
+            key = "".join(chr(int(c, 16)) for c in cps).replace("\ufe0f", "")
+            groups.setdefault(key, (group, subgroup))
+    return groups
+
+
 def render_emoji(font, cp: str, size: int):
     """The emoji as a (size, size) RGB image on white, or None when the font has no colour glyph."""
     from PIL import Image, ImageDraw
@@ -113,12 +135,15 @@ def make_emoji(tmp: Path, config: MakeImagesConfig) -> dict:
         raise FileNotFoundError(f"{EMOJI_FONT}: missing; install the Debian package fonts-noto-color-emoji")
     font = ImageFont.truetype(str(EMOJI_FONT), EMOJI_SIZE)
     annotations = cldr_annotations()
+    groups = emoji_groups()
     rows, images = [], {}
     for cp, (name, kws) in sorted(annotations.items()):
         image = render_emoji(font, cp, config.size)
         if image is not None:
             images[cp] = image
-            rows.append({"cp": cp, "name": name, "keywords": kws, "split": _split(cp)})
+            group, subgroup = groups.get(cp.replace("\ufe0f", ""), ("", ""))
+            row = {"cp": cp, "name": name, "keywords": kws, "split": _split(cp), "group": group}
+            rows.append({**row, "subgroup": subgroup})
     train_captions = {r["name"].lower() for r in rows if r["split"] == "train"}
     kept, dropped = [], 0
     for r in rows:
@@ -145,6 +170,7 @@ def make_emoji(tmp: Path, config: MakeImagesConfig) -> dict:
             "sources": {
                 "images": f"{EMOJI_FONT} (Debian fonts-noto-color-emoji), SIL Open Font License 1.1",
                 "captions": f"{CLDR_ANNOTATIONS} (Debian unicode-cldr-core), Unicode License",
+                "groups": f"{EMOJI_TEST} (Debian unicode-data), Unicode License",
             },
         },
     }

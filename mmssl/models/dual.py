@@ -2,15 +2,24 @@
 
 Shape legend: B batch, T tokens, D shared embedding size.
 
-Like open_clip's ``CLIP``: ``encode_text(batch)`` / ``encode_code(batch)`` (and, with the image-text
-issue, ``encode_image``) return (B, D) embeddings, L2-normalized unless ``normalize=False``; a
-learnable ``logit_scale`` starts at log(1/0.07); the loss lives outside the model.
+Like open_clip's ``CLIP``: ``encode_text(batch)`` / ``encode_code(batch)`` / ``encode_image(batch)``
+return (B, D) embeddings, L2-normalized unless ``normalize=False``; a learnable ``logit_scale``
+starts at log(1/0.07); the loss lives outside the model.
+
+A tower is one of three kinds, chosen by its config's type (``kind`` in the saved config):
+    transformers     ``TowerConfig``: a text/code tower on a ``transformers`` backbone (MiniLM, an
+                     ``mmssl pretrain`` output, or from scratch with a corpus BPE tokenizer)
+    open_clip_text   ``ClipTextConfig``: open_clip's text transformer and its BPE tokenizer
+    open_clip_image  ``ImageTowerConfig``: an open_clip vision tower and its preprocessing
+Every tower maps a batch made by its ``preparer`` (texts -> token ids, images -> pixels; CPU,
+picklable for data-loader workers) to (B, D).
 
 Saved layout (``save_pretrained(DIR)``, written atomically; loading unpickles nothing):
     DIR/dual_encoder.json      format version, modalities, shared flag, embed dim, tower configs
-    DIR/heads.safetensors      the projections and logit_scale
-    DIR/towers/<modality>/     each backbone's ``save_pretrained`` + its tokenizer: loadable alone
-                               with ``transformers.AutoModel.from_pretrained`` (one dir if shared)
+    DIR/heads.safetensors      logit_scale and the transformers towers' projections
+    DIR/towers/<modality>/     a transformers tower: its backbone's ``save_pretrained`` + tokenizer,
+                               loadable alone with ``transformers.AutoModel`` (one dir if shared);
+                               an open_clip tower: ``open_clip_config.json`` + ``model.safetensors``
 """
 
 from __future__ import annotations
@@ -24,7 +33,12 @@ import torch
 from torch import Tensor, nn
 
 from mmssl.io import atomic_dir, read_json_object
+from mmssl.models.clip_text import ClipTextConfig, ClipTextTower
+from mmssl.models.image import ImageTower, ImageTowerConfig
 from mmssl.models.text import TextTower, TowerConfig
+
+AnyTowerConfig = TowerConfig | ClipTextConfig | ImageTowerConfig
+TOWER_KINDS = {c.kind: c for c in (TowerConfig, ClipTextConfig, ImageTowerConfig)}
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "dual_encoder.json"
@@ -36,7 +50,7 @@ class DualEncoderConfig:
     """The two sides (query modality first), whether they share one tower, and the embedding size."""
 
     modalities: tuple[str, str] = ("text", "code")
-    towers: dict[str, TowerConfig] = field(default_factory=lambda: {"text": TowerConfig(), "code": TowerConfig()})
+    towers: dict[str, AnyTowerConfig] = field(default_factory=lambda: {"text": TowerConfig(), "code": TowerConfig()})
     shared: bool = False
     embed_dim: int = 256
     init_temperature: float = 0.07
@@ -47,10 +61,13 @@ class DualEncoderConfig:
         missing = [m for m in self.modalities if m not in self.towers]
         if missing:
             raise ValueError(f"no tower config for modality {missing[0]!r}")
+        if self.shared and any(not isinstance(self.towers[m], TowerConfig) for m in self.modalities):
+            raise ValueError("only two transformers towers can be shared")
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["modalities"] = list(self.modalities)
+        d["towers"] = {m: {"kind": t.kind, **t.to_dict()} for m, t in self.towers.items()}
         return {"format_version": FORMAT_VERSION, "kind": "dual_encoder", **d}
 
     @classmethod
@@ -59,7 +76,12 @@ class DualEncoderConfig:
         if version != FORMAT_VERSION:
             raise ValueError(f"{source}: format_version {version!r}, this mmssl reads {FORMAT_VERSION}")
         try:
-            towers = {m: TowerConfig(**t) for m, t in d["towers"].items()}
+            towers = {}
+            for m, t in d["towers"].items():
+                kind = t.pop("kind", "transformers")  # files before the image towers have no kind
+                if kind not in TOWER_KINDS:
+                    raise ValueError(f"{source}: tower {m!r} has unknown kind {kind!r}")
+                towers[m] = TOWER_KINDS[kind](**t)
             return cls(
                 modalities=tuple(d["modalities"]),
                 towers=towers,
@@ -71,10 +93,19 @@ class DualEncoderConfig:
             raise ValueError(f"{source}: malformed dual encoder config ({e})") from None
 
 
+def build_tower(config: AnyTowerConfig, embed_dim: int, tokenizer=None) -> nn.Module:
+    """A new tower of the config's kind, projecting to ``embed_dim``."""
+    if isinstance(config, ImageTowerConfig):
+        return ImageTower.build(config, embed_dim)
+    if isinstance(config, ClipTextConfig):
+        return ClipTextTower.build(config, embed_dim)
+    return TextTower.build(config, embed_dim, tokenizer)
+
+
 class DualEncoder(nn.Module):
     """Two towers (one module if ``shared``) mapping each modality to a shared D-dim space."""
 
-    def __init__(self, config: DualEncoderConfig, towers: dict[str, TextTower]) -> None:
+    def __init__(self, config: DualEncoderConfig, towers: dict[str, nn.Module]) -> None:
         super().__init__()
         self.config = config
         self.towers = nn.ModuleDict({m: towers[m] for m in config.modalities})
@@ -91,10 +122,8 @@ class DualEncoder(nn.Module):
         if config.shared:  # one backbone for both sides: long enough for the longer one
             longest = max(config.towers[m].max_length for m in config.modalities)
             tcfg = replace(tcfg, max_length=longest)
-        tower = TextTower.build(tcfg, config.embed_dim, tokenizers.get(first))
-        other = (
-            tower if config.shared else TextTower.build(config.towers[second], config.embed_dim, tokenizers.get(second))
-        )
+        tower = build_tower(tcfg, config.embed_dim, tokenizers.get(first))
+        other = tower if config.shared else build_tower(config.towers[second], config.embed_dim, tokenizers.get(second))
         return cls(config, {first: tower, second: other})
 
     @property
@@ -114,9 +143,36 @@ class DualEncoder(nn.Module):
     def encode_code(self, batch: dict[str, Tensor], normalize: bool = True) -> Tensor:
         return self.encode("code", batch, normalize)
 
+    def encode_image(self, batch: dict[str, Tensor], normalize: bool = True) -> Tensor:
+        return self.encode("image", batch, normalize)
+
+    def is_image(self, modality: str) -> bool:
+        return isinstance(self.config.towers[modality], ImageTowerConfig)
+
+    def preparer(self, modality: str, train: bool = False):
+        """A picklable function: a list of items (texts, or images as paths/bytes/PIL) -> a CPU batch.
+        ``train`` applies an image tower's training augmentation. Each text modality is truncated at
+        its own ``max_length``, also when the towers are shared."""
+        tower = self.towers[modality]
+        if isinstance(tower, ImageTower):
+            return tower.preparer(train)
+        return tower.preparer(getattr(self.config.towers[modality], "max_length", None))
+
+    def prepare(self, modality: str, items: list, train: bool = False) -> dict[str, Tensor]:
+        """``items`` as a batch on the model's device."""
+        return {k: v.to(self.device) for k, v in self.preparer(modality, train)(items).items()}
+
     def tokenize(self, modality: str, texts: list[str]) -> dict[str, Tensor]:
-        """Each modality is truncated at its own ``max_length``, also when the towers are shared."""
-        return self.towers[modality].tokenize(texts, self.device, self.config.towers[modality].max_length)
+        """Texts as a batch on the model's device (``prepare`` for a text modality)."""
+        if self.is_image(modality):
+            raise ValueError(f"modality {modality!r} is images: use prepare()")
+        return self.prepare(modality, texts)
+
+    def lock(self, modality: str, unlock_norms: bool = False) -> None:
+        """LiT: freeze one tower (its projection included), optionally leaving its norms trainable."""
+        if self.config.shared:
+            raise ValueError("a shared tower cannot be locked on one side")
+        self.towers[modality].lock(unlock_norms)
 
     def forward(self, batch_a: dict[str, Tensor], batch_b: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Both sides of a batch of pairs -> (emb_a (B, D), emb_b (B, D), logit_scale.exp())."""
@@ -124,17 +180,21 @@ class DualEncoder(nn.Module):
         return self.encode(a, batch_a), self.encode(b, batch_b), self.logit_scale.exp()
 
     @torch.inference_mode()
-    def embed(self, modality: str, texts: list[str], batch_size: int = 128, normalize: bool = True) -> Tensor:
-        """Embed many texts: sorted by length so batches carry little padding; (N, D) float32 on CPU,
-        in the input order."""
+    def embed(self, modality: str, items: list, batch_size: int = 128, normalize: bool = True) -> Tensor:
+        """Embed many texts or images: (N, D) float32 on CPU, in the input order. Texts go in
+        batches sorted by length, so that batches carry little padding."""
         was_training = self.training
         self.eval()
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        out = torch.empty(len(texts), self.config.embed_dim)
+        if self.is_image(modality):
+            order = list(range(len(items)))
+        else:
+            order = sorted(range(len(items)), key=lambda i: len(items[i]))
+        prep = self.preparer(modality)
+        out = torch.empty(len(items), self.config.embed_dim)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            emb = self.encode(modality, self.tokenize(modality, [texts[i] for i in idx]), normalize)
-            out[idx] = emb.float().cpu()
+            batch = {k: v.to(self.device) for k, v in prep([items[i] for i in idx]).items()}
+            out[idx] = self.encode(modality, batch, normalize).float().cpu()
         self.train(was_training)
         return out
 
@@ -149,6 +209,9 @@ class DualEncoder(nn.Module):
             heads = {"logit_scale": self.logit_scale.detach().reshape(1).cpu()}
             for modality in self._own_towers(self.config):
                 tower = self.towers[modality]  # a shared tower (and its projection) is saved once
+                if not isinstance(tower, TextTower):  # open_clip towers: one weights file of their own
+                    tower.save_pretrained(tmp / "towers" / modality)
+                    continue
                 heads[f"{modality}.proj.weight"] = tower.proj.weight.detach().cpu().contiguous()
                 tower.backbone.save_pretrained(tmp / "towers" / modality)
                 tower.tokenizer.save_pretrained(tmp / "towers" / modality)
@@ -167,10 +230,15 @@ class DualEncoder(nn.Module):
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{path}: not an mmssl dual encoder directory (no {CONFIG_NAME})")
         config = DualEncoderConfig.from_dict(read_json_object(cfg_file), str(cfg_file))
-        towers: dict[str, TextTower] = {}
+        towers: dict[str, nn.Module] = {}
         for modality in cls._own_towers(config):
             tower_dir = path / "towers" / modality
-            tcfg = TowerConfig(**{**asdict(config.towers[modality]), "init": str(tower_dir)})
+            saved = config.towers[modality]
+            if isinstance(saved, (ImageTowerConfig, ClipTextConfig)):
+                kind = ImageTower if isinstance(saved, ImageTowerConfig) else ClipTextTower
+                towers[modality] = kind.from_pretrained(tower_dir, saved, config.embed_dim)
+                continue
+            tcfg = TowerConfig(**{**asdict(saved), "init": str(tower_dir)})
             tower = TextTower.build(tcfg, config.embed_dim, AutoTokenizer.from_pretrained(tower_dir))
             tower.config = config.towers[modality]  # remember where it originally came from
             towers[modality] = tower
@@ -184,6 +252,8 @@ class DualEncoder(nn.Module):
         with torch.no_grad():
             model.logit_scale.copy_(heads["logit_scale"][0])
             for modality in cls._own_towers(config):
+                if not isinstance(model.towers[modality], TextTower):
+                    continue
                 key = f"{modality}.proj.weight"
                 weight = heads.get(key)
                 if weight is None or weight.shape != model.towers[modality].proj.weight.shape:

@@ -2,15 +2,17 @@
 
     tower = ImageTower.build(ImageTowerConfig(model="ViT-B-32"))                 # random init
     tower = ImageTower.build(ImageTowerConfig(model="RN50", weights="rn50.pt"))  # a local checkpoint
-    tower = ImageTower.build(ImageTowerConfig(model="tiny.json", augment="heavy"))
+    tower = ImageTower.build(ImageTowerConfig(model="tiny.json", augment="heavy"), embed_dim=384)
     x = tower.preprocess_train(pil_image)       # (3, H, W)
     emb = tower(torch.stack([...]))             # (B, D), not normalized
+    batch = tower.preparer(train=False)(images) # {"pixels": (B, 3, H, W)}: paths, bytes or PIL images
 
 open_clip builds the whole CLIP model; the tower keeps its ``visual`` part (its own projection to
 the config's ``embed_dim`` included) and open_clip's preprocessing for that config (resize, crop,
-normalization with the config's mean and std). ``weights`` is a local open_clip checkpoint (the
-``visual.*`` weights are taken) or, for users who are online, a pretrained tag open_clip knows
-(``laion2b_s34b_b79k``); nothing is downloaded otherwise.
+normalization with the config's mean and std). When the dual encoder's embedding size differs
+from the config's, a linear projection follows (``proj``; identity otherwise).
+``weights`` is a local open_clip checkpoint (the ``visual.*`` weights are taken) or, for users who
+are online, a pretrained tag open_clip knows (``laion2b_s34b_b79k``); nothing is downloaded otherwise.
 
 Training augmentation (``augment``): ``none`` is open_clip's own train transform (random resized
 crop at scale 0.9-1.0); ``heavy`` is the seed notes' "heavy augmentation": random resized crop at
@@ -21,6 +23,10 @@ random horizontal flip, off by default since it breaks captions that say "left o
 
 Locking (LiT, Zhai et al. 2022): ``lock()`` freezes every parameter and keeps the tower in eval
 mode; ``unlock_norms=True`` leaves the normalization layers trainable.
+
+Saved layout (``save_pretrained(DIR)``): ``open_clip_config.json`` (open_clip's own ``local-dir:``
+format: ``model_cfg`` and ``preprocess_cfg``, so the tower rebuilds without the user's JSON file) and
+``model.safetensors`` (the visual weights and ``proj``).
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from torch import nn
 
 from mmssl.io import read_json_object
 
+# Small open_clip model configs that ship with mmssl (for CPUs and tests), known by file stem.
+CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+WEIGHTS = "model.safetensors"
+
 HEAVY_SCALE = (0.3, 1.0)
 HEAVY_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
 HEAVY_JITTER_P, HEAVY_GRAY_P = 0.8, 0.2
@@ -41,11 +52,13 @@ HEAVY_JITTER_P, HEAVY_GRAY_P = 0.8, 0.2
 
 @dataclass(frozen=True)
 class ImageTowerConfig:
-    model: str = "ViT-B-32"  # an open_clip model name, or a path to a JSON model config
+    model: str = "ViT-B-32"  # an open_clip model name, an mmssl one (mmssl-vit-tiny), or a JSON config
     weights: str | None = None  # a local open_clip checkpoint, or a pretrained tag (online users)
     augment: Literal["none", "heavy"] = "none"
     flip: bool = False
     image_size: int | None = None  # override the config's input size
+
+    kind = "open_clip_image"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +69,10 @@ def _register(model: str) -> str:
     import open_clip
 
     path = Path(model)
+    if model.startswith("local-dir:"):
+        if not (Path(model.removeprefix("local-dir:")) / OPEN_CLIP_CONFIG).is_file():
+            raise FileNotFoundError(f"{model}: no {OPEN_CLIP_CONFIG} there")
+        return model
     if path.suffix == ".json":
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such open_clip model config")
@@ -64,25 +81,35 @@ def _register(model: str) -> str:
             raise ValueError(f"{path}: an open_clip model config needs 'embed_dim' and 'vision_cfg'")
         open_clip.add_model_config(path)
         return path.stem
+    if (CONFIG_DIR / f"{model}.json").is_file() and model not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR / f"{model}.json")
     if model not in open_clip.list_models():
-        raise ValueError(f"image model {model!r}: not an open_clip config (open_clip.list_models()) nor a .json file")
+        raise ValueError(
+            f"model {model!r}: not an open_clip config (open_clip.list_models()), an mmssl one "
+            f"({', '.join(p.stem for p in sorted(CONFIG_DIR.glob('*.json')))}) nor a .json file"
+        )
     return model
 
 
 class ImageTower(nn.Module):
     """open_clip's vision tower and its preprocessing; ``forward`` maps (B, 3, H, W) to (B, D)."""
 
-    def __init__(self, config: ImageTowerConfig, visual: nn.Module, preprocess_train, preprocess_val, dim: int):
+    def __init__(
+        self, config: ImageTowerConfig, visual: nn.Module, preprocess_train, preprocess_val, dim: int, embed_dim=None
+    ):
         super().__init__()
         self.config = config
         self.visual = visual
         self.preprocess_train = preprocess_train
         self.preprocess_val = preprocess_val
-        self.dim = dim
+        embed_dim = embed_dim or dim
+        self.proj = nn.Identity() if embed_dim == dim else nn.Linear(dim, embed_dim, bias=False)
+        self.dim = embed_dim
         self.locked = False
+        self.open_clip_config: dict = {}  # what save_pretrained writes (model_cfg, preprocess_cfg)
 
     @classmethod
-    def build(cls, config: ImageTowerConfig) -> ImageTower:
+    def build(cls, config: ImageTowerConfig, embed_dim: int | None = None) -> ImageTower:
         import open_clip
         from torchvision import transforms
 
@@ -91,9 +118,18 @@ class ImageTower(nn.Module):
         local = weights is not None and Path(weights).is_file()
         if weights is not None and not local and Path(weights).suffix in (".pt", ".bin", ".safetensors"):
             raise FileNotFoundError(f"{weights}: no such checkpoint")
-        model, train_tf, val_tf = open_clip.create_model_and_transforms(
-            name, pretrained=weights if weights and not local else None, force_image_size=config.image_size
-        )
+        import logging
+
+        logging.disable(logging.WARNING)  # open_clip warns on the root logger that no weights were loaded
+        try:
+            model, train_tf, val_tf = open_clip.create_model_and_transforms(
+                name,
+                pretrained=weights if weights and not local else None,
+                load_weights=not name.startswith("local-dir:"),  # a saved tower loads its own weights file
+                force_image_size=config.image_size,
+            )
+        finally:
+            logging.disable(logging.NOTSET)
         if local:
             state = torch.load(weights, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state)
@@ -101,17 +137,7 @@ class ImageTower(nn.Module):
             visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
             if not visual:
                 raise ValueError(f"{weights}: no 'visual.*' weights in this checkpoint")
-            try:
-                missing, unexpected = model.visual.load_state_dict(visual, strict=False)
-            except RuntimeError as e:  # shapes that differ
-                lines = str(e).strip().splitlines()
-                detail = (lines[1] if len(lines) > 1 else lines[0]).strip()
-                raise ValueError(f"{weights}: does not fit {config.model} ({detail})") from None
-            if missing or unexpected:
-                raise ValueError(
-                    f"{weights}: does not fit {config.model} ({len(missing)} missing, {len(unexpected)} unexpected "
-                    f"keys, e.g. {(missing or unexpected)[0]})"
-                )
+            _load_exact(model.visual, visual, f"{weights} ({config.model})")
         if config.augment == "heavy":
             pp = open_clip.get_model_preprocess_cfg(model)
             size = pp["size"] if isinstance(pp["size"], int) else tuple(pp["size"])
@@ -129,8 +155,49 @@ class ImageTower(nn.Module):
         if config.flip:
             steps = list(train_tf.transforms)
             train_tf = transforms.Compose([steps[0], transforms.RandomHorizontalFlip(), *steps[1:]])
-        dim = int(open_clip.get_model_config(name)["embed_dim"])
-        return cls(config, model.visual, train_tf, val_tf, dim)
+        model_cfg = open_clip.get_model_config(name)
+        if config.image_size:
+            model_cfg["vision_cfg"]["image_size"] = config.image_size
+        tower = cls(config, model.visual, train_tf, val_tf, int(model_cfg["embed_dim"]), embed_dim)
+        tower.open_clip_config = {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model)}
+        return tower
+
+    # ---- persistence ----------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> None:
+        import json
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / OPEN_CLIP_CONFIG).write_text(json.dumps(self.open_clip_config, indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: ImageTowerConfig, embed_dim: int) -> ImageTower:
+        """The tower saved in ``path`` (by ``save_pretrained``), with ``config``'s augmentation."""
+        from dataclasses import replace
+
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        weights = path / WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: missing (the image tower's weights)")
+        tower = cls.build(replace(config, model=f"local-dir:{path}", weights=None, image_size=None), embed_dim)
+        _load_exact(tower, load_file(str(weights)), str(weights))
+        tower.config = config  # remember where it originally came from
+        return tower
+
+    # ---- batches --------------------------------------------------------------------------------
+
+    def preparer(self, train: bool = False, max_pixels: int | None = None) -> ImagePrep:
+        """A picklable function: images (paths, bytes, PIL) -> {"pixels": (B, 3, H, W)}, for data workers."""
+        from mmssl.data.image_text import MAX_PIXELS
+
+        return ImagePrep(self.preprocess_train if train else self.preprocess_val, max_pixels or MAX_PIXELS)
 
     @property
     def image_size(self) -> int:
@@ -138,12 +205,12 @@ class ImageTower(nn.Module):
         return int(size[0] if isinstance(size, (tuple, list)) else size)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.visual(pixels)
+        return self.proj(self.visual(pixels))  # (B, 3, H, W) -> (B, D)
 
     def lock(self, unlock_norms: bool = False) -> None:
         """Freeze the tower (LiT); with ``unlock_norms`` its LayerNorm/BatchNorm/GroupNorm stay trainable."""
         norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-        for p in self.visual.parameters():
+        for p in self.parameters():
             p.requires_grad_(False)
         if unlock_norms:
             for m in self.visual.modules():
@@ -159,3 +226,32 @@ class ImageTower(nn.Module):
         if self.locked:
             self.visual.eval()  # a fully locked tower keeps eval-mode statistics (BatchNorm, dropout)
         return self
+
+
+class ImagePrep:
+    """Images -> a batch of pixels through one transform (open_clip's, or the training augmentation).
+
+    An item is a path, encoded bytes, a PIL image or an ``ImageTextRecord``; it is opened with
+    ``mmssl.data.image_text.open_image`` (RGB, bad files raise ``BadImage`` naming them)."""
+
+    def __init__(self, transform, max_pixels: int) -> None:
+        self.transform, self.max_pixels = transform, max_pixels
+
+    def __call__(self, images) -> dict[str, torch.Tensor]:
+        from mmssl.data.image_text import open_image
+
+        return {"pixels": torch.stack([self.transform(open_image(im, self.max_pixels)) for im in images])}
+
+
+def _load_exact(module: nn.Module, state: dict, source: str) -> None:
+    """Load a state dict that must fit exactly; a clear error naming the first difference otherwise."""
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        lines = str(e).strip().splitlines()
+        raise ValueError(f"{source}: does not fit ({(lines[1] if len(lines) > 1 else lines[0]).strip()})") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: does not fit ({len(missing)} missing, {len(unexpected)} unexpected keys, "
+            f"e.g. {(missing or unexpected)[0]})"
+        )

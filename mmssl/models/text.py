@@ -54,6 +54,8 @@ class TowerConfig:
     max_length: int = 256
     vocab_size: int | None = None  # from-scratch towers: set from the tokenizer
 
+    kind = "transformers"
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -153,6 +155,7 @@ class TextTower(nn.Module):
             )
         hidden = backbone.config.hidden_size
         self.proj = nn.Linear(hidden, embed_dim, bias=False)
+        self.locked = False
         if config.init and hidden == embed_dim:
             # A pretrained tower keeps its own embedding at the start (for MiniLM, exactly the
             # sentence-transformers embedding): fine-tuning starts from the zero-shot model.
@@ -182,15 +185,50 @@ class TextTower(nn.Module):
         self, texts: list[str], device: torch.device | None = None, max_length: int | None = None
     ) -> dict[str, Tensor]:
         """Right-padded to the longest text of the batch, truncated at ``max_length`` (default: the tower's)."""
-        max_length = max_length or self.config.max_length
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        batch = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-        return {k: v.to(device) for k, v in batch.items()} if device is not None else dict(batch)
+        batch = self.preparer(max_length)(texts)
+        return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
+
+    def preparer(self, max_length: int | None = None) -> TextPrep:
+        """A picklable function texts -> CPU batch (for data-loader workers)."""
+        return TextPrep(self.tokenizer, max_length or self.config.max_length)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         hidden = out.last_hidden_state  # (B, T, H)
         return self.proj(pool(hidden, attention_mask, self.config.pooling))  # (B, D)
+
+    def lock(self, unlock_norms: bool = False) -> None:
+        """Freeze the tower, projection included (LiT: its embedding space stays the pretrained one);
+        with ``unlock_norms`` its LayerNorms stay trainable. A fully locked tower stays in eval mode."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        if unlock_norms:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.LayerNorm):
+                    for p in m.parameters():
+                        p.requires_grad_(True)
+        self.locked = not unlock_norms
+        if self.locked:
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> TextTower:
+        super().train(mode)
+        if getattr(self, "locked", False):
+            self.backbone.eval()
+        return self
+
+
+class TextPrep:
+    """Texts -> {"input_ids", "attention_mask"}: right-padded to the batch's longest, truncated."""
+
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, texts) -> dict[str, Tensor]:
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
 
 def is_causal(backbone: nn.Module) -> bool:

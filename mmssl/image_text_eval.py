@@ -1,0 +1,166 @@
+"""``mmssl eval --task image-text``: retrieval both ways, zero-shot classification, linear probes.
+
+Shape legend: N images, C classes, P prompts of a class, D embedding size.
+
+- Retrieval: recall@1/5/10 text->image and image->text over the split (an image is right for every
+  caption equal to its own: the digits and shapes sets repeat captions).
+- Zero-shot: classes described in words, CLIP-style; each class embedding is the normalized mean
+  of its prompts' embeddings (prompt ensembling), an image takes the class it scores highest
+  against. The classes come from the records' metadata (``mmssl data make-images`` writes them):
+    emoji   ``group`` (Unicode's emoji groups: "food & drink", ...), prompts from TEMPLATES
+    digits  ``label`` 0-9 of "a handwritten digit N" captions, prompts from DIGIT_TEMPLATES
+    shapes  ``objects``: the colour and the shape of the left and of the right object; a class's
+            prompts are all the captions the set's grammar allows with that value (e.g. every
+            caption whose left object is red), so that the task asks about one attribute alone
+  ``majority`` is the accuracy of always answering the test split's commonest class.
+- Linear probe: a logistic regression on frozen image embeddings (before normalization) of the
+  train split (standardized), tested on the split; C chosen from PROBE_CS on a seeded fifth of the
+  train split.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mmssl.evaluate import linear_probe, zero_shot_accuracy
+from mmssl.image_text import embed_pairs, load_image_pairs, retrieval_scores
+from mmssl.models import DualEncoder
+
+TEMPLATES = ("{}", "an emoji of {}", "a {} emoji", "an icon of {}")
+DIGIT_TEMPLATES = ("a handwritten digit {}", "the number {}", "a drawing of the digit {}", "{}")
+PROBE_CS = (0.1, 1.0, 10.0, 100.0)
+
+
+@dataclass(frozen=True)
+class ClassTask:
+    name: str
+    classes: list[str]
+    prompts: list[list[str]]  # per class
+    label_of: object  # record meta -> class index or None (not in this task)
+
+
+def class_tasks(metas: list[dict]) -> list[ClassTask]:
+    """The zero-shot / linear-probe tasks the records' metadata supports (see the module docstring)."""
+    tasks = []
+    if any(m.get("group") for m in metas):
+        groups = sorted({m["group"] for m in metas if m.get("group") and m["group"] != "Component"})
+        names = [g.lower() for g in groups]
+        index = {g: i for i, g in enumerate(groups)}
+        prompts = [[t.format(n) for t in TEMPLATES] for n in names]
+        tasks.append(ClassTask("emoji_group", names, prompts, lambda m: index.get(m.get("group"))))
+    elif any("objects" in m for m in metas):
+        from mmssl.data.images import COLOURS, SHAPES, SIZES
+
+        objects = list(itertools.product(SIZES, COLOURS, SHAPES))
+        captions = [
+            (left, right, f"a {' '.join(left)} left of a {' '.join(right)}")
+            for left, right in itertools.product(objects, objects)
+        ]
+        for side, attr, values in (
+            ("left", "colour", list(COLOURS)),
+            ("left", "shape", list(SHAPES)),
+            ("right", "colour", list(COLOURS)),
+            ("right", "shape", list(SHAPES)),
+        ):
+            pos = {"colour": 1, "shape": 2}[attr]
+            prompts = [[c for lo, ro, c in captions if (lo if side == "left" else ro)[pos] == v] for v in values]
+            obj = 0 if side == "left" else 1
+
+            def label(m, obj=obj, attr=attr, values=tuple(values)):
+                return values.index(m["objects"][obj][attr]) if "objects" in m else None
+
+            tasks.append(ClassTask(f"{side}_{attr}", values, prompts, label))
+    elif metas and all(isinstance(m.get("label"), int) for m in metas):
+        labels = sorted({m["label"] for m in metas})
+        prompts = [[t.format(d) for t in DIGIT_TEMPLATES] for d in labels]
+        tasks.append(ClassTask("digit", [str(d) for d in labels], prompts, lambda m, ls=labels: ls.index(m["label"])))
+    return tasks
+
+
+def _labels(task: ClassTask, pairs) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the images in the task, their class) for ``pairs``."""
+    got = [(i, task.label_of(r.meta)) for i, r in enumerate(pairs.candidates)]
+    got = [(i, y) for i, y in got if y is not None]
+    return np.array([i for i, _ in got], dtype=np.int64), np.array([y for _, y in got], dtype=np.int64)
+
+
+@torch.inference_mode()
+def zero_shot(model: DualEncoder, task: ClassTask, images: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+    text_mod = model.config.modalities[0]
+    flat = [p for ps in task.prompts for p in ps]
+    emb = model.embed(text_mod, flat)  # (sum P, D)
+    classes, start = [], 0
+    for ps in task.prompts:
+        classes.append(torch.nn.functional.normalize(emb[start : start + len(ps)].mean(0), dim=0))
+        start += len(ps)
+    acc = zero_shot_accuracy(images, torch.stack(classes), labels, ks=(1,))
+    majority = float(np.bincount(labels).max() / len(labels))
+    return {"top1": acc["top1"], "majority": majority, "classes": len(task.classes), "n": len(labels)}
+
+
+def probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, seed: int = 0) -> float:
+    """Linear-probe accuracy with C chosen on a seeded fifth of the training features (standardized
+    with the training mean and deviation: L-BFGS converges on them)."""
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train_x))
+    cut = len(order) // 5
+    val, fit = order[:cut], order[cut:]
+    best = max(PROBE_CS, key=lambda c: linear_probe(train_x[fit], train_y[fit], train_x[val], train_y[val], C=c))
+    return linear_probe(train_x, train_y, test_x, test_y, C=best)
+
+
+def evaluate_model(
+    model: DualEncoder, data: str, split: str | None = "test", train_split: str | None = "train", batch_size: int = 128
+) -> dict:
+    """Retrieval, zero-shot and (with ``train_split``) linear-probe scores of ``model`` on ``data``."""
+    pairs = load_image_pairs(data, split)
+    if len(pairs) < 2:
+        raise ValueError(f"{data}: {len(pairs)} usable image-caption pairs in split {split!r}; need at least 2")
+    images, texts = embed_pairs(model, pairs, batch_size)
+    result: dict = {**retrieval_scores(images, texts, pairs.ids), "n": len(pairs), "captions": len(texts)}
+    tasks = class_tasks([r.meta for r in pairs.candidates])
+    result["zero_shot"] = {}
+    for task in tasks:
+        idx, y = _labels(task, pairs)
+        result["zero_shot"][task.name] = zero_shot(model, task, images[idx], y)
+    result["linear_probe"] = {}
+    if train_split and tasks:
+        image_mod = model.config.modalities[1]
+        train = load_image_pairs(data, train_split)
+        train_x = model.embed(image_mod, train.candidates, batch_size, normalize=False).numpy()
+        test_x = model.embed(image_mod, pairs.candidates, batch_size, normalize=False).numpy()
+        for task in tasks:
+            tr_idx, tr_y = _labels(task, train)
+            te_idx, te_y = _labels(task, pairs)
+            if len(np.unique(tr_y)) >= 2 and len(te_y):
+                result["linear_probe"][task.name] = probe(train_x[tr_idx], tr_y, test_x[te_idx], te_y)
+    return result
+
+
+def untrained_like(model_dir: str, seed: int = 0) -> DualEncoder:
+    """The model a saved dual encoder started from: its config, freshly initialized under ``seed``
+    (pretrained towers such as MiniLM come back as they were loaded, before any training)."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from mmssl.io import read_json_object
+    from mmssl.models.dual import CONFIG_NAME, DualEncoderConfig
+    from mmssl.models.text import TowerConfig
+
+    path = Path(model_dir)
+    config = DualEncoderConfig.from_dict(read_json_object(path / CONFIG_NAME), str(path / CONFIG_NAME))
+    tokenizers = {
+        m: AutoTokenizer.from_pretrained(path / "towers" / m)
+        for m, t in config.towers.items()
+        if isinstance(t, TowerConfig) and not t.init
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DualEncoder.build(config, tokenizers)

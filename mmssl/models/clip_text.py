@@ -1,0 +1,173 @@
+"""open_clip's text transformer as a tower, with the BPE tokenizer that ships inside the open_clip wheel.
+
+Shape legend: B batch, T context length (77 for CLIP), D shared embedding size.
+
+    tower = ClipTextTower.build(ClipTextConfig(model="ViT-B-32"), embed_dim=512)
+    batch = tower.preparer()(["a red apple"])       # {"input_ids": (B, T)}
+    emb = tower(**batch)                            # (B, D), not normalized
+
+The tower is the ``text_cfg`` part of an open_clip model config (a shipped name or the user's
+JSON), built by open_clip itself (``open_clip.model._build_text_tower``: the one function open_clip
+uses for both CLIP layouts, private but unchanged since open_clip 2.x; the public ``create_model``
+would build and discard a vision tower too). Its tokenizer is ``open_clip.get_tokenizer`` for the
+same config: CLIP's byte-level BPE (``bpe_simple_vocab_16e6.txt.gz`` in the wheel), so nothing is
+downloaded. ``weights`` is a local open_clip checkpoint (its text weights are taken: the CLIP layout
+``transformer.*``/``token_embedding.*``/... or the custom-text layout ``text.*``) or, for users who
+are online, a pretrained tag.
+
+Saved layout: ``open_clip_config.json`` (``model_cfg``) and ``model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmssl.models.image import OPEN_CLIP_CONFIG, WEIGHTS, _load_exact, _register
+
+# The CLIP layout keeps the text tower's weights at the top level, beside visual.* and logit_scale.
+CLIP_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+
+
+@dataclass(frozen=True)
+class ClipTextConfig:
+    model: str = "ViT-B-32"  # an open_clip model name, or a path to a JSON model config
+    weights: str | None = None  # a local open_clip checkpoint, or a pretrained tag (online users)
+    context_length: int | None = None  # override the config's (77): shorter is faster for short captions
+
+    kind = "open_clip_text"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ClipTextTower(nn.Module):
+    """open_clip's ``TextTransformer``: input_ids (B, T) -> (B, D)."""
+
+    def __init__(self, config: ClipTextConfig, text: nn.Module, tokenizer, dim: int, embed_dim: int | None = None):
+        super().__init__()
+        self.config = config
+        self.text = text
+        self.tokenizer = tokenizer
+        embed_dim = embed_dim or dim
+        self.proj = nn.Identity() if embed_dim == dim else nn.Linear(dim, embed_dim, bias=False)
+        self.dim = embed_dim
+        self.locked = False
+        self.open_clip_config: dict = {}
+
+    @classmethod
+    def build(cls, config: ClipTextConfig, embed_dim: int | None = None) -> ClipTextTower:
+        import open_clip
+        from open_clip.model import CLIPTextCfg, _build_text_tower
+
+        name = _register(config.model)
+        model_cfg = open_clip.get_model_config(name)
+        if model_cfg is None or "text_cfg" not in model_cfg:
+            raise ValueError(f"{config.model}: no text_cfg in this open_clip config")
+        if "hf_model_name" in model_cfg["text_cfg"]:
+            raise ValueError(
+                f"{config.model}: its text tower is a Hugging Face model; use a transformers text tower instead"
+            )
+        if config.context_length:
+            model_cfg["text_cfg"]["context_length"] = config.context_length
+        text_cfg = CLIPTextCfg(**model_cfg["text_cfg"])
+        dim = int(model_cfg["embed_dim"])
+        text = _build_text_tower(dim, text_cfg, quick_gelu=bool(model_cfg.get("quick_gelu", False)))
+        tokenizer = open_clip.get_tokenizer(name, context_length=text_cfg.context_length)
+        if config.weights:
+            _load_text_weights(text, config)
+        tower = cls(config, text, tokenizer, dim, embed_dim)
+        tower.open_clip_config = {"model_cfg": model_cfg}
+        return tower
+
+    @property
+    def context_length(self) -> int:
+        return int(self.text.context_length)
+
+    def preparer(self, max_length: int | None = None) -> ClipTextPrep:
+        return ClipTextPrep(self.tokenizer)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.text(input_ids))  # (B, T) -> (B, D)
+
+    def lock(self, unlock_norms: bool = False) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        if unlock_norms:
+            for m in self.text.modules():
+                if isinstance(m, nn.LayerNorm):
+                    for p in m.parameters():
+                        p.requires_grad_(True)
+        self.locked = not unlock_norms
+        if self.locked:
+            self.text.eval()
+
+    def train(self, mode: bool = True) -> ClipTextTower:
+        super().train(mode)
+        if self.locked:
+            self.text.eval()
+        return self
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / OPEN_CLIP_CONFIG).write_text(json.dumps(self.open_clip_config, indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config: ClipTextConfig, embed_dim: int) -> ClipTextTower:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        weights = path / WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: missing (the text tower's weights)")
+        tower = cls.build(replace(config, model=f"local-dir:{path}", weights=None, context_length=None), embed_dim)
+        _load_exact(tower, load_file(str(weights)), str(weights))
+        tower.config = config
+        return tower
+
+
+class ClipTextPrep:
+    """Texts -> {"input_ids": (B, T)} with open_clip's tokenizer (padded and truncated to T)."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.tokenizer(list(texts))}
+
+
+def _load_text_weights(text: nn.Module, config: ClipTextConfig) -> None:
+    weights = config.weights
+    if not Path(weights).is_file():
+        if Path(weights).suffix in (".pt", ".bin", ".safetensors"):
+            raise FileNotFoundError(f"{weights}: no such checkpoint")
+        import open_clip
+
+        # A pretrained tag (online users): open_clip downloads and loads the whole model.
+        model = open_clip.create_model(_register(config.model), pretrained=weights)
+        state = model.state_dict()
+    elif weights.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(weights)
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(k.startswith("text.") for k in state):
+        picked = {k.removeprefix("text."): v for k, v in state.items() if k.startswith("text.")}
+    else:
+        picked = {k: v for k, v in state.items() if k.startswith(CLIP_TEXT_PREFIXES)}
+    picked.pop("attn_mask", None)  # a buffer open_clip rebuilds (not persistent in its own checkpoints)
+    if not picked:
+        raise ValueError(f"{weights}: no text-tower weights in this checkpoint")
+    _load_exact(text, picked, f"{weights} ({config.model})")

@@ -1,0 +1,312 @@
+"""Image-text dual encoders: towers in the dual encoder, training (LiT, workers, resume, bad images),
+evaluation (recall both ways, zero-shot, linear probe), image indexes and the demo's image tabs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmssl import cli
+from mmssl.models import DualEncoder, DualEncoderConfig
+from mmssl.models.clip_text import ClipTextConfig, ClipTextTower
+from mmssl.models.image import ImageTowerConfig
+from mmssl.train import TrainConfig, main
+
+MICRO = "mmssl-vit-micro"  # ships with mmssl: 32 px, 2 layers, 64 wide
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "shapes"
+    argv = ["data", "make-images", "--kind", "shapes", "--out", str(out), "--count", "240", "--size", "32"]
+    assert cli.main(argv) == 0
+    return out
+
+
+def micro_model(embed_dim: int = 32) -> DualEncoder:
+    config = DualEncoderConfig(
+        modalities=("text", "image"),
+        towers={"text": ClipTextConfig(MICRO), "image": ImageTowerConfig(MICRO, augment="heavy")},
+        embed_dim=embed_dim,
+    )
+    return DualEncoder.build(config)
+
+
+def pictures() -> list[Image.Image]:
+    return [Image.new("RGB", (40, 30), (230, 20, 20)), Image.new("RGB", (64, 64), (20, 20, 230))]
+
+
+def train_config(data, out, **overrides) -> TrainConfig:
+    base = dict(
+        task="image-text",
+        train=str(data),
+        out=str(out),
+        image_model=MICRO,
+        batch_size=16,
+        max_steps=6,
+        warmup_steps=2,
+        lr=1e-3,
+        eval_every=0,
+        save_every=3,
+        log_every=1,
+        device="cpu",
+        augment="heavy",
+        valid_partition="test",
+        eval_max_pairs=40,
+    )
+    return TrainConfig(**{**base, **overrides})
+
+
+def losses(out) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+# ---- the model -----------------------------------------------------------------------------------
+
+
+def test_image_text_model_saves_and_loads_with_the_same_embeddings(tmp_path):
+    torch.manual_seed(0)
+    model = micro_model(embed_dim=48)  # not the config's 64: both towers get a projection
+    images = model.embed("image", pictures())
+    texts = model.embed("text", ["a red box", "a blue box"])
+    assert images.shape == texts.shape == (2, 48)
+    assert torch.allclose(images.norm(dim=1), torch.ones(2))
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "dual_encoder.json").read_text())
+    assert saved["towers"]["image"]["kind"] == "open_clip_image" and saved["towers"]["text"]["kind"] == "open_clip_text"
+    loaded = DualEncoder.from_pretrained(tmp_path / "m")
+    assert torch.allclose(loaded.embed("image", pictures()), images, atol=1e-6)
+    assert torch.allclose(loaded.embed("text", ["a red box", "a blue box"]), texts, atol=1e-6)
+    assert loaded.config.towers["image"].augment == "heavy"  # the training choice is remembered
+    with pytest.raises(ValueError, match="is images"):
+        loaded.tokenize("image", ["not text"])
+
+
+def test_open_clip_text_tower_takes_the_text_weights_of_a_local_checkpoint(tmp_path):
+    import open_clip
+
+    from mmssl.models.image import _register
+
+    torch.manual_seed(0)
+    clip = open_clip.create_model(_register(MICRO))
+    torch.save(clip.state_dict(), tmp_path / "clip.pt")
+    tower = ClipTextTower.build(ClipTextConfig(MICRO, weights=str(tmp_path / "clip.pt")))
+    tokens = open_clip.get_tokenizer(_register(MICRO))(["a small red circle", "two blue squares"])
+    with torch.no_grad():
+        assert torch.allclose(tower(tokens), clip.encode_text(tokens), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        ClipTextTower.build(ClipTextConfig(MICRO, weights=str(tmp_path / "missing.pt")))
+    torch.save({"visual.proj": torch.zeros(1)}, tmp_path / "no-text.pt")
+    with pytest.raises(ValueError, match="no text-tower weights"):
+        ClipTextTower.build(ClipTextConfig(MICRO, weights=str(tmp_path / "no-text.pt")))
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+
+def test_training_fits_the_pairs_and_validation_scores_both_directions(shapes, tmp_path):
+    out = tmp_path / "run"
+    config = train_config(shapes, out, max_steps=40, eval_every=40, augment="none", batch_size=32, lr=2e-3)
+    assert main(config) == 0
+    curve = losses(out)
+    assert np.mean(curve[-5:]) < np.mean(curve[:5]) - 0.3  # in-batch matching is being learned
+    valid = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r.get("split")]
+    keys = {"text_to_image_recall@1", "image_to_text_recall@10", "mean_recall"}
+    assert keys <= set(valid[-1]) and valid[-1]["n"] == 40
+    assert (out / "best" / "dual_encoder.json").is_file()  # mean_recall picked a best model
+
+
+def test_batches_are_the_same_with_worker_processes_and_after_a_resume(shapes, tmp_path, monkeypatch):
+    from conftest import fit_or_crash
+
+    from mmssl.image_text import build_image_text
+    from mmssl.train import Trainer
+
+    def run(out, crash_at=None, **overrides):
+        torch.manual_seed(0)
+        config = train_config(shapes, out, eval_every=0, **overrides)
+        task, _ = build_image_text(config, torch.device("cpu"))
+        fit_or_crash(Trainer(task, config, None, torch.device("cpu")), monkeypatch, crash_at)
+
+    run(tmp_path / "inline")
+    run(tmp_path / "workers", workers=2)
+    assert losses(tmp_path / "inline") == losses(tmp_path / "workers")  # augmentation seeded per batch
+    # Workers run ahead of the step: the checkpoint must keep the position of the batches trained on.
+    run(tmp_path / "resumed", crash_at=5, workers=2)
+    run(tmp_path / "resumed", resume=True)
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "inline")
+
+
+def test_lit_locks_the_text_tower_and_unlock_norms_frees_only_its_norms(shapes, tmp_path):
+    def weights(out):
+        return DualEncoder.from_pretrained(out / "final").state_dict()
+
+    torch.manual_seed(0)
+    start = micro_model(embed_dim=64)
+    assert main(train_config(shapes, tmp_path / "lit", lock_text=True, max_steps=3)) == 0
+    assert main(train_config(shapes, tmp_path / "norms", lock_text=True, unlock_norms=True, max_steps=3)) == 0
+    lit, norms = weights(tmp_path / "lit"), weights(tmp_path / "norms")
+    init = {k: v for k, v in start.state_dict().items()}
+    text_keys = [k for k in lit if k.startswith("towers.text.")]
+    assert text_keys and all(torch.equal(lit[k], init[k]) for k in text_keys)  # same seed, same init, locked
+    assert any(not torch.equal(lit[k], init[k]) for k in lit if k.startswith("towers.image."))
+    changed = {k for k in text_keys if not torch.equal(norms[k], init[k])}
+    assert changed and all(".ln" in k or "ln_final" in k for k in changed)
+
+
+def test_bad_images_are_skipped_and_counted_or_stop_the_run_before_any_step(shapes, tmp_path):
+    import logging
+
+    from mmssl.image_text import load_image_pairs
+
+    data = tmp_path / "mixed"
+    rows = [json.loads(line) for line in (shapes / "metadata.jsonl").read_text().splitlines()]
+    lines = [json.dumps({**r, "file_name": str(shapes / r["file_name"])}) for r in rows]
+    (tmp_path / "truncated.png").write_bytes((shapes / rows[-1]["file_name"]).read_bytes()[:60])
+    bad = [
+        {"file_name": str(tmp_path / "truncated.png"), "text": "a broken file", "split": "train"},
+        {"file_name": str(tmp_path / "gone.png"), "text": "a missing file", "split": "train"},
+    ]
+    data.mkdir()
+    (data / "metadata.jsonl").write_text("\n".join(lines + [json.dumps(b) for b in bad]) + "\n")
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("mmssl").addHandler(handler)
+    try:
+        pairs = load_image_pairs(str(data), "train")
+    finally:
+        logging.getLogger("mmssl").removeHandler(handler)
+    assert len(pairs) == sum(r["split"] == "train" for r in rows)  # the two bad ones left out
+    assert "skipped 2 bad images (1 missing, 1 unreadable)" in messages[0] and "truncated.png" in messages[0]
+    assert main(train_config(data, tmp_path / "skip", max_steps=2)) == 0
+    code = cli.main(
+        ["train", "--task", "image-text", "--train", str(data), "--out", str(tmp_path / "raise")]
+        + ["--image-model", MICRO, "--on-bad", "raise", "--max-steps", "2", "--batch-size", "16"]
+    )
+    assert code == 2 and not (tmp_path / "raise" / "checkpoints").exists()
+
+
+# ---- evaluation ----------------------------------------------------------------------------------
+
+
+def test_eval_reports_recall_zero_shot_and_probes_next_to_the_untrained_model(shapes, tmp_path, capsys):
+    torch.manual_seed(0)
+    micro_model(embed_dim=64).save_pretrained(tmp_path / "m")
+    argv = ["eval", "--task", "image-text", "--model", str(tmp_path / "m"), "--data", str(shapes)]
+    assert cli.main(argv + ["--json", "--untrained", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 48 and 0 <= out["text_to_image_recall@1"] <= out["text_to_image_recall@10"] <= 1
+    assert set(out["zero_shot"]) == {"left_colour", "left_shape", "right_colour", "right_shape"}
+    assert out["zero_shot"]["left_colour"]["classes"] == 4 and out["zero_shot"]["left_shape"]["n"] == 48
+    assert set(out["linear_probe"]) == set(out["zero_shot"])
+    assert all(0 <= v <= 1 for v in out["linear_probe"].values())
+    # saved with seed 0 and rebuilt with seed 0: the untrained baseline is this very model
+    assert out["baselines"]["untrained"]["mean_recall"] == pytest.approx(out["mean_recall"])
+
+
+def test_class_tasks_follow_the_metadata_of_each_set():
+    from mmssl.image_text_eval import class_tasks
+
+    emoji = class_tasks([{"group": "Food & Drink"}, {"group": "Animals & Nature"}, {"group": "Component"}])
+    assert (
+        emoji[0].classes == ["animals & nature", "food & drink"] and emoji[0].label_of({"group": "Component"}) is None
+    )
+    assert "an emoji of food & drink" in emoji[0].prompts[1]
+    digits = class_tasks([{"label": 3}, {"label": 7}])
+    assert digits[0].classes == ["3", "7"] and digits[0].label_of({"label": 7}) == 1
+    objects = [
+        {"size": "small", "colour": "red", "shape": "circle"},
+        {"size": "large", "colour": "blue", "shape": "square"},
+    ]
+    shapes = {t.name: t for t in class_tasks([{"objects": objects}])}
+    left = shapes["left_colour"]
+    assert left.label_of({"objects": objects}) == left.classes.index("red")
+    red = left.prompts[left.classes.index("red")]
+    assert len(red) == 144 and all(p.split(" left of ")[0].split()[2] == "red" for p in red)
+
+
+def test_recall_with_repeated_captions_counts_every_matching_image():
+    from mmssl.evaluate import recall_at_k_groups
+
+    rng = np.random.default_rng(0)
+    cands, queries = rng.normal(size=(30, 8)), rng.normal(size=(12, 8))
+    cand_groups, query_groups = rng.integers(0, 12, 30), np.arange(12)
+    cand_groups[:12] = np.arange(12)  # every query has at least one right candidate
+    got = recall_at_k_groups(queries, cands, query_groups, cand_groups, ks=(1, 3))
+    ranks = []
+    for q, g in zip(queries, query_groups):  # brute force: best right candidate, ties against
+        s = cands @ q
+        best = s[cand_groups == g].max()
+        ranks.append(1 + int(((s >= best) & (cand_groups != g)).sum()))
+    assert got == {"recall@1": np.mean(np.array(ranks) <= 1), "recall@3": np.mean(np.array(ranks) <= 3)}
+    tie = recall_at_k_groups(np.ones((1, 2)), np.ones((2, 2)), np.array([0]), np.array([1, 0]), ks=(1,))
+    assert tie["recall@1"] == 0.0  # a wrong candidate scoring the same ranks first
+    with pytest.raises(ValueError, match="without any candidate"):
+        recall_at_k_groups(np.ones((1, 2)), np.ones((1, 2)), np.array([5]), np.array([0]))
+
+
+# ---- indexes and the demo ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_indexes(shapes, tmp_path_factory):
+    root = tmp_path_factory.mktemp("indexes")
+    torch.manual_seed(0)
+    micro_model(embed_dim=64).save_pretrained(root / "model")
+    common = ["--model", str(root / "model"), "--data", str(shapes), "--partition", "test", "--device", "cpu"]
+    assert cli.main(["index", "build", *common, "--out", str(root / "images"), "--lexical"]) == 0
+    assert cli.main(["index", "build", *common, "--out", str(root / "captions"), "--modality", "text"]) == 0
+    return root
+
+
+def test_image_index_is_searched_by_text_and_caption_index_by_image(image_indexes, shapes):
+    from indexing import SearchIndex
+
+    rows = [json.loads(line) for line in (shapes / "metadata.jsonl").read_text().splitlines()]
+    test = [r for r in rows if r["split"] == "test"]
+    with SearchIndex.load(image_indexes / "images") as index:
+        assert len(index) == len(test) and index.manifest.modality == "image"
+        hits = index.search([test[0]["text"]], k=3, mode="hybrid")[0]
+        assert hits[0].text == test[0]["text"]  # BM25 over the captions finds the exact caption
+        assert hits[0].payload["path"].endswith(".png") and hits[0].payload["caption"] == hits[0].text
+    model = DualEncoder.from_pretrained(image_indexes / "model")
+    image = Image.open(shapes / test[5]["file_name"])
+    with SearchIndex.load(image_indexes / "captions") as index:
+        assert index.manifest.query_modality == "image"
+        hits = index.search([image], k=len(test))[0]
+        want = model.embed("image", [image]) @ model.embed("text", [h.text for h in hits]).T
+        assert np.allclose([h.score for h in hits], want[0].numpy(), atol=1e-5)  # the model's own ranking
+        with pytest.raises(ValueError, match="image queries search by embedding only"):
+            index.search([image], mode="hybrid")
+
+
+def test_demo_serves_text_to_image_and_image_to_text(image_indexes, shapes, tmp_path):
+    from gradio_client import Client, handle_file
+
+    from demo.app import TABS, build_app, example_queries, open_indexes, run_search
+
+    indexes = open_indexes([image_indexes / "images", image_indexes / "captions"])
+    assert {item.pair for item in indexes.values()} == {("text", "image"), ("image", "text")}
+    assert indexes["captions"].modes == ["dense"] and "hybrid" in indexes["images"].modes
+    assert all(isinstance(e, Image.Image) and max(e.size) <= 256 for e in example_queries(indexes["captions"]))
+    app = build_app(indexes)
+    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(app.local_url, verbose=False)
+        caption = example_queries(indexes["images"])[0]
+        hits = client.predict(caption, "images", 3, "hybrid", api_name="/text_to_image")
+        assert len(hits) == 3 and hits[0]["text"] == caption and hits[0]["payload"]["file_path"].endswith(".png")
+        query = tmp_path / "query.png"
+        Image.open(hits[0]["payload"]["file_path"]).save(query)
+        found = client.predict(handle_file(str(query)), "captions", 5, "dense", api_name="/image_to_text")
+        direct = run_search(indexes, TABS[("image", "text")], Image.open(query), "captions", 5, "dense")
+        assert [h["id"] for h in found] == [h["id"] for h in direct]
+        with pytest.raises(Exception, match="upload or pick an image"):
+            client.predict(None, "captions", 5, "dense", api_name="/image_to_text")
+    finally:
+        app.close()
