@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install test lint bench demo clean
+.PHONY: install test lint bench bench-deps demo clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_infonce.py
+
+# The peer trainer of benchmarks/bench_openclip_train.py (open_clip_train) needs open_clip's training extra.
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,bench]'
 
 demo: $(STAMP)
 	$(VENV)/bin/mmssl demo default

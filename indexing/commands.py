@@ -53,7 +53,8 @@ def read_image_collection(data: str, modality: str, image_modality: str, partiti
     payloads = [
         {
             **{k: v for k, v in r.meta.items() if k not in ("file_name", "text")},
-            "path": str(r.image) if isinstance(r.image, (str, Path)) else r.where,
+            # absolute: the app that shows the image may run from another folder
+            "path": str(Path(r.image).resolve()) if isinstance(r.image, (str, Path)) else r.where,
             "caption": r.text,
         }
         for r in records

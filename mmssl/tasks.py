@@ -125,11 +125,10 @@ class PairBatcher:
 
     def __call__(self, indices: Tensor) -> dict:
         idx = indices.tolist()
-        return {
-            "a": self.prep_a([self.data.queries[i] for i in idx]),
-            "b": self.prep_b([self.data.candidates[i] for i in idx]),
-            "ids": self.data.ids[indices],
-        }
+        # A side whose embeddings are cached (prep None) needs only the pairs' positions.
+        a = self.prep_a([self.data.queries[i] for i in idx]) if self.prep_a else {"index": indices}
+        b = self.prep_b([self.data.candidates[i] for i in idx]) if self.prep_b else {"index": indices}
+        return {"a": a, "b": b, "ids": self.data.ids[indices]}
 
 
 def to_device(batch, device: torch.device, non_blocking: bool = False):
@@ -148,17 +147,44 @@ class ContrastiveTask:
     and a report with the temperature and the in-batch top-1 accuracy (query -> candidate).
     ``batcher`` makes CPU batches (with the image towers' training augmentation); the engine runs
     it in data-loader workers when asked to.
+
+    A locked text tower (LiT) computes the same embedding for a text at every step: its embeddings
+    of the training texts are computed once, up front, and looked up (``cache_locked``; up to
+    ``CACHE_MAX_BYTES``), which spares its forward pass at every step.
     """
+
+    CACHE_MAX_BYTES = 2**30
 
     metric, greater_is_better = "mrr", True  # the validation metric that picks the best model
     loss_name = "InfoNCE loss"
 
-    def __init__(self, model: DualEncoder, loss: InfoNCELoss, data: Pairs, metric: str | None = None) -> None:
+    def __init__(
+        self, model: DualEncoder, loss: InfoNCELoss, data: Pairs, metric: str | None = None, cache_locked: bool = True
+    ) -> None:
         self.model, self.loss, self.data = model, loss, data
         if metric:
             self.metric = metric
+        self.cached: dict[str, Tensor] = {}  # side ("a" | "b") -> (N, D) embeddings of a locked text tower
+        preps = {}
         a, b = model.config.modalities
-        self.batcher = PairBatcher(model.preparer(a, train=True), model.preparer(b, train=True), data)
+        for side, modality, items in (("a", a, data.queries), ("b", b, data.candidates)):
+            if cache_locked and self._cacheable(modality, len(items)):
+                self.cached[side] = model.embed(modality, items).to(model.device)  # (N, D), normalized
+                preps[side] = None
+            else:
+                preps[side] = model.preparer(modality, train=True)
+        self.batcher = PairBatcher(preps["a"], preps["b"], data)
+
+    def _cacheable(self, modality: str, n: int) -> bool:
+        tower = self.model.towers[modality]
+        frozen = getattr(tower, "locked", False) and not any(p.requires_grad for p in tower.parameters())
+        small = n * self.model.config.embed_dim * 4 <= self.CACHE_MAX_BYTES
+        return frozen and small and not self.model.is_image(modality)  # images: augmented differently each time
+
+    def _embed(self, side: str, modality: str, batch: dict) -> Tensor:
+        if side in self.cached:
+            return self.cached[side][batch["index"].to(self.cached[side].device)]
+        return self.model.encode(modality, batch)
 
     def save_pretrained(self, path) -> None:
         self.model.save_pretrained(path)
@@ -171,7 +197,9 @@ class ContrastiveTask:
         return to_device(self.batcher(indices), self.model.device)
 
     def training_forward(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, float]]:
-        emb_a, emb_b, scale = self.model(batch["a"], batch["b"])  # (B, D), (B, D), ()
+        a, b = self.model.config.modalities
+        emb_a, emb_b = self._embed("a", a, batch["a"]), self._embed("b", b, batch["b"])  # (B, D), (B, D)
+        scale = self.model.logit_scale.exp()
         losses = self.loss(emb_a, emb_b, logit_scale=scale, pair_ids=batch["ids"], output_dict=True)
         with torch.no_grad():
             hits = (emb_a @ emb_b.T).argmax(1) == torch.arange(len(emb_a), device=emb_a.device)

@@ -310,3 +310,44 @@ def test_demo_serves_text_to_image_and_image_to_text(image_indexes, shapes, tmp_
             client.predict(None, "captions", 5, "dense", api_name="/image_to_text")
     finally:
         app.close()
+
+
+def test_text_tower_from_an_mlm_pretraining_directory(shapes, code_corpus, tmp_path):
+    argv = ["pretrain", "mlm", "--data", code_corpus, "--out", str(tmp_path / "pre"), "--preset", "tiny"]
+    argv += ["--vocab-size", "300", "--block-size", "32", "--max-steps", "0", "--device", "cpu"]
+    assert cli.main(argv) == 0  # max-steps 0: the randomly initialized tower, saved as a pretraining output
+    init = tmp_path / "pre" / "final"
+    assert main(train_config(shapes, tmp_path / "run", text_init=str(init), max_steps=2, max_text_length=24)) == 0
+    model = DualEncoder.from_pretrained(tmp_path / "run" / "final")
+    assert model.config.embed_dim == 64  # the tiny preset's hidden size: the text tower's own space
+    assert model.config.towers["text"].init == str(init) and model.embed("text", ["a red circle"]).shape == (1, 64)
+
+
+def test_lit_with_minilm_keeps_the_sentence_embedding_space(shapes, tmp_path):
+    from mmssl.eval_cmd import sentence_encoder
+
+    out = tmp_path / "lit"
+    assert main(train_config(shapes, out, text_init="minilm", lock_text=True, max_steps=2)) == 0
+    model = DualEncoder.from_pretrained(out / "final")
+    assert model.config.embed_dim == 384
+    sentences = ["a small red circle left of a large blue square", "fruit", "a handwritten digit 7"]
+    reference = sentence_encoder("minilm", torch.device("cpu")).embed("text", sentences)
+    assert torch.allclose(model.embed("text", sentences), reference, atol=1e-5)
+
+
+def test_locked_text_embeddings_are_cached_and_give_the_loss_of_running_the_tower(shapes, tmp_path):
+    from mmssl.image_text import build_image_text
+    from mmssl.tasks import ContrastiveTask
+
+    config = train_config(shapes, tmp_path / "lit", text_init="minilm", lock_text=True, augment="none")
+    task, _ = build_image_text(config, torch.device("cpu"))
+    assert set(task.cached) == {"a"} and task.cached["a"].shape == (len(task.data), 384)
+    slow = ContrastiveTask(task.model, task.loss, task.data, cache_locked=False)
+    indices = torch.arange(16)
+    fast_batch, slow_batch = task.batch(indices), slow.batch(indices)
+    assert set(fast_batch["a"]) == {"index"} and "input_ids" in slow_batch["a"]
+    slow_batch["b"] = fast_batch["b"]  # the same augmented images on both sides
+    task.model.eval()
+    fast_loss = task.training_forward(fast_batch)[0]["contrastive_loss"]
+    slow_loss = slow.training_forward(slow_batch)[0]["contrastive_loss"]
+    torch.testing.assert_close(fast_loss, slow_loss, atol=1e-5, rtol=1e-5)

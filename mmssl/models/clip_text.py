@@ -20,14 +20,14 @@ Saved layout: ``open_clip_config.json`` (``model_cfg``) and ``model.safetensors`
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mmssl.models.image import OPEN_CLIP_CONFIG, WEIGHTS, _load_exact, _register
+from mmssl.models.image import _register
+from mmssl.models.tower import LockableTower, OpenClipSaved, load_exact
 
 # The CLIP layout keeps the text tower's weights at the top level, beside visual.* and logit_scale.
 CLIP_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
@@ -45,8 +45,10 @@ class ClipTextConfig:
         return asdict(self)
 
 
-class ClipTextTower(nn.Module):
+class ClipTextTower(OpenClipSaved, LockableTower):
     """open_clip's ``TextTransformer``: input_ids (B, T) -> (B, D)."""
+
+    SAVED_OVERRIDES = {"context_length": None}  # the saved config holds the length already
 
     def __init__(self, config: ClipTextConfig, text: nn.Module, tokenizer, dim: int, embed_dim: int | None = None):
         super().__init__()
@@ -56,7 +58,6 @@ class ClipTextTower(nn.Module):
         embed_dim = embed_dim or dim
         self.proj = nn.Identity() if embed_dim == dim else nn.Linear(dim, embed_dim, bias=False)
         self.dim = embed_dim
-        self.locked = False
         self.open_clip_config: dict = {}
 
     @classmethod
@@ -94,45 +95,8 @@ class ClipTextTower(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.proj(self.text(input_ids))  # (B, T) -> (B, D)
 
-    def lock(self, unlock_norms: bool = False) -> None:
-        for p in self.parameters():
-            p.requires_grad_(False)
-        if unlock_norms:
-            for m in self.text.modules():
-                if isinstance(m, nn.LayerNorm):
-                    for p in m.parameters():
-                        p.requires_grad_(True)
-        self.locked = not unlock_norms
-        if self.locked:
-            self.text.eval()
-
-    def train(self, mode: bool = True) -> ClipTextTower:
-        super().train(mode)
-        if self.locked:
-            self.text.eval()
-        return self
-
-    def save_pretrained(self, path: str | Path) -> None:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / OPEN_CLIP_CONFIG).write_text(json.dumps(self.open_clip_config, indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS))
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, config: ClipTextConfig, embed_dim: int) -> ClipTextTower:
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        weights = path / WEIGHTS
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: missing (the text tower's weights)")
-        tower = cls.build(replace(config, model=f"local-dir:{path}", weights=None, context_length=None), embed_dim)
-        _load_exact(tower, load_file(str(weights)), str(weights))
-        tower.config = config
-        return tower
+    def body(self) -> nn.Module:
+        return self.text
 
 
 class ClipTextPrep:
@@ -170,4 +134,4 @@ def _load_text_weights(text: nn.Module, config: ClipTextConfig) -> None:
     picked.pop("attn_mask", None)  # a buffer open_clip rebuilds (not persistent in its own checkpoints)
     if not picked:
         raise ValueError(f"{weights}: no text-tower weights in this checkpoint")
-    _load_exact(text, picked, f"{weights} ({config.model})")
+    load_exact(text, picked, f"{weights} ({config.model})")

@@ -39,11 +39,10 @@ import torch
 from torch import nn
 
 from mmssl.io import read_json_object
+from mmssl.models.tower import OPEN_CLIP_CONFIG, LockableTower, OpenClipSaved, load_exact
 
 # Small open_clip model configs that ship with mmssl (for CPUs and tests), known by file stem.
 CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
-OPEN_CLIP_CONFIG = "open_clip_config.json"
-WEIGHTS = "model.safetensors"
 
 HEAVY_SCALE = (0.3, 1.0)
 HEAVY_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
@@ -91,8 +90,10 @@ def _register(model: str) -> str:
     return model
 
 
-class ImageTower(nn.Module):
+class ImageTower(OpenClipSaved, LockableTower):
     """open_clip's vision tower and its preprocessing; ``forward`` maps (B, 3, H, W) to (B, D)."""
+
+    SAVED_OVERRIDES = {"image_size": None}  # the saved config holds the size already
 
     def __init__(
         self, config: ImageTowerConfig, visual: nn.Module, preprocess_train, preprocess_val, dim: int, embed_dim=None
@@ -105,7 +106,6 @@ class ImageTower(nn.Module):
         embed_dim = embed_dim or dim
         self.proj = nn.Identity() if embed_dim == dim else nn.Linear(dim, embed_dim, bias=False)
         self.dim = embed_dim
-        self.locked = False
         self.open_clip_config: dict = {}  # what save_pretrained writes (model_cfg, preprocess_cfg)
 
     @classmethod
@@ -137,7 +137,7 @@ class ImageTower(nn.Module):
             visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
             if not visual:
                 raise ValueError(f"{weights}: no 'visual.*' weights in this checkpoint")
-            _load_exact(model.visual, visual, f"{weights} ({config.model})")
+            load_exact(model.visual, visual, f"{weights} ({config.model})")
         if config.augment == "heavy":
             pp = open_clip.get_model_preprocess_cfg(model)
             size = pp["size"] if isinstance(pp["size"], int) else tuple(pp["size"])
@@ -162,35 +162,6 @@ class ImageTower(nn.Module):
         tower.open_clip_config = {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model)}
         return tower
 
-    # ---- persistence ----------------------------------------------------------------------------
-
-    def save_pretrained(self, path: str | Path) -> None:
-        import json
-
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / OPEN_CLIP_CONFIG).write_text(json.dumps(self.open_clip_config, indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS))
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, config: ImageTowerConfig, embed_dim: int) -> ImageTower:
-        """The tower saved in ``path`` (by ``save_pretrained``), with ``config``'s augmentation."""
-        from dataclasses import replace
-
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        weights = path / WEIGHTS
-        if not weights.is_file():
-            raise FileNotFoundError(f"{weights}: missing (the image tower's weights)")
-        tower = cls.build(replace(config, model=f"local-dir:{path}", weights=None, image_size=None), embed_dim)
-        _load_exact(tower, load_file(str(weights)), str(weights))
-        tower.config = config  # remember where it originally came from
-        return tower
-
     # ---- batches --------------------------------------------------------------------------------
 
     def preparer(self, train: bool = False, max_pixels: int | None = None) -> ImagePrep:
@@ -207,25 +178,8 @@ class ImageTower(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.proj(self.visual(pixels))  # (B, 3, H, W) -> (B, D)
 
-    def lock(self, unlock_norms: bool = False) -> None:
-        """Freeze the tower (LiT); with ``unlock_norms`` its LayerNorm/BatchNorm/GroupNorm stay trainable."""
-        norms = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
-        for p in self.parameters():
-            p.requires_grad_(False)
-        if unlock_norms:
-            for m in self.visual.modules():
-                if isinstance(m, norms):
-                    for p in m.parameters():
-                        p.requires_grad_(True)
-        self.locked = not unlock_norms
-        if self.locked:
-            self.visual.eval()
-
-    def train(self, mode: bool = True) -> ImageTower:
-        super().train(mode)
-        if self.locked:
-            self.visual.eval()  # a fully locked tower keeps eval-mode statistics (BatchNorm, dropout)
-        return self
+    def body(self) -> nn.Module:
+        return self.visual
 
 
 class ImagePrep:
@@ -241,17 +195,3 @@ class ImagePrep:
         from mmssl.data.image_text import open_image
 
         return {"pixels": torch.stack([self.transform(open_image(im, self.max_pixels)) for im in images])}
-
-
-def _load_exact(module: nn.Module, state: dict, source: str) -> None:
-    """Load a state dict that must fit exactly; a clear error naming the first difference otherwise."""
-    try:
-        missing, unexpected = module.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shapes that differ
-        lines = str(e).strip().splitlines()
-        raise ValueError(f"{source}: does not fit ({(lines[1] if len(lines) > 1 else lines[0]).strip()})") from None
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: does not fit ({len(missing)} missing, {len(unexpected)} unexpected keys, "
-            f"e.g. {(missing or unexpected)[0]})"
-        )

@@ -21,6 +21,8 @@ import torch
 from torch import Tensor, nn
 from transformers.utils import logging as hf_logging
 
+from mmssl.models.tower import LockableTower
+
 # Loading and saving towers draws per-shard progress bars otherwise; mmssl shows its own progress.
 hf_logging.disable_progress_bar()
 
@@ -135,7 +137,7 @@ def pool(hidden: Tensor, mask: Tensor, how: Pooling) -> Tensor:
     raise ValueError(f"pooling must be cls, mean or last; got {how!r}")
 
 
-class TextTower(nn.Module):
+class TextTower(LockableTower):
     """A ``transformers`` backbone + pooling + projection to the shared embedding size D.
 
     Shape: input_ids (B, T), attention_mask (B, T) -> (B, D).
@@ -155,7 +157,6 @@ class TextTower(nn.Module):
             )
         hidden = backbone.config.hidden_size
         self.proj = nn.Linear(hidden, embed_dim, bias=False)
-        self.locked = False
         if config.init and hidden == embed_dim:
             # A pretrained tower keeps its own embedding at the start (for MiniLM, exactly the
             # sentence-transformers embedding): fine-tuning starts from the zero-shot model.
@@ -197,25 +198,8 @@ class TextTower(nn.Module):
         hidden = out.last_hidden_state  # (B, T, H)
         return self.proj(pool(hidden, attention_mask, self.config.pooling))  # (B, D)
 
-    def lock(self, unlock_norms: bool = False) -> None:
-        """Freeze the tower, projection included (LiT: its embedding space stays the pretrained one);
-        with ``unlock_norms`` its LayerNorms stay trainable. A fully locked tower stays in eval mode."""
-        for p in self.parameters():
-            p.requires_grad_(False)
-        if unlock_norms:
-            for m in self.backbone.modules():
-                if isinstance(m, nn.LayerNorm):
-                    for p in m.parameters():
-                        p.requires_grad_(True)
-        self.locked = not unlock_norms
-        if self.locked:
-            self.backbone.eval()
-
-    def train(self, mode: bool = True) -> TextTower:
-        super().train(mode)
-        if getattr(self, "locked", False):
-            self.backbone.eval()
-        return self
+    def body(self) -> nn.Module:
+        return self.backbone
 
 
 class TextPrep:

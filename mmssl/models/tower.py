@@ -1,0 +1,94 @@
+"""What every tower kind shares: LiT locking, and the saved layout of the open_clip towers.
+
+A tower names its main module with ``body()`` (a transformers backbone, an open_clip visual or text
+transformer); its projection to the shared size (``proj``) lives beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+OPEN_CLIP_CONFIG = "open_clip_config.json"
+WEIGHTS = "model.safetensors"
+
+
+class LockableTower(nn.Module):
+    """``lock()`` (LiT, Zhai et al. 2022) freezes the whole tower, projection included, so that its
+    embedding space stays the one it was loaded with; ``unlock_norms=True`` leaves the normalization
+    layers trainable. A fully locked tower stays in eval mode (BatchNorm statistics, no dropout)."""
+
+    locked = False
+
+    def body(self) -> nn.Module:
+        raise NotImplementedError
+
+    def lock(self, unlock_norms: bool = False) -> None:
+        for p in self.parameters():
+            p.requires_grad_(False)
+        if unlock_norms:
+            for m in self.body().modules():
+                if isinstance(m, NORMS):
+                    for p in m.parameters():
+                        p.requires_grad_(True)
+        self.locked = not unlock_norms
+        if self.locked:
+            self.body().eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.locked:
+            self.body().eval()
+        return self
+
+
+class OpenClipSaved:
+    """``save_pretrained``/``from_pretrained`` of an open_clip tower: ``open_clip_config.json`` in
+    open_clip's own ``local-dir:`` format (so the tower rebuilds without the user's JSON file) and
+    ``model.safetensors`` (the tower's weights, its projection included)."""
+
+    open_clip_config: dict
+    SAVED_OVERRIDES: dict = {}  # config fields already applied in the saved open_clip config
+
+    def save_pretrained(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / OPEN_CLIP_CONFIG).write_text(json.dumps(self.open_clip_config, indent=2) + "\n")
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path / WEIGHTS))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, config, embed_dim: int):
+        """The tower saved in ``path``; ``config`` (what it was built from) is kept on it, so that its
+        training choices (augmentation) and origin are remembered."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        weights = path / WEIGHTS
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights}: missing (the tower's weights)")
+        saved = replace(config, model=f"local-dir:{path}", weights=None, **cls.SAVED_OVERRIDES)
+        tower = cls.build(saved, embed_dim)
+        load_exact(tower, load_file(str(weights)), str(weights))
+        tower.config = config
+        return tower
+
+
+def load_exact(module: nn.Module, state: dict, source: str) -> None:
+    """Load a state dict that must fit exactly; a clear error naming the first difference otherwise."""
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that differ
+        lines = str(e).strip().splitlines()
+        raise ValueError(f"{source}: does not fit ({(lines[1] if len(lines) > 1 else lines[0]).strip()})") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: does not fit ({len(missing)} missing, {len(unexpected)} unexpected keys, "
+            f"e.g. {(missing or unexpected)[0]})"
+        )
