@@ -8,7 +8,12 @@ output written atomically (a crash leaves the previous state, and a rerun picks 
 2. model    ``OUT/<model>/model``: the text-code dual encoder (``--model``, see ``MODELS``);
 3. indexes  ``OUT/<model>/code-index`` (text → code) and ``OUT/<model>/doc-index`` (code → text),
             each with its BM25 side for the lexical and hybrid modes (``mmssl index build``);
-4. the Gradio app over both (``demo.app``), on http://HOST:PORT/.
+4. images   (``--images emoji``, the default where Debian's emoji font and CLDR data are installed)
+            ``OUT/emoji/data`` (``mmssl data make-images --kind emoji``), ``OUT/emoji/model``: an
+            image tower trained for a few minutes against the locked MiniLM text tower (LiT, its
+            caption embeddings cached), and ``OUT/emoji/image-index`` (text → image, BM25 over the
+            captions) and ``OUT/emoji/caption-index`` (image → text) over every emoji;
+5. the Gradio app over all of them (``demo.app``), on http://HOST:PORT/.
 
 The model choice was measured (benchmarks/RESULTS.md, "Choosing the demo's model"): see ``MODELS``.
 """
@@ -59,6 +64,10 @@ class DemoDefaultConfig:
     )
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind"})
     port: int = field(default=7860, metadata={"help": "port to listen on"})
+    images: Literal["emoji", "none"] = field(
+        default="emoji", metadata={"help": "also the text → image and image → text tabs over the emoji set"}
+    )
+    image_steps: int = field(default=300, metadata={"help": "training steps of the emoji image tower"})
     launch: bool = field(default=True, metadata={"help": "open the app at the end (--no_launch: only build)"})
 
 
@@ -125,27 +134,74 @@ def index_paths(out: Path, name: str, corpus: Path, model: Path, max_items: int 
     return paths
 
 
+# The emoji image tower: the LiT recipe of benchmarks/bench_image_text.py, shorter.
+IMAGE_TRAIN = "--image-model mmssl-vit-tiny --text-init minilm --lock-text --augment heavy --batch-size 128".split()
+
+
+def image_paths(out: Path, config: DemoDefaultConfig) -> list[Path]:
+    """The emoji set, its LiT model and both image indexes; [] when the set cannot be made here."""
+    from mmssl.data.images import CLDR_ANNOTATIONS, EMOJI_FONT, EMOJI_TEST
+
+    root = out / "emoji"
+    data, model, run = root / "data", root / "model", root / "train"
+    missing = [str(p) for p in (EMOJI_FONT, CLDR_ANNOTATIONS, EMOJI_TEST) if not p.is_file()]
+    if missing and not (data / "metadata.jsonl").is_file():
+        print(
+            f"   no image tabs: {', '.join(missing)} missing "
+            "(Debian packages fonts-noto-color-emoji, unicode-cldr-core, unicode-data)"
+        )
+        return []
+    if not (data / "metadata.jsonl").is_file():
+        _cli(["data", "make-images", "--kind", "emoji", "--out", str(data), "--overwrite"])
+    if (model / "dual_encoder.json").is_file():
+        print(f"reusing {model}")
+    else:
+        argv = ["train", "--task", "image-text", "--train", str(data), "--out", str(run), *IMAGE_TRAIN]
+        argv += ["--max-steps", str(config.image_steps), "--warmup-steps", "30", "--max-minutes", str(config.minutes)]
+        argv += ["--eval-every", "0", "--save-every", "100", "--log-every", "50", "--workers", "1"]
+        if (run / "checkpoints" / "last").exists():
+            argv.append("--resume")
+        _cli(argv)
+        (run / "final").rename(model)
+    paths = []
+    for name, modality, extra in (("image-index", "image", ["--lexical"]), ("caption-index", "text", [])):
+        path = root / name
+        paths.append(path)
+        if (path / "manifest.json").is_file():
+            print(f"reusing {path}")
+            continue
+        argv = ["index", "build", "--model", str(model), "--data", str(data), "--out", str(path)]
+        _cli(argv + ["--modality", modality, "--overwrite", *extra])
+    return paths
+
+
 def main(config: DemoDefaultConfig) -> int:
     setup_logging()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    t = step("1/4 corpus: functions with docstrings from the standard library and installed packages")
+    t = step("1/5 corpus: functions with docstrings from the standard library and installed packages")
     corpus = corpus_path(out, config.max_files)
     print(f"   {time.monotonic() - t:.0f} s")
-    t = step(f"2/4 model: {config.model}")
+    t = step(f"2/5 model: {config.model}")
     model = model_path(out, config.model, corpus, config)
     print(f"   {time.monotonic() - t:.0f} s")
-    t = step("3/4 indexes: text → code and code → text, each with BM25")
+    t = step("3/5 indexes: text → code and code → text, each with BM25")
     max_items = DEFAULT_ITEMS[config.model] if config.max_items is None else config.max_items
     paths = index_paths(out, config.model, corpus, model, max_items or None)
     print(f"   {time.monotonic() - t:.0f} s")
+    if config.images == "emoji":
+        t = step(
+            "4/5 images: the emoji set, an image tower trained against MiniLM (LiT), text → image and image → text"
+        )
+        paths += image_paths(out, config)
+        print(f"   {time.monotonic() - t:.0f} s")
     print(f"\nready in {time.monotonic() - started:.0f} s")
     if not config.launch:
         return 0
     from demo.app import launch, open_indexes
 
-    step("4/4 the search app")
+    step("5/5 the search app")
     indexes = open_indexes(paths, LEXICAL_WEIGHT[config.model])
     print(f"open http://{config.host}:{config.port}/ in a browser (Ctrl+C stops it)", flush=True)
     launch(indexes, config.host, config.port)

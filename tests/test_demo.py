@@ -166,20 +166,30 @@ def test_browser_types_a_query_and_sees_the_result(app_url, tmp_path):
 
 
 def test_default_pipeline_builds_once_then_reuses(tmp_path, capsys):
-    """`make demo`'s pipeline on a slice of the standard library: corpus, model, two indexes; the
-    second run rebuilds nothing."""
+    """`make demo`'s pipeline on a slice of the standard library: corpus, model, two indexes, and
+    the emoji set with its LiT model and two image indexes; the second run rebuilds nothing."""
+    from mmssl.data.images import CLDR_ANNOTATIONS, EMOJI_FONT, EMOJI_TEST
+
+    emoji = all(p.is_file() for p in (EMOJI_FONT, CLDR_ANNOTATIONS, EMOJI_TEST))
+    assert emoji or not os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"), "the emoji packages are required here"
     out = tmp_path / "demo"
     argv = ["demo", "default", "--out", str(out), "--model", "scratch", "--steps", "3", "--max-files", "300"]
-    argv += ["--max-items", "400", "--no_launch"]
+    argv += ["--max-items", "400", "--image-steps", "2", "--no_launch"]
     assert cli.main(argv) == 0
     first = capsys.readouterr().out
     assert "reusing" not in first and "ready in" in first
-    for name in ("code-index", "doc-index"):
-        assert (out / "scratch" / name / "manifest.json").is_file()
+    paths = [out / "scratch" / "code-index", out / "scratch" / "doc-index"]
+    if emoji:
+        paths += [out / "emoji" / "image-index", out / "emoji" / "caption-index"]
+    else:
+        assert "no image tabs" in first
+    assert all((p / "manifest.json").is_file() for p in paths)
     assert (out / "scratch" / "model" / "dual_encoder.json").is_file()
     assert cli.main(argv) == 0
-    assert capsys.readouterr().out.count("reusing") == 4  # corpus, model, both indexes
+    # corpus, model, both indexes; and the image model and both image indexes
+    assert capsys.readouterr().out.count("reusing") == (7 if emoji else 4)
     from demo.app import open_indexes
 
-    loaded = open_indexes([out / "scratch" / "code-index", out / "scratch" / "doc-index"])
-    assert {item.pair for item in loaded.values()} == {("text", "code"), ("code", "text")}
+    loaded = open_indexes(paths)
+    pairs = {("text", "code"), ("code", "text")} | ({("text", "image"), ("image", "text")} if emoji else set())
+    assert {item.pair for item in loaded.values()} == pairs

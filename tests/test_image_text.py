@@ -351,3 +351,57 @@ def test_locked_text_embeddings_are_cached_and_give_the_loss_of_running_the_towe
     fast_loss = task.training_forward(fast_batch)[0]["contrastive_loss"]
     slow_loss = slow.training_forward(slow_batch)[0]["contrastive_loss"]
     torch.testing.assert_close(fast_loss, slow_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_path):
+    """Headless Chromium: type a caption in the text → image tab, click Search, the gallery shows
+    images with their captions; a screenshot is kept."""
+    import os
+    from pathlib import Path
+
+    from test_demo import chromium
+
+    if chromium() is None:
+        if os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"):
+            pytest.fail("MMSSL_REQUIRE_SYSTEM_PACKAGES is set but chromium/chromedriver are missing")
+        pytest.skip("headless Chromium not installed (.ci/run installs chromium, chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from demo.app import build_app, example_queries, open_indexes
+
+    indexes = open_indexes([image_indexes / "images", image_indexes / "captions"])
+    caption = example_queries(indexes["images"])[0]
+    app = build_app(indexes)
+    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+    browser, driver_path = chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    artifacts = Path(os.environ.get("MMSSL_TEST_ARTIFACTS", "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        driver.get(app.local_url)
+        wait = WebDriverWait(driver, 60)
+        box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "textarea[placeholder^='describe the image']")))
+        box.send_keys(caption)
+        hybrid = "//label[.//input[@type='radio' and @value='hybrid']]"  # BM25 over the captions: the untrained
+        next(e for e in driver.find_elements(By.XPATH, hybrid) if e.is_displayed()).click()  # model needs it
+        button = next(
+            e for e in driver.find_elements(By.XPATH, "//button[normalize-space()='Search']") if e.is_displayed()
+        )
+        button.click()
+        wait.until(
+            lambda d: len([i for i in d.find_elements(By.CSS_SELECTOR, ".gallery img, img") if i.is_displayed()]) >= 5
+        )
+        ranked = "//*[starts-with(normalize-space(text()), '1. ') and contains(text(), ' — ')]"
+        wait.until(lambda d: any(e.is_displayed() for e in d.find_elements(By.XPATH, ranked)))  # captions shown
+    finally:
+        driver.save_screenshot(str(artifacts / "demo-image-search.png"))
+        driver.quit()
+        app.close()
