@@ -74,9 +74,13 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-image-text")
     p.add_argument("--only", choices=("train", "all"), default="all")
     p.add_argument("--recipes", default=",".join(RECIPES))
-    p.add_argument("--markdown", action="store_true", help="print the RESULTS.md table")
+    p.add_argument("--print-only", action="store_true", help="print the table of the last run's results.json")
     args = p.parse_args()
     out = Path(args.out)
+    if args.print_only:
+        saved = json.loads((out / "results.json").read_text())
+        print_table(saved["rows"], saved)
+        return
     names = args.recipes.split(",")
     trained = {name: train(out, name) for name in names}
     if args.only == "train":
@@ -96,14 +100,18 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
     stamp = {"date": f"{datetime.now(UTC):%Y-%m-%d}", "cpu": cpu_name()}
     (out / "results.json").write_text(json.dumps({**stamp, "rows": rows}, indent=2) + "\n")
+    print_table(rows, stamp)
+
+
+def print_table(rows: list[dict], stamp: dict) -> None:
     print(f"\n{stamp['date']}, {stamp['cpu']}")
-    head = "| recipe | model | train min | T->I R@1 / R@5 / R@10 | I->T R@1 / R@5 / R@10 | zero-shot top-1 | probe |"
-    print(head)
+    print("| recipe | model | train min | T->I R@1 / R@5 / R@10 | I->T R@1 / R@5 / R@10 ", end="")
+    print("| zero-shot top-1 (majority) | probe |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         t2i = " / ".join(f"{r[f'text_to_image_recall@{k}']:.3f}" for k in (1, 5, 10))
         i2t = " / ".join(f"{r[f'image_to_text_recall@{k}']:.3f}" for k in (1, 5, 10))
-        zs = ", ".join(f"{k} {v['top1']:.3f} ({v['chance']:.3f})" for k, v in r["zero_shot"].items())
+        zs = ", ".join(f"{k} {v['top1']:.3f} ({v['majority']:.3f})" for k, v in r["zero_shot"].items())
         lp = ", ".join(f"{k} {v:.3f}" for k, v in r["linear_probe"].items())
         print(f"| {r['recipe']} | {r['model']} | {r['train_minutes']:.1f} | {t2i} | {i2t} | {zs} | {lp} |")
 

@@ -16,7 +16,7 @@ data order and augmentation draws differ), and each run's wall time including st
 
 Command (from the repo root):
     .venv/bin/python benchmarks/bench_openclip_train.py
-    .venv/bin/python benchmarks/bench_openclip_train.py --steps 100 --repeats 2 --workers 1
+    .venv/bin/python benchmarks/bench_openclip_train.py --steps 100 --repeats 2 --workers 1 --mmssl-workers 0
 """
 
 from __future__ import annotations
@@ -108,7 +108,8 @@ def run_mmssl(out: Path, tsv: Path, args, run: int) -> dict:
     cmd = [sys.executable, "-m", "mmssl.cli", "train", "--task", "image-text", "--train", str(tsv)]
     cmd += ["--out", str(target), "--image-model", MODEL, "--batch-size", str(args.batch_size)]
     cmd += ["--max-steps", str(args.steps), "--lr", str(args.lr), "--weight-decay", "0.1"]
-    cmd += ["--warmup-steps", str(args.warmup), "--workers", str(args.workers), "--precision", "fp32"]
+    workers = args.workers if args.mmssl_workers is None else args.mmssl_workers
+    cmd += ["--warmup-steps", str(args.warmup), "--workers", str(workers), "--precision", "fp32"]
     cmd += ["--device", "cpu", "--seed", "0", "--log-every", str(LOG_EVERY), "--save-every", "0"]
     cmd += ["--eval-every", "0", "--clip-grad", "0"]  # open_clip_train clips no gradient by default
     start = time.monotonic()
@@ -134,7 +135,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="data-loader workers of both trainers")
+    p.add_argument(
+        "--mmssl-workers",
+        type=int,
+        default=None,
+        help="mmssl's own (default: --workers); 0 makes its batches in process, from the images it keeps decoded",
+    )
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=20)
     args = p.parse_args()
@@ -162,7 +169,8 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps({**stamp, "args": vars(args), "runs": runs}, indent=2, default=str))
     print(
         f"\n{stamp['date']}, {stamp['cpu']}, {stamp['cores']} cores; {n_train:,} training images, "
-        f"batch {args.batch_size}, {args.steps} steps, {args.workers} worker(s), fp32"
+        f"batch {args.batch_size}, {args.steps} steps, fp32, data-loader workers: open_clip_train {args.workers}, "
+        f"mmssl {args.workers if args.mmssl_workers is None else args.mmssl_workers}"
     )
     # Each trainer logs its own steps (open_clip_train 1, 11, 21, ...; mmssl 1, 10, 20, ...): the
     # loss at the logged step nearest to each checkpoint, one batch's loss each.

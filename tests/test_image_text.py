@@ -86,6 +86,14 @@ def test_image_text_model_saves_and_loads_with_the_same_embeddings(tmp_path):
         loaded.tokenize("image", ["not text"])
 
 
+def test_batches_of_images_equal_open_clips_preprocessing_image_by_image():
+    model = micro_model()
+    images = pictures() * 3
+    batch = model.preparer("image")(images)["pixels"]
+    reference = torch.stack([model.towers["image"].preprocess_val(im) for im in images])
+    assert batch.shape == (6, 3, 32, 32) and torch.equal(batch, reference)  # normalized as a batch, same values
+
+
 def test_open_clip_text_tower_takes_the_text_weights_of_a_local_checkpoint(tmp_path):
     import open_clip
 
