@@ -67,7 +67,7 @@ class DemoDefaultConfig:
     images: Literal["emoji", "none"] = field(
         default="emoji", metadata={"help": "also the text → image and image → text tabs over the emoji set"}
     )
-    image_steps: int = field(default=300, metadata={"help": "training steps of the emoji image tower"})
+    image_steps: int = field(default=200, metadata={"help": "training steps of the emoji image tower"})
     launch: bool = field(default=True, metadata={"help": "open the app at the end (--no_launch: only build)"})
 
 
@@ -158,7 +158,7 @@ def image_paths(out: Path, config: DemoDefaultConfig) -> list[Path]:
     else:
         argv = ["train", "--task", "image-text", "--train", str(data), "--out", str(run), *IMAGE_TRAIN]
         argv += ["--max-steps", str(config.image_steps), "--warmup-steps", "30", "--max-minutes", str(config.minutes)]
-        argv += ["--eval-every", "0", "--save-every", "100", "--log-every", "50", "--workers", "1"]
+        argv += ["--eval-every", "0", "--save-every", "100", "--log-every", "50"]
         if (run / "checkpoints" / "last").exists():
             argv.append("--resume")
         _cli(argv)
