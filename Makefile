@@ -35,7 +35,17 @@ bench: $(STAMP)
 bench-deps: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
 
+# Debian packages of the demo's emoji image set (installed when missing and apt-get can; without
+# them the demo opens without its image tabs and says so).
+EMOJI_PACKAGES := fonts-noto-color-emoji unicode-cldr-core unicode-data
+
 demo: $(STAMP)
+	@dpkg -s $(EMOJI_PACKAGES) >/dev/null 2>&1 || { \
+	  echo "installing the Debian packages of the emoji image set: $(EMOJI_PACKAGES)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	      --no-install-recommends $(EMOJI_PACKAGES) >/dev/null; } \
+	  || echo "could not install them: the demo opens without its image tabs"; }
 	$(VENV)/bin/mmssl demo default
 
 clean:

@@ -126,6 +126,21 @@ def chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
+def headless_browser(height: int = 1600):
+    """(a headless Chromium webdriver, the folder its screenshots go to)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size=1280,{height}"):
+        options.add_argument(arg)
+    artifacts = Path(os.environ.get("MMSSL_TEST_ARTIFACTS", "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return webdriver.Chrome(service=Service(driver_path), options=options), artifacts
+
+
 @pytest.mark.skipif(
     chromium() is None and not os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"),
     reason="headless Chromium not installed (.ci/run installs the Debian packages chromium, chromium-driver)",
@@ -133,20 +148,11 @@ def chromium() -> tuple[str, str] | None:
 def test_browser_types_a_query_and_sees_the_result(app_url, tmp_path):
     """Headless Chromium: type a query, click Search, the known code appears; a screenshot is kept."""
     assert chromium() is not None, "MMSSL_REQUIRE_SYSTEM_PACKAGES is set but chromium/chromedriver are missing"
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser, driver_path = chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1600"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    artifacts = Path(os.environ.get("MMSSL_TEST_ARTIFACTS", "test-artifacts"))
-    artifacts.mkdir(parents=True, exist_ok=True)
+    driver, artifacts = headless_browser()
     try:
         driver.get(app_url)
         wait = WebDriverWait(driver, 60)

@@ -365,16 +365,13 @@ def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_p
     """Headless Chromium: type a caption in the text → image tab, click Search, the gallery shows
     images with their captions; a screenshot is kept."""
     import os
-    from pathlib import Path
 
-    from test_demo import chromium
+    from test_demo import chromium, headless_browser
 
     if chromium() is None:
         if os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"):
             pytest.fail("MMSSL_REQUIRE_SYSTEM_PACKAGES is set but chromium/chromedriver are missing")
         pytest.skip("headless Chromium not installed (.ci/run installs chromium, chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -385,14 +382,7 @@ def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_p
     caption = example_queries(indexes["images"])[0]
     app = build_app(indexes)
     app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    browser, driver_path = chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1400"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    artifacts = Path(os.environ.get("MMSSL_TEST_ARTIFACTS", "test-artifacts"))
-    artifacts.mkdir(parents=True, exist_ok=True)
+    driver, artifacts = headless_browser(height=1400)
     try:
         driver.get(app.local_url)
         wait = WebDriverWait(driver, 60)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mmssl.models.image import _register
-from mmssl.models.tower import LockableTower, OpenClipSaved, load_exact
+from mmssl.models.tower import LockableTower, OpenClipSaved, load_exact, projection
 
 # The CLIP layout keeps the text tower's weights at the top level, beside visual.* and logit_scale.
 CLIP_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
@@ -55,9 +55,8 @@ class ClipTextTower(OpenClipSaved, LockableTower):
         self.config = config
         self.text = text
         self.tokenizer = tokenizer
-        embed_dim = embed_dim or dim
-        self.proj = nn.Identity() if embed_dim == dim else nn.Linear(dim, embed_dim, bias=False)
-        self.dim = embed_dim
+        self.proj = projection(dim, embed_dim)
+        self.dim = embed_dim or dim
         self.open_clip_config: dict = {}
 
     @classmethod

@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from mmssl.io import read_json_object
-from mmssl.models.tower import OPEN_CLIP_CONFIG, LockableTower, OpenClipSaved, load_exact
+from mmssl.models.tower import OPEN_CLIP_CONFIG, LockableTower, OpenClipSaved, load_exact, projection
 
 # Small open_clip model configs that ship with mmssl (for CPUs and tests), known by file stem.
 CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
@@ -103,9 +103,8 @@ class ImageTower(OpenClipSaved, LockableTower):
         self.visual = visual
         self.preprocess_train = preprocess_train
         self.preprocess_val = preprocess_val
-        embed_dim = embed_dim or dim
-        self.proj = nn.Identity() if embed_dim == dim else nn.Linear(dim, embed_dim, bias=False)
-        self.dim = embed_dim
+        self.proj = projection(dim, embed_dim)
+        self.dim = embed_dim or dim
         self.open_clip_config: dict = {}  # what save_pretrained writes (model_cfg, preprocess_cfg)
 
     @classmethod

@@ -80,6 +80,12 @@ class OpenClipSaved:
         return tower
 
 
+def projection(dim: int, embed_dim: int | None) -> nn.Module:
+    """The map from a tower's own output size to the dual encoder's: identity when they agree."""
+    embed_dim = embed_dim or dim
+    return nn.Identity() if embed_dim == dim else nn.Linear(dim, embed_dim, bias=False)
+
+
 def load_exact(module: nn.Module, state: dict, source: str) -> None:
     """Load a state dict that must fit exactly; a clear error naming the first difference otherwise."""
     try:
