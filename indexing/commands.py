@@ -64,6 +64,21 @@ def read_image_collection(data: str, modality: str, image_modality: str, partiti
     return texts, texts, payloads, records
 
 
+def read_items(model, data: str, modality: str, text_field: str | None, partition: str | None, max_items=None):
+    """(items to embed, texts for the store, payloads, tuning queries or None) of a collection for
+    ``model``'s ``modality``: image-caption pairs for an image-text model, records otherwise (tuned
+    on the records' own queries where they carry them: docstrings for a code index)."""
+    first, second = model.config.modalities
+    image_modality = next((m for m in (first, second) if model.is_image(m)), None)
+    if image_modality:
+        return read_image_collection(data, modality, image_modality, partition, max_items)
+    text_field = text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
+    texts, payloads, records = read_collection(data, text_field, partition, max_items)
+    query_field = DEFAULT_TEXT_FIELD.get(first if modality == second else second)
+    queries = [r.get(query_field) for r in records] if query_field and query_field != text_field else None
+    return texts, texts, payloads, queries
+
+
 def _where(pairs: list[str] | None) -> dict[str, str] | None:
     if not pairs:
         return None
@@ -132,18 +147,9 @@ def build_main(config: IndexBuildConfig) -> int:
     if modality not in (first, second):
         raise ValueError(f"--modality {modality!r}: the model embeds {first} and {second}")
     query_modality = first if modality == second else second
-    image_modality = next((m for m in (first, second) if model.is_image(m)), None)
-    if image_modality:
-        items, texts, payloads, queries = read_image_collection(
-            config.data, modality, image_modality, config.partition, config.max_items
-        )
-    else:
-        text_field = config.text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
-        texts, payloads, records = read_collection(config.data, text_field, config.partition, config.max_items)
-        items = texts
-        # Tune on real queries where the records carry them (docstrings for a code index).
-        query_field = DEFAULT_TEXT_FIELD.get(query_modality)
-        queries = [r.get(query_field) for r in records] if query_field and query_field != text_field else None
+    items, texts, payloads, queries = read_items(
+        model, config.data, modality, config.text_field, config.partition, config.max_items
+    )
     ids = np.arange(len(texts), dtype=np.int64)
     sha = model_fingerprint(config.model)
     emb_dir = Path(config.embeddings or f"{out}.embeddings")
@@ -212,13 +218,7 @@ def add_main(config: IndexAddConfig) -> int:
     with SearchIndex.load(config.index) as index:
         model = index.model()
         modality = index.manifest.modality or model.config.modalities[1]
-        image_modality = next((m for m in model.config.modalities if model.is_image(m)), None)
-        if image_modality:
-            items, texts, payloads, _ = read_image_collection(config.data, modality, image_modality, config.partition)
-        else:
-            text_field = config.text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
-            texts, payloads, _ = read_collection(config.data, text_field, config.partition)
-            items = texts
+        items, texts, payloads, _ = read_items(model, config.data, modality, config.text_field, config.partition)
         vectors = embed_texts(model, modality, items, config.batch_size)
     ids = add_items(config.index, vectors, texts, payloads)
     print(f"{config.index}: added {len(ids):,} items (ids {ids.min()}..{ids.max()})")

@@ -122,20 +122,14 @@ def _autocast(device: torch.device):
 
 @torch.inference_mode()
 def embed_texts(model, modality: str, texts: Sequence, batch_size: int = 128, bar=None) -> np.ndarray:
-    """(len(texts), D) float32 L2-normalized embeddings, input order kept. Texts go in length-sorted
-    batches; an image modality's items are images (paths, bytes, PIL images, image records)."""
+    """(len(texts), D) float32 L2-normalized embeddings, input order kept (``DualEncoder.batches``:
+    texts length-sorted; an image modality's items are images: paths, bytes, PIL images, records),
+    in bf16 on a GPU."""
     was_training = model.training
     model.eval()
-    if model.is_image(modality):
-        order = list(range(len(texts)))
-    else:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    prep = model.preparer(modality)
     out = np.empty((len(texts), model.config.embed_dim), dtype=np.float32)
     with _autocast(model.device):
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = {k: v.to(model.device) for k, v in prep([texts[i] for i in idx]).items()}
+        for idx, batch in model.batches(modality, texts, batch_size):
             out[idx] = model.encode(modality, batch).float().cpu().numpy()
             if bar is not None:
                 bar(len(idx))

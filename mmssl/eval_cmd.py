@@ -75,14 +75,11 @@ def score_bm25(pairs: Pairs, config: EvalConfig) -> dict:
 
 def sentence_encoder(path: str, device):
     """A sentence-embedding model directory as a shared-tower dual encoder (identity projection)."""
-    from transformers import AutoConfig
-
     from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
-    from mmssl.models.text import resolve_init, sentence_pooling
+    from mmssl.models.text import hidden_size, resolve_init, sentence_pooling
 
-    resolved = resolve_init(path)
-    tower = TowerConfig(init=path, pooling=sentence_pooling(resolved), max_length=256)
-    hidden = AutoConfig.from_pretrained(resolved).hidden_size
+    tower = TowerConfig(init=path, pooling=sentence_pooling(resolve_init(path)), max_length=256)
+    hidden = hidden_size(path)
     config = DualEncoderConfig(towers={"text": tower, "code": tower}, shared=True, embed_dim=hidden)
     return DualEncoder.build(config).to(device)
 

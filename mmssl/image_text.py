@@ -31,7 +31,7 @@ from mmssl.losses import InfoNCELoss
 from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
 from mmssl.models.clip_text import ClipTextConfig
 from mmssl.models.image import ImageTowerConfig
-from mmssl.models.text import resolve_init, sentence_pooling, set_dropout
+from mmssl.models.text import hidden_size, resolve_init, sentence_pooling, set_dropout
 from mmssl.tasks import ContrastiveTask, Pairs
 
 log = get_logger("image_text")
@@ -72,10 +72,12 @@ def load_image_pairs(
     return Pairs.from_texts([r.text for r in kept], kept)
 
 
-def embed_pairs(model: DualEncoder, pairs: Pairs, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+def embed_pairs(
+    model: DualEncoder, pairs: Pairs, batch_size: int = 128, normalize_images: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) image embeddings and (U, D) embeddings of the distinct captions (by ``pairs.ids``)."""
     text_mod, image_mod = model.config.modalities
-    images = model.embed(image_mod, pairs.candidates, batch_size)
+    images = model.embed(image_mod, pairs.candidates, batch_size, normalize=normalize_images)
     first = {}
     for i, g in enumerate(pairs.ids.tolist()):
         first.setdefault(g, i)
@@ -109,8 +111,6 @@ def text_tower_config(config) -> TowerConfig | ClipTextConfig:
 
 def build_model(config) -> DualEncoder:
     """The text/image dual encoder a ``TrainConfig`` with ``task="image-text"`` describes."""
-    from transformers import AutoConfig
-
     text = text_tower_config(config)
     image = ImageTowerConfig(
         model=config.image_model,
@@ -121,7 +121,7 @@ def build_model(config) -> DualEncoder:
     )
     embed_dim = config.embed_dim
     if embed_dim is None and config.text_init:  # the pretrained text tower's own size (LiT keeps its space)
-        embed_dim = int(AutoConfig.from_pretrained(resolve_init(config.text_init)).hidden_size)
+        embed_dim = hidden_size(config.text_init)
     if embed_dim is None:
         import open_clip
 

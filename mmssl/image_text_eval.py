@@ -122,7 +122,8 @@ def evaluate_model(
     pairs = load_image_pairs(data, split)
     if len(pairs) < 2:
         raise ValueError(f"{data}: {len(pairs)} usable image-caption pairs in split {split!r}; need at least 2")
-    images, texts = embed_pairs(model, pairs, batch_size)
+    raw, texts = embed_pairs(model, pairs, batch_size, normalize_images=False)  # raw: the probe's features
+    images = torch.nn.functional.normalize(raw, dim=-1)
     result: dict = {**retrieval_scores(images, texts, pairs.ids), "n": len(pairs), "captions": len(texts)}
     tasks = class_tasks([r.meta for r in pairs.candidates])
     result["zero_shot"] = {}
@@ -134,7 +135,7 @@ def evaluate_model(
         image_mod = model.config.modalities[1]
         train = load_image_pairs(data, train_split)
         train_x = model.embed(image_mod, train.candidates, batch_size, normalize=False).numpy()
-        test_x = model.embed(image_mod, pairs.candidates, batch_size, normalize=False).numpy()
+        test_x = raw.numpy()
         for task in tasks:
             tr_idx, tr_y = _labels(task, train)
             te_idx, te_y = _labels(task, pairs)
@@ -150,12 +151,11 @@ def untrained_like(model_dir: str, seed: int = 0) -> DualEncoder:
 
     from transformers import AutoTokenizer
 
-    from mmssl.io import read_json_object
-    from mmssl.models.dual import CONFIG_NAME, DualEncoderConfig
+    from mmssl.models.dual import DualEncoderConfig
     from mmssl.models.text import TowerConfig
 
     path = Path(model_dir)
-    config = DualEncoderConfig.from_dict(read_json_object(path / CONFIG_NAME), str(path / CONFIG_NAME))
+    config = DualEncoderConfig.load(path)
     tokenizers = {
         m: AutoTokenizer.from_pretrained(path / "towers" / m)
         for m, t in config.towers.items()

@@ -17,7 +17,7 @@ from mmssl.data.code_search import read_code_search
 from mmssl.evaluate import codesearchnet_mrr_embeddings, recall_at_k
 from mmssl.losses import InfoNCELoss
 from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
-from mmssl.models.text import resolve_init, set_dropout
+from mmssl.models.text import hidden_size, set_dropout
 from mmssl.models.tokenizer import train_bpe_tokenizer
 from mmssl.tasks import ContrastiveTask, Pairs
 
@@ -38,12 +38,6 @@ def evaluate_pairs(model: DualEncoder, pairs: Pairs, batch_size: int = 128) -> d
     return {"mrr": float(result.mrr), **recall_at_k(q, c, ks=(1, 5, 10)), "n": len(pairs)}
 
 
-def _hidden_size(init: str) -> int:
-    from transformers import AutoConfig
-
-    return int(AutoConfig.from_pretrained(resolve_init(init)).hidden_size)
-
-
 def build_model(config, train: Pairs) -> DualEncoder:
     """The dual encoder a ``TrainConfig`` describes; tokenizers trained on ``train`` where needed."""
 
@@ -61,7 +55,7 @@ def build_model(config, train: Pairs) -> DualEncoder:
     embed_dim = config.embed_dim
     if embed_dim is None:
         init = config.text_init or config.code_init
-        embed_dim = _hidden_size(init) if init else 256
+        embed_dim = hidden_size(init) if init else 256
     tokenizers = {}
     sample = slice(0, TOKENIZER_SAMPLE)
     if config.shared and not config.text_init:

@@ -84,10 +84,6 @@ class ClipTextTower(OpenClipSaved, LockableTower):
         tower.open_clip_config = {"model_cfg": model_cfg}
         return tower
 
-    @property
-    def context_length(self) -> int:
-        return int(self.text.context_length)
-
     def preparer(self, max_length: int | None = None) -> ClipTextPrep:
         return ClipTextPrep(self.tokenizer)
 

@@ -39,6 +39,7 @@ from mmssl.models.text import TextTower, TowerConfig
 
 AnyTowerConfig = TowerConfig | ClipTextConfig | ImageTowerConfig
 TOWER_KINDS = {c.kind: c for c in (TowerConfig, ClipTextConfig, ImageTowerConfig)}
+OPEN_CLIP_TOWERS = {ImageTowerConfig: ImageTower, ClipTextConfig: ClipTextTower}  # saved in their own layout
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "dual_encoder.json"
@@ -92,13 +93,19 @@ class DualEncoderConfig:
         except (KeyError, TypeError) as e:
             raise ValueError(f"{source}: malformed dual encoder config ({e})") from None
 
+    @classmethod
+    def load(cls, path: str | Path) -> DualEncoderConfig:
+        """The config of a model directory written by ``DualEncoder.save_pretrained``."""
+        cfg_file = Path(path) / CONFIG_NAME
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"{path}: not an mmssl dual encoder directory (no {CONFIG_NAME})")
+        return cls.from_dict(read_json_object(cfg_file), str(cfg_file))
+
 
 def build_tower(config: AnyTowerConfig, embed_dim: int, tokenizer=None) -> nn.Module:
     """A new tower of the config's kind, projecting to ``embed_dim``."""
-    if isinstance(config, ImageTowerConfig):
-        return ImageTower.build(config, embed_dim)
-    if isinstance(config, ClipTextConfig):
-        return ClipTextTower.build(config, embed_dim)
+    if type(config) in OPEN_CLIP_TOWERS:
+        return OPEN_CLIP_TOWERS[type(config)].build(config, embed_dim)
     return TextTower.build(config, embed_dim, tokenizer)
 
 
@@ -179,21 +186,25 @@ class DualEncoder(nn.Module):
         a, b = self.config.modalities
         return self.encode(a, batch_a), self.encode(b, batch_b), self.logit_scale.exp()
 
-    @torch.inference_mode()
-    def embed(self, modality: str, items: list, batch_size: int = 128, normalize: bool = True) -> Tensor:
-        """Embed many texts or images: (N, D) float32 on CPU, in the input order. Texts go in
-        batches sorted by length, so that batches carry little padding."""
-        was_training = self.training
-        self.eval()
+    def batches(self, modality: str, items: list, batch_size: int = 128):
+        """``(positions, batch on the device)`` over ``items`` in batches of ``batch_size``: texts in
+        length order (batches carry little padding), images in input order."""
         if self.is_image(modality):
             order = list(range(len(items)))
         else:
             order = sorted(range(len(items)), key=lambda i: len(items[i]))
         prep = self.preparer(modality)
-        out = torch.empty(len(items), self.config.embed_dim)
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            batch = {k: v.to(self.device) for k, v in prep([items[i] for i in idx]).items()}
+            yield idx, {k: v.to(self.device) for k, v in prep([items[i] for i in idx]).items()}
+
+    @torch.inference_mode()
+    def embed(self, modality: str, items: list, batch_size: int = 128, normalize: bool = True) -> Tensor:
+        """Embed many texts or images: (N, D) float32 on CPU, in the input order."""
+        was_training = self.training
+        self.eval()
+        out = torch.empty(len(items), self.config.embed_dim)
+        for idx, batch in self.batches(modality, items, batch_size):
             out[idx] = self.encode(modality, batch, normalize).float().cpu()
         self.train(was_training)
         return out
@@ -226,17 +237,13 @@ class DualEncoder(nn.Module):
         from transformers import AutoTokenizer
 
         path = Path(path)
-        cfg_file = path / CONFIG_NAME
-        if not cfg_file.is_file():
-            raise FileNotFoundError(f"{path}: not an mmssl dual encoder directory (no {CONFIG_NAME})")
-        config = DualEncoderConfig.from_dict(read_json_object(cfg_file), str(cfg_file))
+        config = DualEncoderConfig.load(path)
         towers: dict[str, nn.Module] = {}
         for modality in cls._own_towers(config):
             tower_dir = path / "towers" / modality
             saved = config.towers[modality]
-            if isinstance(saved, (ImageTowerConfig, ClipTextConfig)):
-                kind = ImageTower if isinstance(saved, ImageTowerConfig) else ClipTextTower
-                towers[modality] = kind.from_pretrained(tower_dir, saved, config.embed_dim)
+            if type(saved) in OPEN_CLIP_TOWERS:
+                towers[modality] = OPEN_CLIP_TOWERS[type(saved)].from_pretrained(tower_dir, saved, config.embed_dim)
                 continue
             tcfg = TowerConfig(**{**asdict(saved), "init": str(tower_dir)})
             tower = TextTower.build(tcfg, config.embed_dim, AutoTokenizer.from_pretrained(tower_dir))

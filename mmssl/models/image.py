@@ -31,6 +31,7 @@ format: ``model_cfg`` and ``preprocess_cfg``, so the tower rebuilds without the 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -117,8 +118,6 @@ class ImageTower(OpenClipSaved, LockableTower):
         local = weights is not None and Path(weights).is_file()
         if weights is not None and not local and Path(weights).suffix in (".pt", ".bin", ".safetensors"):
             raise FileNotFoundError(f"{weights}: no such checkpoint")
-        import logging
-
         logging.disable(logging.WARNING)  # open_clip warns on the root logger that no weights were loaded
         try:
             model, train_tf, val_tf = open_clip.create_model_and_transforms(
@@ -137,8 +136,8 @@ class ImageTower(OpenClipSaved, LockableTower):
             if not visual:
                 raise ValueError(f"{weights}: no 'visual.*' weights in this checkpoint")
             load_exact(model.visual, visual, f"{weights} ({config.model})")
+        pp = open_clip.get_model_preprocess_cfg(model)
         if config.augment == "heavy":
-            pp = open_clip.get_model_preprocess_cfg(model)
             size = pp["size"] if isinstance(pp["size"], int) else tuple(pp["size"])
             train_tf = transforms.Compose(
                 [
@@ -158,7 +157,7 @@ class ImageTower(OpenClipSaved, LockableTower):
         if config.image_size:
             model_cfg["vision_cfg"]["image_size"] = config.image_size
         tower = cls(config, model.visual, train_tf, val_tf, int(model_cfg["embed_dim"]), embed_dim)
-        tower.open_clip_config = {"model_cfg": model_cfg, "preprocess_cfg": open_clip.get_model_preprocess_cfg(model)}
+        tower.open_clip_config = {"model_cfg": model_cfg, "preprocess_cfg": pp}
         return tower
 
     # ---- batches --------------------------------------------------------------------------------
@@ -196,17 +195,17 @@ class ImagePrep:
 
         self.max_pixels = max_pixels
         steps = list(getattr(transform, "transforms", []))
-        self.normalize = None
+        self.mean = self.std = None  # (1, 3, 1, 1) each, when the batch is normalized here
         if steps and isinstance(steps[-1], transforms.Normalize) and not steps[-1].inplace:
-            transform, self.normalize = transforms.Compose(steps[:-1]), steps[-1]
+            transform, norm = transforms.Compose(steps[:-1]), steps[-1]
+            self.mean = torch.tensor(norm.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            self.std = torch.tensor(norm.std, dtype=torch.float32).view(1, -1, 1, 1)
         self.transform = transform
 
     def __call__(self, images) -> dict[str, torch.Tensor]:
         from mmssl.data.image_text import open_image
 
         pixels = torch.stack([self.transform(open_image(im, self.max_pixels)) for im in images])  # (B, 3, H, W)
-        if self.normalize is not None:
-            mean = torch.tensor(self.normalize.mean, dtype=pixels.dtype).view(1, -1, 1, 1)
-            std = torch.tensor(self.normalize.std, dtype=pixels.dtype).view(1, -1, 1, 1)
-            pixels = (pixels - mean) / std
+        if self.mean is not None:
+            pixels = (pixels - self.mean) / self.std
         return {"pixels": pixels}

@@ -72,6 +72,13 @@ def resolve_init(init: str) -> str:
     return init
 
 
+def hidden_size(init: str) -> int:
+    """The hidden size of a pretrained tower (a directory, hub name or ``minilm``), from its config alone."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(resolve_init(init)).hidden_size)
+
+
 def backbone_config(cfg: TowerConfig, vocab_size: int, pad_token_id: int, bos: int, eos: int):
     """A ``transformers`` config for a from-scratch backbone of the preset's size."""
     from transformers import BertConfig, GPT2Config, RobertaConfig
