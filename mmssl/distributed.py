@@ -123,3 +123,87 @@ def rank_offset(n_local: int, device: torch.device) -> int:
     if not is_distributed():
         return 0
     return sum(_gather_sizes(n_local, device)[: dist.get_rank()])
+
+
+def rank_slice(indices: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a global batch of indices: rank r of W takes the r-th of W equal parts.
+
+    Shape: (N,) -> (N / W,). The global batch must divide evenly (the engine checks up front)."""
+    world = get_world_size()
+    if world == 1:
+        return indices
+    n = indices.shape[0] // world
+    return indices[get_rank() * n : (get_rank() + 1) * n]
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any (a stop decision all ranks must share)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` when alone."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's default bucket size
+
+
+def sync_gradients(params) -> None:
+    """Average the ``.grad`` of ``params`` over ranks, in flat buckets of ``BUCKET_BYTES``.
+
+    For steps whose gradients DistributedDataParallel cannot reduce itself: gradient caching runs one
+    backward pass per chunk plus one for the loss (whose temperature is used outside any module's
+    forward), and tasks without a ``distribute`` hook (the MLM/causal-LM pretraining tasks, which
+    call their model's submodules) never go through a DDP forward. It reduces after the last
+    backward pass, without DDP's overlap of communication and computation."""
+    if not is_distributed():
+        return
+    world = dist.get_world_size()
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        return
+    # A parameter no rank used (a pooler beside mean pooling) keeps no gradient, as in one process,
+    # so the optimizer leaves it alone; one used on some ranks only counts as zero on the others.
+    used = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist.all_reduce(used, op=dist.ReduceOp.MAX)
+    for p, u in zip(params, used.tolist()):
+        if u and p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params if p.grad is not None]
+    by_dtype: dict[tuple, list[torch.Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault((g.dtype, g.device), []).append(g)
+    for group in by_dtype.values():
+        bucket, size = [], 0
+        for g in [*group, None]:
+            if g is not None:
+                bucket.append(g)
+                size += g.numel() * g.element_size()
+            if bucket and (g is None or size >= BUCKET_BYTES):
+                flat = torch.cat([b.reshape(-1) for b in bucket])
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                flat /= world
+                offset = 0
+                for b in bucket:
+                    b.copy_(flat[offset : offset + b.numel()].view_as(b))
+                    offset += b.numel()
+                bucket, size = [], 0
+
+
+def destroy() -> None:
+    """Leave the process group (the end of a torchrun job's work)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

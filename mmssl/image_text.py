@@ -163,7 +163,8 @@ def build_image_text(config, device: torch.device) -> tuple[ContrastiveTask, Cal
         log.info("dropout %.2f in %d layers", config.dropout, n)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s parameters, %s trainable", f"{sum(p.numel() for p in model.parameters()):,}", f"{trainable:,}")
-    task = ContrastiveTask(model, InfoNCELoss(label_smoothing=config.label_smoothing), train, metric=METRIC)
+    loss = InfoNCELoss(label_smoothing=config.label_smoothing)
+    task = ContrastiveTask(model, loss, train, metric=METRIC, grad_cache=config.grad_cache)
     valid_fn = (lambda m: evaluate_image_pairs(m, valid)) if len(valid) else None
     if valid_fn is None:
         log.warning(

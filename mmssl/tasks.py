@@ -131,6 +131,32 @@ class PairBatcher:
         return {"a": a, "b": b, "ids": self.data.ids[indices]}
 
 
+class _Replay(torch.autograd.Function):
+    """Identity on the cached embeddings; its backward hands their gradients to ``replay``, which
+    re-runs the towers chunk by chunk and back-propagates them (GradCache's second pass)."""
+
+    @staticmethod
+    def forward(ctx, replay, *embs):  # embs: (B, D) each, no graph behind them
+        ctx.replay = replay
+        return tuple(e.clone() for e in embs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.replay(grads)
+        return (None, *(None for _ in grads))
+
+
+def _rng_state(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device: torch.device, state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def to_device(batch, device: torch.device, non_blocking: bool = False):
     """Tensors of a (nested) dict batch moved to ``device``."""
     if isinstance(batch, Tensor):
@@ -151,6 +177,14 @@ class ContrastiveTask:
     A locked text tower (LiT) computes the same embedding for a text at every step: its embeddings
     of the training texts are computed once, up front, and looked up (``cache_locked``; up to
     ``CACHE_MAX_BYTES``), which spares its forward pass at every step.
+
+    ``grad_cache=C`` (GradCache, Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under
+    Memory Limited Setup"): the batch is embedded C pairs at a time without a graph, the loss is
+    computed on all B embeddings (and, distributed, all N), and the backward pass re-embeds each chunk
+    with its graph and back-propagates the embeddings' gradient into the towers, chunk by chunk. The
+    gradients equal the direct computation's (each chunk replays its dropout draws and autocast);
+    peak activation memory is that of C pairs, for about one more forward pass of compute. BatchNorm
+    towers see chunk statistics, not the batch's.
     """
 
     CACHE_MAX_BYTES = 2**30
@@ -159,9 +193,17 @@ class ContrastiveTask:
     loss_name = "InfoNCE loss"
 
     def __init__(
-        self, model: DualEncoder, loss: InfoNCELoss, data: Pairs, metric: str | None = None, cache_locked: bool = True
+        self,
+        model: DualEncoder,
+        loss: InfoNCELoss,
+        data: Pairs,
+        metric: str | None = None,
+        cache_locked: bool = True,
+        grad_cache: int = 0,
     ) -> None:
         self.model, self.loss, self.data = model, loss, data
+        self.forward_model: torch.nn.Module = model  # DistributedDataParallel(model) once distributed
+        self.grad_cache = grad_cache
         if metric:
             self.metric = metric
         self.cached: dict[str, Tensor] = {}  # side ("a" | "b") -> (N, D) embeddings of a locked text tower
@@ -181,10 +223,17 @@ class ContrastiveTask:
         small = n * self.model.config.embed_dim * 4 <= self.CACHE_MAX_BYTES
         return frozen and small and not self.model.is_image(modality)  # images: augmented differently each time
 
-    def _embed(self, side: str, modality: str, batch: dict) -> Tensor:
-        if side in self.cached:
-            return self.cached[side][batch["index"].to(self.cached[side].device)]
-        return self.model.encode(modality, batch)
+    def _lookup(self, side: str, batch: dict) -> Tensor:
+        return self.cached[side][batch["index"].to(self.cached[side].device)]  # (B, D)
+
+    def distribute(self, wrap) -> bool:
+        """Wrap the model for data-parallel training (``wrap``: DistributedDataParallel's constructor).
+        Returns whether the wrapper reduces the gradients; with gradient caching it does not (several
+        backward passes per step), and the engine averages them after the step's last one."""
+        if self.grad_cache:
+            return False
+        self.forward_model = wrap(self.model)
+        return True
 
     def save_pretrained(self, path) -> None:
         self.model.save_pretrained(path)
@@ -197,14 +246,53 @@ class ContrastiveTask:
         return to_device(self.batcher(indices), self.model.device)
 
     def training_forward(self, batch: dict) -> tuple[dict[str, Tensor], dict[str, float]]:
-        a, b = self.model.config.modalities
-        emb_a, emb_b = self._embed("a", a, batch["a"]), self._embed("b", b, batch["b"])  # (B, D), (B, D)
-        scale = self.model.logit_scale.exp()
+        live = {side: batch[side] for side in ("a", "b") if side not in self.cached}
+        if self.grad_cache and len(batch["ids"]) > self.grad_cache:
+            embs = self._cached_graph(live)
+            scale = self.model.logit_scale.exp()
+        else:
+            emb_a, emb_b, scale = self.forward_model(live.get("a"), live.get("b"))
+            embs = {"a": emb_a, "b": emb_b}
+        emb_a = embs["a"] if "a" in live else self._lookup("a", batch["a"])  # (B, D)
+        emb_b = embs["b"] if "b" in live else self._lookup("b", batch["b"])  # (B, D)
         losses = self.loss(emb_a, emb_b, logit_scale=scale, pair_ids=batch["ids"], output_dict=True)
         with torch.no_grad():
             hits = (emb_a @ emb_b.T).argmax(1) == torch.arange(len(emb_a), device=emb_a.device)
         report = {"logit_scale": float(scale.detach()), "batch_acc": float(hits.float().mean())}
         return losses, report
+
+    def _cached_graph(self, live: dict[str, dict]) -> dict[str, Tensor]:
+        """GradCache's first pass: each live side embedded in chunks without a graph; the embeddings
+        come back as the outputs of ``_Replay``, whose backward re-embeds the chunks with a graph."""
+        modality = dict(zip(("a", "b"), self.model.config.modalities))
+        device = self.model.device
+        amp = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        chunks, embs = [], {}
+        with torch.no_grad():
+            for side, batch in live.items():
+                n = len(next(iter(batch.values())))
+                parts = []
+                for start in range(0, n, self.grad_cache):
+                    part = {k: v[start : start + self.grad_cache] for k, v in batch.items()}
+                    chunks.append((side, start, part, _rng_state(device)))
+                    parts.append(self.model.encode(modality[side], part).float())  # (C, D)
+                embs[side] = torch.cat(parts).requires_grad_(True)  # (B, D): leaves, the loss's inputs
+        sides = list(embs)
+
+        def replay(grads: tuple[Tensor, ...]) -> None:
+            by_side = dict(zip(sides, grads))
+            for side, start, part, rng in chunks:
+                grad = by_side[side]
+                if grad is None:
+                    continue
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    _set_rng_state(device, rng)  # the chunk's dropout draws, as in the first pass
+                    with torch.enable_grad(), torch.autocast(device.type, dtype=amp[1], enabled=amp[0]):
+                        emb = self.model.encode(modality[side], part).float()  # (C, D)
+                emb.backward(grad[start : start + len(emb)])
+
+        outs = _Replay.apply(replay, *(embs[s] for s in sides))
+        return dict(zip(sides, outs))
 
     def parameters(self):
         """What the optimizer trains: the model's and any learnable parameter of the loss."""

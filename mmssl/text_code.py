@@ -97,7 +97,7 @@ def build_text_code(config, device: torch.device) -> tuple[ContrastiveTask, Call
         n = set_dropout(model, config.dropout)
         log.info("dropout %.2f in %d layers", config.dropout, n)
     loss = InfoNCELoss(label_smoothing=config.label_smoothing)
-    task = ContrastiveTask(model, loss, train)
+    task = ContrastiveTask(model, loss, train, grad_cache=config.grad_cache)
     valid_fn = (lambda m: evaluate_pairs(m, valid)) if len(valid) else None
     if valid_fn is None:
         log.warning("no validation pairs: no best-model selection, only the final model is saved")

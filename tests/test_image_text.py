@@ -113,6 +113,32 @@ def test_open_clip_text_tower_takes_the_text_weights_of_a_local_checkpoint(tmp_p
         ClipTextTower.build(ClipTextConfig(MICRO, weights=str(tmp_path / "no-text.pt")))
 
 
+@pytest.mark.parametrize("text_cfg", [{}, {"pool_type": "last", "no_causal_mask": True}])
+def test_batches_drop_padding_only_where_the_embeddings_stay_the_same(text_cfg, tmp_path):
+    from mmssl.models.image import CONFIG_DIR
+
+    cfg = json.loads((CONFIG_DIR / f"{MICRO}.json").read_text())
+    cfg["text_cfg"].update(text_cfg, context_length=24)
+    path = tmp_path / "micro-text.json"
+    path.write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    tower = ClipTextTower.build(ClipTextConfig(str(path))).eval()
+    texts = ["a small red circle left of a large blue square", "apple", "two blue squares"]
+    full = tower.tokenizer(texts)  # (3, 24)
+    ids = tower.preparer()(texts)["input_ids"]
+    longest = int((full != 0).sum(1).max())
+    # CLIP's layout (causal mask, pooled at the end-of-text token) ignores padding: it is dropped.
+    # Pooling the last position of unmasked tokens does not: the full context is kept.
+    assert ids.shape == ((3, longest) if not text_cfg else (3, 24))
+    assert tower.trims_padding is not bool(text_cfg)
+    mask = getattr(tower.text, "attn_mask", None)
+    with torch.no_grad():
+        assert torch.allclose(tower(ids), tower(full), atol=1e-5)
+        own = int((full[0] != 0).sum())  # a batch of the one text: shorter still
+        assert torch.allclose(tower(full[:1, :own]), tower(full[:1]), atol=1e-5) or text_cfg
+    assert mask is None or tower.text.attn_mask is mask  # the full causal mask is back after a trimmed call
+
+
 # ---- training ------------------------------------------------------------------------------------
 
 

@@ -215,3 +215,28 @@ def test_shared_tower_truncates_each_side_at_its_own_length(code_corpus, tmp_pat
     assert loaded.tokenize("code", [long])["input_ids"].shape[1] == 40
     emb = loaded.embed("code", [long])
     assert torch.allclose(emb, task.model.embed("code", [long]), atol=1e-5)
+
+
+def test_optimizer_is_fused_adamw_with_the_configured_betas_and_matches_the_reference_update():
+    from mmssl.train import EngineConfig, make_optimizer, param_groups
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(16, 8), torch.nn.LayerNorm(8)]
+    copies = [torch.nn.Linear(16, 8), torch.nn.LayerNorm(8)]
+    for a, b in zip(layers, copies):
+        b.load_state_dict(a.state_dict())
+    config = EngineConfig(lr=1e-2, weight_decay=0.1, beta2=0.98, eps=1e-6)
+    fused = make_optimizer([p for m in layers for p in m.parameters()], config, torch.device("cpu"))
+    groups = param_groups([p for m in copies for p in m.parameters()], 0.1)
+    reference = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.98), eps=1e-6, foreach=False)
+    assert fused.defaults["fused"] and fused.defaults["betas"] == (0.9, 0.98) and fused.defaults["eps"] == 1e-6
+    x, start = torch.randn(32, 16), layers[0].weight.detach().clone()
+    for _ in range(5):
+        for model, opt in ((layers, fused), (copies, reference)):
+            opt.zero_grad()
+            model[1](model[0](x)).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(layers, copies):
+        for p, q in zip(a.parameters(), b.parameters()):
+            assert torch.allclose(p, q, atol=1e-6)
+    assert (layers[0].weight - start).abs().max() > 1e-2  # the steps did move the weights

@@ -3,7 +3,7 @@
 Shape legend: B batch, T context length (77 for CLIP), D shared embedding size.
 
     tower = ClipTextTower.build(ClipTextConfig(model="ViT-B-32"), embed_dim=512)
-    batch = tower.preparer()(["a red apple"])       # {"input_ids": (B, T)}
+    batch = tower.preparer()(["a red apple"])       # {"input_ids": (B, T')}: padding past the longest dropped
     emb = tower(**batch)                            # (B, D), not normalized
 
 The tower is the ``text_cfg`` part of an open_clip model config (a shipped name or the user's
@@ -85,23 +85,56 @@ class ClipTextTower(OpenClipSaved, LockableTower):
         return tower
 
     def preparer(self, max_length: int | None = None) -> ClipTextPrep:
-        return ClipTextPrep(self.tokenizer)
+        return ClipTextPrep(self.tokenizer, pad_id=self.pad_id if self.trims_padding else None)
+
+    @property
+    def pad_id(self) -> int:
+        return int(getattr(self.text, "pad_id", 0) or 0)
+
+    @property
+    def trims_padding(self) -> bool:
+        """Whether a batch may drop the padding columns past its longest text without changing any
+        embedding: true for CLIP's layout (causal mask, or a padding mask, and pooling at the
+        end-of-text token), false where padding is attended to or pooled (``last`` pooling, CoCa's
+        appended class token)."""
+        t = self.text
+        masked = getattr(t, "attn_mask", None) is not None or bool(getattr(t, "use_pad_mask", False))
+        return masked and getattr(t, "cls_emb", None) is None and getattr(t, "pool_type", "argmax") in ("argmax", "eos")
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.text(input_ids))  # (B, T) -> (B, D)
+        """(B, T') -> (B, D), T' <= T: a batch trimmed of its padding columns runs on T' positions."""
+        mask = getattr(self.text, "attn_mask", None)  # (T, T) causal, built by open_clip for the full context
+        n = input_ids.shape[1]
+        if mask is None or n == mask.shape[0]:
+            return self.proj(self.text(input_ids))
+        # open_clip slices its causal mask only when it also builds a padding mask: hand it the (T', T')
+        # corner for this call (a non-persistent buffer, restored at once).
+        self.text.attn_mask = mask[:n, :n]
+        try:
+            return self.proj(self.text(input_ids))
+        finally:
+            self.text.attn_mask = mask
 
     def body(self) -> nn.Module:
         return self.text
 
 
 class ClipTextPrep:
-    """Texts -> {"input_ids": (B, T)} with open_clip's tokenizer (padded and truncated to T)."""
+    """Texts -> {"input_ids": (B, T')} with open_clip's tokenizer (padded and truncated to T).
 
-    def __init__(self, tokenizer) -> None:
-        self.tokenizer = tokenizer
+    With ``pad_id`` (a tower whose output ignores padding), the columns past the batch's longest text
+    are dropped (T' <= T): short captions no longer pay for the full context, as open_clip does,
+    which pads every batch to T (77 for CLIP)."""
+
+    def __init__(self, tokenizer, pad_id: int | None = None) -> None:
+        self.tokenizer, self.pad_id = tokenizer, pad_id
 
     def __call__(self, texts) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.tokenizer(list(texts))}
+        ids = self.tokenizer(list(texts))  # (B, T)
+        if self.pad_id is not None and ids.numel():
+            used = (ids != self.pad_id).any(0).nonzero()
+            ids = ids[:, : int(used.max()) + 1] if len(used) else ids  # (B, T')
+        return {"input_ids": ids}
 
 
 def _load_text_weights(text: nn.Module, config: ClipTextConfig) -> None:

@@ -181,10 +181,22 @@ class DualEncoder(nn.Module):
             raise ValueError("a shared tower cannot be locked on one side")
         self.towers[modality].lock(unlock_norms)
 
-    def forward(self, batch_a: dict[str, Tensor], batch_b: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Both sides of a batch of pairs -> (emb_a (B, D), emb_b (B, D), logit_scale.exp())."""
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing in every tower (each tower once when shared)."""
+        for tower in {id(t): t for t in self.towers.values()}.values():
+            tower.set_grad_checkpointing(enable)
+
+    def forward(
+        self, batch_a: dict[str, Tensor] | None, batch_b: dict[str, Tensor] | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor]:
+        """Both sides of a batch of pairs -> (emb_a (B, D), emb_b (B, D), logit_scale.exp()).
+
+        A side given as None is not embedded (None back): its embeddings come from elsewhere (the
+        cache of a locked tower). What ``DistributedDataParallel`` wraps: one forward per step."""
         a, b = self.config.modalities
-        return self.encode(a, batch_a), self.encode(b, batch_b), self.logit_scale.exp()
+        emb_a = self.encode(a, batch_a) if batch_a is not None else None
+        emb_b = self.encode(b, batch_b) if batch_b is not None else None
+        return emb_a, emb_b, self.logit_scale.exp()
 
     def batches(self, modality: str, items: list, batch_size: int = 128):
         """``(positions, batch on the device)`` over ``items`` in batches of ``batch_size``: texts in
