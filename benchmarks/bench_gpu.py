@@ -255,7 +255,7 @@ def section_embed(args, out: Path) -> list[dict]:
     base = timings[next(iter(results))]
     print(f"\n### embed: BERT tower {hidden} wide, {len(texts):,} stdlib lines, max {args.max_length} tokens")
     print(f"mean cosine(mmssl, sentence-transformers fp32) over 512 texts: {agreement:.4f}")
-    print("| embedder | texts/s | vs mmssl |")
+    print("| embedder | texts/s | speed vs mmssl |")
     print("|---|---|---|")
     for name, t in timings.items():
         rows.append({"section": "embed", "what": name, "texts_per_s": len(texts) / t, "agreement": agreement})
@@ -358,8 +358,8 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=10_000)
     args = p.parse_args()
     if args.smoke:
-        args.model, args.images, args.image_size, args.batch_size = "mmssl-vit-micro", 96, 32, 16
-        args.epochs, args.workers, args.grad_cache, args.repeats = 1, 1, 4, 1
+        args.model, args.images, args.image_size, args.batch_size = "mmssl-vit-micro", 160, 32, 16
+        args.epochs, args.workers, args.grad_cache, args.repeats = 3, 1, 4, 1
         args.texts, args.max_length, args.embed_batch = 300, 32, 64
         args.n, args.dim, args.queries = 20_000, 32, 200
     out = Path(args.out)
