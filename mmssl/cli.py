@@ -46,6 +46,18 @@ COMMANDS: dict[str, Command] = {
     ),
     "pretrain mlm": Command("mmssl.pretrain.run", "MLMConfig", "pretrain a masked language model (BERT/RoBERTa)"),
     "pretrain clm": Command("mmssl.pretrain.run", "CLMConfig", "pretrain a causal language model (GPT-2)"),
+    **{
+        f"pretrain {m}": Command("mmssl.pretrain.image_ssl", f"{c}Config", f"pretrain an image tower: {d}")
+        for m, c, d in (
+            ("simclr", "SimCLR", "SimCLR (contrastive, two views)"),
+            ("byol", "BYOL", "BYOL (online/target networks, EMA)"),
+            ("barlow", "Barlow", "Barlow Twins (cross-correlation)"),
+            ("vicreg", "VICReg", "VICReg (variance, invariance, covariance)"),
+            ("rotation", "Rotation", "rotation prediction (pretext)"),
+            ("jigsaw", "Jigsaw", "jigsaw permutation prediction (pretext)"),
+            ("deepcluster", "Deepcluster", "DeepCluster (FAISS k-means pseudo-labels)"),
+        )
+    },
     "eval": Command("mmssl.eval_cmd", "EvalConfig", "MRR (CodeSearchNet protocol) and recall@k, with baselines"),
     "index build": Command(
         "indexing.commands", "IndexBuildConfig", "embed a collection and build a search index", entry="build_main"

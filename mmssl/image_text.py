@@ -112,9 +112,12 @@ def text_tower_config(config) -> TowerConfig | ClipTextConfig:
 def build_model(config) -> DualEncoder:
     """The text/image dual encoder a ``TrainConfig`` with ``task="image-text"`` describes."""
     text = text_tower_config(config)
+    init = getattr(config, "image_init", None)
+    if init and config.image_weights:
+        raise ValueError("--image-init and --image-weights both give the image tower's weights: pick one")
     image = ImageTowerConfig(
-        model=config.image_model,
-        weights=config.image_weights,
+        model=f"local-dir:{init}" if init else config.image_model,  # the saved tower's own architecture
+        weights=init or config.image_weights,
         augment=config.augment,
         flip=config.flip,
         image_size=config.image_size,

@@ -172,6 +172,10 @@ class TrainConfig(EngineConfig):
     image_weights: str | None = field(
         default=None, metadata={"help": "image-text: a local open_clip checkpoint (or a pretrained tag, online)"}
     )
+    image_init: str | None = field(
+        default=None,
+        metadata={"help": "image-text: start the image tower from a saved one (`mmssl pretrain <method>`'s OUT/best)"},
+    )
     text_model: str | None = field(
         default=None,
         metadata={"help": "image-text: open_clip text tower config (default: the image model's); --text-init instead"},
@@ -350,6 +354,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._clamp_temperature()
         self.step += 1
+        after = getattr(self.task, "after_step", None)  # e.g. BYOL's target update, DeepCluster's reclustering
+        if after is not None:
+            after(self.step)
         out = {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
         for key in reports[0]:
             out[key] = sum(r[key] for r in reports) / len(reports)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from mmssl.io import read_json_object
-from mmssl.models.tower import OPEN_CLIP_CONFIG, LockableTower, OpenClipSaved, load_exact, projection
+from mmssl.models.tower import OPEN_CLIP_CONFIG, WEIGHTS, LockableTower, OpenClipSaved, load_exact, projection
 
 # Small open_clip model configs that ship with mmssl (for CPUs and tests), known by file stem.
 CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
@@ -115,7 +115,10 @@ class ImageTower(OpenClipSaved, LockableTower):
 
         name = _register(config.model)
         weights = config.weights
-        local = weights is not None and Path(weights).is_file()
+        saved = weights is not None and Path(weights).is_dir()  # a saved tower (e.g. `mmssl pretrain` output)
+        if saved and not (Path(weights) / WEIGHTS).is_file():
+            raise FileNotFoundError(f"{weights}: not a saved image tower (no {WEIGHTS})")
+        local = weights is not None and (Path(weights).is_file() or saved)
         if weights is not None and not local and Path(weights).suffix in (".pt", ".bin", ".safetensors"):
             raise FileNotFoundError(f"{weights}: no such checkpoint")
         logging.disable(logging.WARNING)  # open_clip warns on the root logger that no weights were loaded
@@ -128,7 +131,14 @@ class ImageTower(OpenClipSaved, LockableTower):
             )
         finally:
             logging.disable(logging.NOTSET)
-        if local:
+        if saved:  # its own layout: visual.* and proj.*; the projection is the new model's own
+            from safetensors.torch import load_file
+
+            file = Path(weights) / WEIGHTS
+            state = load_file(str(file))
+            visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+            load_exact(model.visual, visual, str(file))
+        elif local:
             state = torch.load(weights, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state)
             state = {k.removeprefix("module."): v for k, v in state.items()}
