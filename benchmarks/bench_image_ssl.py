@@ -1,0 +1,170 @@
+"""Self-supervised image pretraining (issue #9): each method's tower next to a random one.
+
+What it measures, per offline image set (``--sets``: shapes, digits, emoji; made by `mmssl data
+make-images` when missing) and per initialization of the same open_clip tower (``--image-model``):
+  random       the untrained tower (seed 0), the control
+  <method>     `mmssl pretrain <method>` for ``--pretrain-minutes`` of this machine's CPU (the same
+               budget for every method; the steps it reached are reported), its final tower
+then
+  - frozen features (the tower's output before normalization, open_clip's eval preprocessing) of the
+    train and test splits: linear-probe accuracy (logistic regression, C picked on a fifth of train:
+    `mmssl.image_text_eval.probe`) and k-NN accuracy (scikit-learn, k=20, cosine, distance-weighted)
+    on the set's class tasks (shapes: left/right colour and shape; digits: the digit; emoji: the
+    Unicode group), averaged over the set's tasks (each task in results.json);
+  - image-text: `mmssl train --task image-text --image-init <tower>` (random: the plain config) for
+    ``--train-steps`` steps, the same for every init, then recall@10 text->image and image->text
+    on the test split;
+  - the collapse metrics the pretraining logged last (effective rank, per-dimension std).
+
+Command (from the repo root; about 30 minutes for shapes at the defaults on 2 cores):
+    .venv/bin/python benchmarks/bench_image_ssl.py [--sets shapes,digits,emoji] [--pretrain-minutes 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mmssl.pretrain.image_ssl import METHODS  # noqa: E402
+from mmssl.runtime import cpu_name  # noqa: E402
+
+
+def cli(*argv: str) -> None:
+    cmd = [sys.executable, "-m", "mmssl.cli", *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{proc.stderr[-3000:]}")
+
+
+def last_logged(metrics: Path) -> dict:
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    return train[-1] if train else {}
+
+
+def tower_for(init: str | None, model: str):
+    from mmssl.models.image import ImageTower, ImageTowerConfig
+
+    torch.manual_seed(0)
+    if init is None:
+        return ImageTower.build(ImageTowerConfig(model=model)).eval()
+    return ImageTower.build(ImageTowerConfig(model=f"local-dir:{init}", weights=init)).eval()
+
+
+@torch.inference_mode()
+def features(tower, records, batch: int = 256) -> np.ndarray:
+    prep = tower.preparer(train=False)
+    return torch.cat([tower(**prep(records[s : s + batch])) for s in range(0, len(records), batch)]).numpy()
+
+
+def frozen_scores(tower, data: str) -> dict:
+    from sklearn.neighbors import KNeighborsClassifier
+
+    from mmssl.image_text import load_image_pairs
+    from mmssl.image_text_eval import _labels, class_tasks, probe
+
+    train, test = load_image_pairs(data, "train"), load_image_pairs(data, "test")
+    xtr, xte = features(tower, train.candidates), features(tower, test.candidates)
+    out = {}
+    for task in class_tasks([r.meta for r in test.candidates]):
+        tri, ytr = _labels(task, train)
+        tei, yte = _labels(task, test)
+        knn = KNeighborsClassifier(n_neighbors=20, metric="cosine", weights="distance").fit(xtr[tri], ytr)
+        out[task.name] = {
+            "probe": probe(xtr[tri], ytr, xte[tei], yte),
+            "knn": float((knn.predict(xte[tei]) == yte).mean()),
+        }
+    return out
+
+
+def image_text_recall(data: str, init: str | None, out: Path, args) -> dict:
+    from mmssl.image_text import evaluate_image_pairs, load_image_pairs
+    from mmssl.models import DualEncoder
+
+    argv = ["train", "--task", "image-text", "--train", data, "--out", str(out), "--image-model", args.image_model]
+    argv += ["--batch-size", str(args.batch_size), "--max-steps", str(args.train_steps), "--warmup-steps", "10"]
+    argv += ["--eval-every", "0", "--save-every", "0", "--valid-partition", "test", "--device", "cpu", "--seed", "0"]
+    argv += ["--image-init", init] if init else []
+    cli(*argv)
+    model = DualEncoder.from_pretrained(out / "final")
+    scores = evaluate_image_pairs(model, load_image_pairs(data, "test"))
+    return {k: v for k, v in scores.items() if "recall@10" in k}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sets", default="shapes")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--image-model", default="mmssl-vit-tiny")
+    p.add_argument("--pretrain-minutes", type=float, default=2.0)
+    p.add_argument("--train-steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--out", default="runs/bench-image-ssl")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.sets.split(","):
+        data = Path("runs/data") / name
+        if not (data / "metadata.jsonl").is_file():
+            cli("data", "make-images", "--kind", name, "--out", str(data))
+        for method in ["random", *args.methods.split(",")]:
+            start = time.monotonic()
+            tower_dir, logged = None, {}
+            if method != "random":
+                run = out / name / method
+                cli(
+                    "pretrain", method, "--data", str(data), "--out", str(run), "--image-model", args.image_model,
+                    "--batch-size", str(args.batch_size), "--max-steps", "100000", "--max-minutes",
+                    str(args.pretrain_minutes), "--warmup-steps", "20", "--valid-partition", "test",
+                    "--eval-every", "0", "--save-every", "0", "--log-every", "10", "--device", "cpu",
+                    "--clusters", "50",
+                )  # fmt: skip
+                tower_dir = str(run / "final")
+                logged = last_logged(run / "metrics.jsonl")
+            frozen = frozen_scores(tower_for(tower_dir, args.image_model), str(data))
+            recall = image_text_recall(str(data), tower_dir, out / name / f"image-text-{method}", args)
+            row = {
+                "set": name,
+                "init": method,
+                "pretrain_steps": logged.get("step", 0),
+                "eff_rank": logged.get("eff_rank"),
+                "emb_std": logged.get("emb_std"),
+                "probe": float(np.mean([v["probe"] for v in frozen.values()])),
+                "knn": float(np.mean([v["knn"] for v in frozen.values()])),
+                "tasks": frozen,
+                **recall,
+                "seconds": time.monotonic() - start,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            (out / "results.json").write_text(json.dumps(rows, indent=2))
+    stamp = f"{datetime.now(UTC):%Y-%m-%d}, {cpu_name()}, {os.cpu_count()} cores"
+    print(
+        f"\n{stamp}; {args.image_model}, batch {args.batch_size}, pretraining {args.pretrain_minutes} min per "
+        f"method, image-text {args.train_steps} steps from each init"
+    )
+    print("| set | init | pretrain steps | eff. rank (last step) | k-NN acc | linear probe | R@10 t->i | R@10 i->t |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        rank = f"{r['eff_rank']:.1f}" if r["eff_rank"] is not None else "-"
+        print(
+            f"| {r['set']} | {r['init']} | {r['pretrain_steps']} | {rank} | {r['knn']:.3f} | {r['probe']:.3f} "
+            f"| {r['text_to_image_recall@10']:.3f} | {r['image_to_text_recall@10']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
