@@ -276,3 +276,17 @@ def test_default_data_workers_none_on_cpu_and_a_share_of_the_cores_per_gpu_proce
     assert resolve_workers(-1, torch.device("cuda")) == 8
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 GPU processes share 32 cores: 3 workers each
     assert resolve_workers(-1, torch.device("cuda")) == 3
+
+
+@pytest.mark.slow
+def test_two_processes_with_grad_cache_average_their_gradients_themselves(code_corpus, tmp_path, monkeypatch):
+    """GradCache runs several backward passes a step, so DDP is not used: ``sync_gradients`` averages."""
+    two = tmp_path / "two-gc"
+    config = dataclasses.asdict(config_for(code_corpus, two, grad_cache=6, save_every=0))
+    mp.start_processes(_rank_main, args=(_free_port(), config, None), nprocs=WORLD, join=True, start_method="spawn")
+    _single(code_corpus, tmp_path / "one", monkeypatch, save_every=0)
+    one, got = _losses(tmp_path / "one"), _losses(two)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in got:
+        assert got[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
+    _assert_close_weights(_weights(two / "final"), _weights(tmp_path / "one/final"))
