@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mmssl.pretrain.image_ssl import METHODS  # noqa: E402
+from mmssl.pretrain.image_ssl import METHODS, tower_features  # noqa: E402
 from mmssl.runtime import cpu_name  # noqa: E402
 
 
@@ -63,12 +63,6 @@ def tower_for(init: str | None, model: str):
     return ImageTower.build(ImageTowerConfig(model=f"local-dir:{init}", weights=init)).eval()
 
 
-@torch.inference_mode()
-def features(tower, records, batch: int = 256) -> np.ndarray:
-    prep = tower.preparer(train=False)
-    return torch.cat([tower(**prep(records[s : s + batch])) for s in range(0, len(records), batch)]).numpy()
-
-
 def frozen_scores(tower, data: str) -> dict:
     from sklearn.neighbors import KNeighborsClassifier
 
@@ -76,7 +70,7 @@ def frozen_scores(tower, data: str) -> dict:
     from mmssl.image_text_eval import _labels, class_tasks, probe
 
     train, test = load_image_pairs(data, "train"), load_image_pairs(data, "test")
-    xtr, xte = features(tower, train.candidates), features(tower, test.candidates)
+    xtr, xte = tower_features(tower, train.candidates), tower_features(tower, test.candidates)
     out = {}
     for task in class_tasks([r.meta for r in test.candidates]):
         tri, ytr = _labels(task, train)

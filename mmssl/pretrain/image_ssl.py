@@ -180,17 +180,18 @@ def mlp(dim_in: int, hidden: int, dim_out: int, batch_norm: bool = True, last_bn
 
 @torch.no_grad()
 def collapse_metrics(h: Tensor) -> dict[str, float]:
-    """For (B, D) embeddings: mean per-dimension std of the L2-normalized rows (``emb_std``; 0 when
-    collapsed, about 1/sqrt(D) when spread) and the effective rank of the centred batch (``eff_rank``:
-    exp of the entropy of its normalized singular values, between 1 and min(B, D))."""
-    z = F.normalize(h.float(), dim=1)  # (B, D)
-    std = float(z.std(dim=0).mean()) if len(z) > 1 else 0.0
-    s = torch.linalg.svdvals(z - z.mean(0, keepdim=True))  # (min(B, D),)
-    if float(s.sum()) <= 1e-12:
-        return {"emb_std": std, "eff_rank": 1.0}
-    p = s / s.sum()
-    p = p[p > 0]
-    return {"emb_std": std, "eff_rank": float(torch.exp(-(p * p.log()).sum()))}
+    """``mmssl.evaluate.embedding_geometry`` of the L2-normalized (B, D) embeddings, as the training
+    report's keys: ``emb_std`` (mean per-dimension std: 0 when collapsed, about 1/sqrt(D) when
+    spread) and ``eff_rank`` (effective rank of the centred batch: 0 when every row is the same, 1 on
+    a line, up to min(B, D)). NaN for a batch with non-finite values or a single row (a step the
+    engine then skips or cannot measure)."""
+    from mmssl.evaluate import embedding_geometry
+
+    z = F.normalize(h.detach().float(), dim=1)  # (B, D)
+    if len(z) < 2 or not bool(torch.isfinite(z).all()):
+        return {"emb_std": float("nan"), "eff_rank": float("nan")}
+    geometry = embedding_geometry(z)
+    return {"emb_std": geometry["std_mean"], "eff_rank": geometry["effective_rank"]}
 
 
 def permutation_set(grid: int, n: int, seed: int = 0) -> Tensor:
@@ -293,10 +294,10 @@ class ImageSSLTask:
         from mmssl.models.tower import WEIGHTS, load_exact
 
         path = Path(path)
-        load_exact(self.model.tower, load_file(str(path / WEIGHTS)), str(path / WEIGHTS))
         heads = load_file(str(path / HEADS))
         labels = heads.pop("_labels", None)
-        self.model.load_state_dict({**{f"tower.{k}": v for k, v in self.model.tower.state_dict().items()}, **heads})
+        tower = {f"tower.{k}": v for k, v in load_file(str(path / WEIGHTS)).items()}
+        load_exact(self.model, {**tower, **heads}, str(path))  # tower, heads and target in one exact load
         if labels is not None:
             self.labels = labels.to(self.model_device)
 
@@ -379,8 +380,6 @@ class ImageSSLTask:
             total, hs = 0.0, []
             for batch in valid_batches:
                 batch = {k: v.to(self.model_device) for k, v in batch.items()}
-                if self.method == "deepcluster" and self.labels is None:
-                    return {"valid_loss": float("nan")}
                 loss, h = self._valid_loss(batch)
                 total += float(loss) * len(h)
                 hs.append(h)
@@ -408,6 +407,23 @@ def build_tower(config: ImageSSLConfig):
     return ImageTower.build(
         ImageTowerConfig(model=config.image_model, weights=config.image_weights, image_size=config.image_size)
     )
+
+
+@torch.no_grad()
+def tower_features(tower, images: list, batch_size: int = 256) -> np.ndarray:
+    """(N, D) float32 outputs of an image tower (before normalization) for ``images`` (records,
+    paths, PIL), with open_clip's eval preprocessing, in eval mode (its mode is restored)."""
+    was = tower.training
+    tower.eval()
+    prep, device = tower.preparer(train=False), next(tower.parameters()).device
+    try:
+        out = [
+            tower(prep(images[s : s + batch_size])["pixels"].to(device)).float().cpu()
+            for s in range(0, len(images), batch_size)
+        ]
+    finally:
+        tower.train(was)
+    return torch.cat(out).numpy()
 
 
 def build_image_ssl(config: ImageSSLConfig, device: torch.device):
@@ -441,18 +457,9 @@ def build_image_ssl(config: ImageSSLConfig, device: torch.device):
     classes = {"rotation": 4, "jigsaw": len(permutation_set(config.jigsaw_grid, config.jigsaw_permutations, 0))}
     classes["deepcluster"] = config.clusters
     model = SSLModel(config.method, tower, config, classes.get(config.method, 0)).to(device)
-    plain = tower.preparer(train=False)
 
-    def features(t: nn.Module) -> np.ndarray:
-        was = t.training
-        t.eval()
-        out = []
-        with torch.no_grad():
-            for start in range(0, len(train), 256):
-                pixels = plain(train.candidates[start : start + 256])["pixels"].to(device)
-                out.append(t(pixels).float().cpu())
-        t.train(was)
-        return torch.cat(out).numpy()
+    def features(t) -> np.ndarray:
+        return tower_features(t, train.candidates)
 
     task = ImageSSLTask(model, train, config, batcher, features)
     log.info("pretrain %s: %d training images, %d validation images", config.method, len(train), len(valid))
