@@ -55,8 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmssl.config import EngineConfig
 from mmssl.console import get_logger
-from mmssl.train import EngineConfig, run_training
+from mmssl.train import run_training
 
 log = get_logger("pretrain.image")
 HEADS = "ssl_heads.safetensors"

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from mmssl.config import EngineConfig
 from mmssl.console import get_logger
 from mmssl.pretrain.corpus import (
     DEFAULT_PATTERN,
@@ -28,7 +29,7 @@ from mmssl.pretrain.corpus import (
     split_documents,
 )
 from mmssl.pretrain.tasks import CLMTask, MLMTask
-from mmssl.train import EngineConfig, run_training
+from mmssl.train import run_training
 
 log = get_logger("pretrain")
 TOKENIZER_SAMPLE = 100_000  # documents the BPE tokenizer is trained on
