@@ -26,12 +26,15 @@ CASES = {
     "infonce_local": lambda: L.InfoNCELoss(local_loss=True),
     "infonce_chunked": lambda: L.InfoNCELoss(chunk_size=3),
     "infonce_dups_smooth": lambda: L.InfoNCELoss(label_smoothing=0.1),
+    "infonce_hardneg": lambda: L.InfoNCELoss(label_smoothing=0.1),
+    "infonce_hardneg_local": lambda: L.InfoNCELoss(local_loss=True),
     "ntxent": lambda: L.NTXentLoss(temperature=0.3),
     "siglip": lambda: L.SigLIPLoss(),
     "barlow": lambda: L.BarlowTwinsLoss(),
     "vicreg": lambda: L.VICRegLoss(),
 }
-LOCAL_FORMS = {"infonce_local", "siglip"}  # per-rank value; the mean over ranks is the global loss
+# per-rank value; the mean over ranks is the global loss
+LOCAL_FORMS = {"infonce_local", "infonce_hardneg_local", "siglip"}
 SPLITS = {"even": (7, 7), "uneven": (4, 9)}
 
 
@@ -43,8 +46,21 @@ def _global_inputs(n: int):
     return a, b, ids
 
 
-def _call(name, loss, a, b, ids):
-    return loss(a, b, pair_ids=ids) if name == "infonce_dups_smooth" else loss(a, b)
+def _negatives(n: int):
+    """Two hard negatives per pair (rows 2i, 2i+1 belong to pair i), some masked, their pairs' ids."""
+    g = torch.Generator().manual_seed(7)
+    neg = F.normalize(torch.randn(2 * n, DIM, generator=g, dtype=torch.float64), dim=1)
+    neg_ids = torch.randint(0, n, (2 * n,), generator=g)
+    return neg, neg_ids, torch.arange(2 * n) % 5 != 3
+
+
+def _call(name, loss, a, b, ids, lo=0, total=None):
+    if name == "infonce_dups_smooth":
+        return loss(a, b, pair_ids=ids)
+    if name.startswith("infonce_hardneg"):
+        neg, neg_ids, mask = (t[2 * lo : 2 * (lo + len(a))] for t in _negatives(total or len(ids)))
+        return loss(a, b, pair_ids=ids, negatives=neg, negative_ids=neg_ids, negative_mask=mask)
+    return loss(a, b)
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
@@ -58,7 +74,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         for name, make in CASES.items():
             la = a[lo:hi].clone().requires_grad_(True)
             lb = b[lo:hi].clone().requires_grad_(True)
-            value = _call(name, make(), la, lb, ids[lo:hi])
+            value = _call(name, make(), la, lb, ids[lo:hi], lo, sum(sizes))
             value.backward()
             results[(split, name)] = (value.detach(), la.grad, lb.grad)
         # DDP: a linear tower on both sides, InfoNCE over its outputs, full and local forms.

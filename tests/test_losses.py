@@ -108,6 +108,74 @@ def test_infonce_smoothing_duplicates_and_chunks_match_formula(eps, with_ids, ch
     )
 
 
+def _hard_negative_reference(a, b, neg, scale, eps, ids, neg_ids, neg_mask):
+    """Float64 loops: row i scores its own b, the other b's (not its duplicates) and the hard
+    negatives that are valid and not of its own id; columns (b -> a) as without negatives."""
+    n = a.shape[0]
+
+    def ce(scores, keep, target_pos):
+        logp = scores[keep] - torch.logsumexp(scores[keep], 0)
+        target = torch.full_like(logp, eps / int(keep.sum()))
+        target[int(keep[:target_pos].sum())] += 1 - eps
+        return -(target * logp).sum()
+
+    rows, cols = 0.0, 0.0
+    for i in range(n):
+        keep_b = torch.tensor([j == i or ids is None or ids[j] != ids[i] for j in range(n)])
+        keep_n = torch.tensor([bool(neg_mask[m]) and (ids is None or neg_ids[m] != ids[i]) for m in range(len(neg))])
+        scores = scale * torch.cat([a[i] @ b.T, a[i] @ neg.T])
+        rows = rows + ce(scores, torch.cat([keep_b, keep_n]), i)
+        cols = cols + ce(scale * (b[i] @ a.T), keep_b, i)
+    return 0.5 * (rows + cols) / n
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("with_ids", [False, True])
+@pytest.mark.parametrize("local", [False, True])
+def test_infonce_hard_negatives_match_formula(eps, with_ids, local):
+    n, m = 9, 14
+    a, b = _leaf(n, 8, normalize=True, seed=3), _leaf(n, 8, normalize=True, seed=4)
+    neg = _leaf(m, 8, normalize=True, seed=5)
+    s = torch.tensor(6.0)
+    ids = torch.tensor([0, 1, 2, 1, 3, 4, 0, 5, 6]) if with_ids else None
+    neg_ids = torch.tensor([3, 0, 7, 8, 1, 9, 2, 4, 10, 11, 12, 5, 6, 13]) if with_ids else None
+    neg_mask = torch.tensor([True] * 10 + [False, True, True, False])
+    loss = L.InfoNCELoss(label_smoothing=eps, local_loss=local)
+    assert_same(
+        lambda a, b, s, neg: loss(
+            a, b, logit_scale=s, pair_ids=ids, negatives=neg, negative_ids=neg_ids, negative_mask=neg_mask
+        ),
+        lambda a, b, s, neg: _hard_negative_reference(a, b, neg, s, eps, ids, neg_ids, neg_mask),
+        a,
+        b,
+        s,
+        neg,
+    )
+
+
+def test_infonce_hard_negatives_add_columns_that_count():
+    """No negatives (M = 0), or only masked ones, give the plain loss; a real one raises it, the more
+    the closer it is to the query; a negative carrying the row's own id is no negative for it."""
+    a, b = _leaf(6, 8, normalize=True, seed=1), _leaf(6, 8, normalize=True, seed=2)
+    ids = torch.arange(6)
+    loss = L.InfoNCELoss()
+    plain = loss(a, b, pair_ids=ids)
+    empty = torch.zeros(0, 8)
+    torch.testing.assert_close(loss(a, b, pair_ids=ids, negatives=empty, negative_ids=ids[:0]), plain)
+    far, near = -a[:1].detach(), a[:1].detach()  # the opposite of query 0, and query 0 itself
+    args = dict(pair_ids=ids, negative_ids=torch.tensor([5]))
+    masked = loss(a, b, negatives=near, negative_mask=torch.tensor([False]), **args)
+    torch.testing.assert_close(masked, plain)
+    assert plain < loss(a, b, negatives=far, **args) < loss(a, b, negatives=near, **args)
+    own = loss(a, b, pair_ids=ids, negatives=near, negative_ids=torch.tensor([0]))  # row 0's own pair
+    others = loss(a, b, pair_ids=ids, negatives=near, negative_ids=torch.tensor([5]))
+    assert plain < own < others
+    with pytest.raises(ValueError, match="negatives must be"):
+        loss(a, b, negatives=torch.zeros(3, 5))
+    with pytest.raises(ValueError, match="together"):
+        loss(a, b, pair_ids=ids, negatives=near)
+
+
 def test_infonce_chunked_equals_full_at_scale():
     a, b = _leaf(1000, 64, normalize=True, seed=5), _leaf(1000, 64, normalize=True, seed=6)
     s = torch.tensor(30.0)

@@ -128,7 +128,17 @@ class InfoNCELoss(nn.Module):
     about 4 N^2 for open_clip's ``ClipLoss``. ``chunk_size`` splits it into blocks of rows: peak
     O(chunk_size * N) instead of O(N^2), same value and gradients to fp32 round-off.
 
-    Shape: a (B, D), b (B, D), pair_ids (B,) -> scalar.
+    Hard negatives (``negatives``, (M, D), e.g. mined by ``mmssl.negatives``): extra candidates
+    that are nobody's positive. They become M more columns of the a->b logits of every row,
+    ``L_row,i = logsumexp([l_i., s <a_i, n_.>]) - l_ii`` (DPR's "in-batch + hard negatives"); the
+    b->a direction is unchanged (a hard negative has no query). ``negative_ids`` (M,) are the ids of
+    the pairs the negatives come from: a row whose own id equals one is not scored against it (it is
+    that row's positive, or the positive of an identical query); ``negative_mask`` (M,) False marks
+    placeholder columns (a pair with fewer mined negatives than asked for), scored by no row.
+    Distributed, the negatives are all-gathered too, so every row sees the global batch's. This
+    form keeps its logits for backward ((N, N + M) floats; no chunking).
+
+    Shape: a (B, D), b (B, D), pair_ids (B,), negatives (M, D) -> scalar.
     """
 
     def __init__(
@@ -159,17 +169,31 @@ class InfoNCELoss(nn.Module):
         logit_scale: Tensor | float | None = None,
         pair_ids: Tensor | None = None,
         output_dict: bool = False,
+        negatives: Tensor | None = None,
+        negative_ids: Tensor | None = None,
+        negative_mask: Tensor | None = None,
     ) -> Tensor | dict[str, Tensor]:
         _check_pair(a, b)
         if pair_ids is not None and pair_ids.shape != (a.shape[0],):
             raise ValueError(f"pair_ids must be (B,) with B={a.shape[0]}; got {tuple(pair_ids.shape)}")
+        if negatives is not None:
+            _check_negatives(a, negatives, negative_ids, negative_mask, pair_ids)
         scale = self.temperature.scale(logit_scale).to(a.dtype)
         local_a, local_b, local_ids = a, b, pair_ids
         if is_distributed():
             a, b = all_gather_with_grad(a), all_gather_with_grad(b)  # (N, D)
             if pair_ids is not None:
                 pair_ids = all_gather_with_grad(pair_ids)
-        if self.local_loss:
+            if negatives is not None:
+                negatives = all_gather_with_grad(negatives)  # (M W, D)
+                negative_ids = all_gather_with_grad(negative_ids) if negative_ids is not None else None
+                if negative_mask is not None:  # gloo gathers no bool tensors
+                    negative_mask = all_gather_with_grad(negative_mask.to(torch.uint8))
+        if negatives is not None:
+            loss = self._with_negatives(
+                local_a, local_b, a, b, scale, local_ids, pair_ids, negatives, negative_ids, negative_mask
+            )
+        elif self.local_loss:
             loss = self._local(local_a, local_b, a, b, scale, local_ids, pair_ids)
         else:
             # One custom-autograd kernel for both forms: the plain form is a single block of N rows
@@ -197,6 +221,29 @@ class InfoNCELoss(nn.Module):
             ce = (1 - eps) * ce + eps * (lse - mean_valid)
         return ce
 
+    def _with_negatives(self, la, lb, a, b, scale, local_ids, ids, neg, neg_ids, neg_mask) -> Tensor:
+        """The loss with hard-negative columns, by plain autograd: rows are all N pairs, or this
+        rank's B with ``local_loss`` (weighted as in ``_local``)."""
+        offset = rank_offset(la.shape[0], la.device) if self.local_loss else 0
+        ra, rb, row_ids = (la, lb, local_ids) if self.local_loss else (a, b, ids)
+        labels = torch.arange(ra.shape[0], device=ra.device) + offset
+        dup = _duplicate_mask(row_ids, ids, offset)  # (R, N) or None
+        hidden = torch.zeros(ra.shape[0], neg.shape[0], dtype=torch.bool, device=ra.device)  # (R, M)
+        if neg_mask is not None:
+            hidden |= ~neg_mask.bool()[None, :]
+        if row_ids is not None and neg_ids is not None:
+            hidden |= row_ids[:, None] == neg_ids[None, :]
+        in_batch = dup if dup is not None else hidden.new_zeros(ra.shape[0], b.shape[0])
+        mask = torch.cat([in_batch, hidden], dim=1)  # (R, N + M)
+        dtype = torch.promote_types(a.dtype, torch.float32)
+        with torch.autocast(device_type=a.device.type, enabled=False):
+            ra, rb, a, b, neg, scale = (t.to(dtype) for t in (ra, rb, a, b, neg, scale))
+            row = self._ce(scale * (ra @ torch.cat([b, neg]).T), labels, mask if bool(mask.any()) else None)
+            col = self._ce(scale * (rb @ a.T), labels, dup)  # (R,): b -> a, no negatives there
+        if self.local_loss:
+            return 0.5 * (row.sum() + col.sum()) * get_world_size() / a.shape[0]
+        return 0.5 * (row.mean() + col.mean())
+
     def _local(self, la, lb, a, b, scale, local_ids, ids) -> Tensor:
         offset = rank_offset(la.shape[0], la.device)
         n_local, n_global = la.shape[0], a.shape[0]
@@ -206,6 +253,16 @@ class InfoNCELoss(nn.Module):
         col = self._ce(scale * (lb @ a.T), labels, mask)  # b_local vs all a: (B, N) logits
         # Weighted so that the mean over ranks is the global mean, also for uneven batches.
         return 0.5 * (row.sum() + col.sum()) * get_world_size() / n_global
+
+
+def _check_negatives(a: Tensor, neg: Tensor, neg_ids: Tensor | None, neg_mask: Tensor | None, ids) -> None:
+    if neg.ndim != 2 or neg.shape[1] != a.shape[1]:
+        raise ValueError(f"negatives must be (M, D) with D={a.shape[1]}; got {tuple(neg.shape)}")
+    for name, t in (("negative_ids", neg_ids), ("negative_mask", neg_mask)):
+        if t is not None and t.shape != (neg.shape[0],):
+            raise ValueError(f"{name} must be (M,) with M={neg.shape[0]}; got {tuple(t.shape)}")
+    if (ids is None) != (neg_ids is None):
+        raise ValueError("give pair_ids and negative_ids together (false negatives are masked by id)")
 
 
 # --------------------------------------------------------------------------------------------------
