@@ -78,6 +78,28 @@ class TrainConfig(EngineConfig):
             "memory becomes that of a chunk, gradients unchanged"
         },
     )
+    # hard negatives (mmssl.negatives)
+    negatives: str | None = field(
+        default=None,
+        metadata={"help": "hard negatives of the training pairs, from `mmssl mine-negatives` on the same --train"},
+    )
+    hard_negatives: int = field(
+        default=1,
+        metadata={"help": "hard negatives per pair per step, drawn from its mined ones (extra InfoNCE columns)"},
+    )
+    refresh_negatives: int = field(
+        default=0,
+        metadata={
+            "help": "ANCE: re-mine hard negatives with the current model every N steps (0: never), in a "
+            "background thread; used from N/2 steps later"
+        },
+    )
+    refresh_async: bool = field(
+        default=True, metadata={"help": "mine refreshes in a background thread (false: at the step itself)"}
+    )
+    refresh_source: Literal["model", "both"] = field(
+        default="model", metadata={"help": "refreshes retrieve with the model, or model + BM25 fused"}
+    )
     # model
     text_init: str | None = field(
         default=None,

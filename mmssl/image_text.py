@@ -32,6 +32,7 @@ from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
 from mmssl.models.clip_text import ClipTextConfig
 from mmssl.models.image import ImageTowerConfig
 from mmssl.models.text import hidden_size, resolve_init, sentence_pooling, set_dropout
+from mmssl.negatives import negatives_for
 from mmssl.tasks import ContrastiveTask, Pairs
 
 log = get_logger("image_text")
@@ -167,7 +168,8 @@ def build_image_text(config, device: torch.device) -> tuple[ContrastiveTask, Cal
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s parameters, %s trainable", f"{sum(p.numel() for p in model.parameters()):,}", f"{trainable:,}")
     loss = InfoNCELoss(label_smoothing=config.label_smoothing)
-    task = ContrastiveTask(model, loss, train, metric=METRIC, grad_cache=config.grad_cache)
+    negs = negatives_for(config, train)
+    task = ContrastiveTask(model, loss, train, metric=METRIC, grad_cache=config.grad_cache, **negs)
     valid_fn = (lambda m: evaluate_image_pairs(m, valid)) if len(valid) else None
     if valid_fn is None:
         log.warning(

@@ -10,13 +10,17 @@ holds floats to log (temperature, accuracy of the in-batch match, ...).
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from mmssl.console import get_logger
 from mmssl.losses import InfoNCELoss
 from mmssl.models import DualEncoder
+
+log = get_logger("tasks")
 
 
 @dataclass(frozen=True)
@@ -118,17 +122,30 @@ class PairBatcher:
 
     Holds only data and preparers (tokenizers, image transforms), not the model: it is what
     data-loader worker processes run.
+
+    With a table of mined hard negatives (``negatives``, ``mmssl.negatives.NegativeTable``) and
+    ``hard_negatives`` h > 0, each pair draws h of its negatives (with the batch's seeded RNG); the
+    candidates side then holds B + B h items, the batch's own candidates first, and the batch gains
+    ``neg_ids`` (B h,) (the pair ids of the negatives) and ``neg_valid`` (B h,) (False: a placeholder,
+    for a pair with fewer than h negatives).
     """
 
-    def __init__(self, prep_a, prep_b, data: Pairs) -> None:
+    def __init__(self, prep_a, prep_b, data: Pairs, negatives=None, hard_negatives: int = 0) -> None:
         self.prep_a, self.prep_b, self.data = prep_a, prep_b, data
+        self.negatives, self.hard_negatives = negatives, hard_negatives
 
     def __call__(self, indices: Tensor) -> dict:
         idx = indices.tolist()
+        extra = {}
+        cand = indices
+        if self.negatives is not None and self.hard_negatives > 0:
+            neg, valid = self.negatives.sample(indices, self.hard_negatives)  # (B, h) each
+            cand = torch.cat([indices, neg.reshape(-1)])  # (B + B h,)
+            extra = {"neg_ids": self.data.ids[neg.reshape(-1)], "neg_valid": valid.reshape(-1)}
         # A side whose embeddings are cached (prep None) needs only the pairs' positions.
         a = self.prep_a([self.data.queries[i] for i in idx]) if self.prep_a else {"index": indices}
-        b = self.prep_b([self.data.candidates[i] for i in idx]) if self.prep_b else {"index": indices}
-        return {"a": a, "b": b, "ids": self.data.ids[indices]}
+        b = self.prep_b([self.data.candidates[i] for i in cand.tolist()]) if self.prep_b else {"index": cand}
+        return {"a": a, "b": b, "ids": self.data.ids[indices], **extra}
 
 
 class _Replay(torch.autograd.Function):
@@ -200,8 +217,14 @@ class ContrastiveTask:
         metric: str | None = None,
         cache_locked: bool = True,
         grad_cache: int = 0,
+        negatives=None,
+        hard_negatives: int = 0,
+        refresher=None,
     ) -> None:
         self.model, self.loss, self.data = model, loss, data
+        if negatives is not None:
+            negatives.check_for(data)
+        self.refresher = refresher  # mmssl.negatives.NegativeRefresher (ANCE), or None
         self.forward_model: torch.nn.Module = model  # DistributedDataParallel(model) once distributed
         self.grad_cache = grad_cache
         if metric:
@@ -215,7 +238,7 @@ class ContrastiveTask:
                 preps[side] = None
             else:
                 preps[side] = model.preparer(modality, train=True)
-        self.batcher = PairBatcher(preps["a"], preps["b"], data)
+        self.batcher = PairBatcher(preps["a"], preps["b"], data, negatives, hard_negatives)
 
     def _cacheable(self, modality: str, n: int) -> bool:
         tower = self.model.towers[modality]
@@ -254,12 +277,63 @@ class ContrastiveTask:
             emb_a, emb_b, scale = self.forward_model(live.get("a"), live.get("b"))
             embs = {"a": emb_a, "b": emb_b}
         emb_a = embs["a"] if "a" in live else self._lookup("a", batch["a"])  # (B, D)
-        emb_b = embs["b"] if "b" in live else self._lookup("b", batch["b"])  # (B, D)
-        losses = self.loss(emb_a, emb_b, logit_scale=scale, pair_ids=batch["ids"], output_dict=True)
+        emb_b = embs["b"] if "b" in live else self._lookup("b", batch["b"])  # (B + B h, D)
+        n = len(emb_a)
+        emb_b, emb_neg = emb_b[:n], emb_b[n:]  # (B, D), (B h, D): the batch's candidates come first
+        extra = {}
+        if "neg_ids" in batch:
+            extra = {"negatives": emb_neg, "negative_ids": batch["neg_ids"], "negative_mask": batch["neg_valid"]}
+        losses = self.loss(emb_a, emb_b, logit_scale=scale, pair_ids=batch["ids"], output_dict=True, **extra)
         with torch.no_grad():
-            hits = (emb_a @ emb_b.T).argmax(1) == torch.arange(len(emb_a), device=emb_a.device)
-        report = {"logit_scale": float(scale.detach()), "batch_acc": float(hits.float().mean())}
+            sims = emb_a @ emb_b.T  # (B, B)
+            hits = sims.argmax(1) == torch.arange(n, device=emb_a.device)
+            report = {"logit_scale": float(scale.detach()), "batch_acc": float(hits.float().mean())}
+            if extra:
+                # each pair against its own h negatives: how often the positive scores above all of them
+                own = (emb_a[:, None, :] * emb_neg.reshape(n, -1, emb_a.shape[1])).sum(-1)  # (B, h)
+                own = own.masked_fill(~batch["neg_valid"].reshape(n, -1), -math.inf)
+                report["hard_neg_acc"] = float((sims.diagonal() > own.max(1).values).float().mean())
         return losses, report
+
+    # ---- hard negatives: refresh (ANCE) and checkpoint state ------------------------------------
+
+    def after_step(self, step: int) -> bool:
+        """Install refreshed hard negatives when due; True tells the engine that batches made ahead
+        of this step (with the old table) must be made again."""
+        if self.refresher is None:
+            return False
+        table = self.refresher.after_step(step, self.model)
+        if table is None:
+            return False
+        self.batcher.negatives = table
+        log.info(
+            "step %d: hard negatives refreshed (mined with the step-%d model; training waited %.1f s so far)",
+            step, step - self.refresher.lag, self.refresher.waited_s,
+        )  # fmt: skip
+        return True
+
+    def checkpoint_state(self) -> dict:
+        """With refreshes, the table in use and any refresh in flight (a mined file without
+        refreshes is read again from --negatives on resume)."""
+        if self.refresher is None:
+            return {}
+        state = {"refresher": self.refresher.state()}
+        if self.batcher.negatives is not None:
+            state["negatives"] = self.batcher.negatives.state()
+        return state
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        from mmssl.negatives import NegativeTable
+
+        if "negatives" in state:
+            self.batcher.negatives = NegativeTable.from_state(state["negatives"])
+            self.batcher.negatives.check_for(self.data, "--resume")
+        if self.refresher is not None and "refresher" in state:
+            self.refresher.load_state(state["refresher"])
+
+    def close(self) -> None:
+        if self.refresher is not None:
+            self.refresher.close()
 
     def _cached_graph(self, live: dict[str, dict]) -> dict[str, Tensor]:
         """GradCache's first pass: each live side embedded in chunks without a graph; the embeddings

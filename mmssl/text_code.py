@@ -19,6 +19,7 @@ from mmssl.losses import InfoNCELoss
 from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
 from mmssl.models.text import hidden_size, set_dropout
 from mmssl.models.tokenizer import train_bpe_tokenizer
+from mmssl.negatives import negatives_for
 from mmssl.tasks import ContrastiveTask, Pairs
 
 log = get_logger("text_code")
@@ -97,7 +98,7 @@ def build_text_code(config, device: torch.device) -> tuple[ContrastiveTask, Call
         n = set_dropout(model, config.dropout)
         log.info("dropout %.2f in %d layers", config.dropout, n)
     loss = InfoNCELoss(label_smoothing=config.label_smoothing)
-    task = ContrastiveTask(model, loss, train, grad_cache=config.grad_cache)
+    task = ContrastiveTask(model, loss, train, grad_cache=config.grad_cache, **negatives_for(config, train))
     valid_fn = (lambda m: evaluate_pairs(m, valid)) if len(valid) else None
     if valid_fn is None:
         log.warning("no validation pairs: no best-model selection, only the final model is saved")

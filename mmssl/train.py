@@ -215,9 +215,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self._clamp_temperature()
         self.step += 1
-        after = getattr(self.task, "after_step", None)  # e.g. BYOL's target update, DeepCluster's reclustering
-        if after is not None:
-            after(self.step)
+        # e.g. BYOL's target update, DeepCluster's reclustering, refreshed hard negatives; True: the
+        # task's batches changed, so those made ahead of this step are made again
+        after = getattr(self.task, "after_step", None)
+        if after is not None and after(self.step):
+            self.sampler.load_state(self._consumed)
+            self._batches = None
         out = {"step": self.step, "loss": total, "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
         for key in reports[0]:
             out[key] = sum(r[key] for r in reports) / len(reports)
@@ -281,6 +284,8 @@ class Trainer:
                     log.info("stopping at step %d: --max-minutes %.1f reached", self.step, cfg.max_minutes)
                     break
         self._batches = None  # stops the data workers, if any
+        if hasattr(self.task, "close"):
+            self.task.close()  # e.g. a hard-negative refresh still running (a --max-minutes stop)
         if self.main:
             self.task.save_pretrained(self.out / "final")
             self.plot()
@@ -349,6 +354,7 @@ class Trainer:
             "rng": rng,  # one per rank
             "world_size": self.world,
             "config": asdict(self.config),
+            "task": self.task.checkpoint_state() if hasattr(self.task, "checkpoint_state") else {},
         }
         with atomic_dir(self.out / "checkpoints" / "last") as tmp:
             self.task.save_pretrained(tmp / "model")
@@ -364,6 +370,8 @@ class Trainer:
         if state["data_fingerprint"] != self.task.data.fingerprint():
             raise ValueError(f"--resume: {ckpt} was trained on other data than --train {self.config.train}")
         self.task.load_pretrained_state(ckpt / "model")
+        if state.get("task") and hasattr(self.task, "load_checkpoint_state"):
+            self.task.load_checkpoint_state(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
