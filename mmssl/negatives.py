@@ -125,13 +125,17 @@ class NegativeTable:
                 f"training pairs ({len(pairs):,}, {pairs.fingerprint()}): mine them again for this --train"
             )
 
-    def sample(self, rows: Tensor, h: int) -> tuple[Tensor, Tensor]:
-        """h negatives per row, drawn without replacement from its kept ones with the global torch
-        RNG (the batch's seeded generator); rows with fewer get placeholders (their own pair,
-        marked invalid). Returns (indices (B, h) int64, valid (B, h) bool)."""
+    def sample(self, rows: Tensor, h: int, seed: int | None = None) -> tuple[Tensor, Tensor]:
+        """h negatives per row, drawn without replacement from its kept ones; rows with fewer get
+        placeholders (their own pair, marked invalid). Returns (indices (B, h) int64, valid (B, h)).
+
+        With ``seed`` (the batch's), a pair's draw depends only on the seed and the pair, not on
+        which process of a distributed run holds it, so runs on 1 and W processes draw the same;
+        without, the global torch RNG draws."""
         table = torch.from_numpy(self.indices[rows.numpy()])  # (B, n)
         valid = table >= 0
-        keys = torch.rand(table.shape).masked_fill_(~valid, 2.0)  # invalid ones sort last
+        keys = torch.rand(table.shape) if seed is None else _uniform(seed, rows.numpy(), table.shape[1])
+        keys = keys.masked_fill_(~valid, 2.0)  # invalid ones sort last
         order = keys.argsort(dim=1)[:, :h]  # (B, min(h, n))
         picked = table.gather(1, order)
         ok = valid.gather(1, order)
@@ -245,6 +249,22 @@ class NegativeTable:
             state["positive_scores"].numpy(), head["fingerprint"], MiningSettings.from_dict(head["settings"]),
             head["stats"], head["false_negative_sample"],
         )  # fmt: skip
+
+
+def _uniform(seed: int, rows: np.ndarray, n: int) -> Tensor:
+    """(B, n) floats in [0, 1), a hash (SplitMix64's finalizer) of (seed, row, column): a counter-based
+    draw, the same for a row whichever batch slice it is in."""
+    m = np.uint64(0xFFFFFFFFFFFFFFFF)
+    with np.errstate(over="ignore"):
+        x = np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
+        x = x + rows.astype(np.uint64)[:, None] * np.uint64(0xD1B54A32D192ED03)
+        x = (x + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0x8CB92BA72F3D8DD7)) & m
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return torch.from_numpy((x >> np.uint64(11)).astype(np.float64) / 2.0**53)
 
 
 def _finite_or_none(x) -> float | None:

@@ -130,16 +130,18 @@ class PairBatcher:
     for a pair with fewer than h negatives).
     """
 
+    takes_seed = True  # the engine hands it each batch's seed (``batch_seed``): the negatives' draw
+
     def __init__(self, prep_a, prep_b, data: Pairs, negatives=None, hard_negatives: int = 0) -> None:
         self.prep_a, self.prep_b, self.data = prep_a, prep_b, data
         self.negatives, self.hard_negatives = negatives, hard_negatives
 
-    def __call__(self, indices: Tensor) -> dict:
+    def __call__(self, indices: Tensor, seed: int | None = None) -> dict:
         idx = indices.tolist()
         extra = {}
         cand = indices
         if self.negatives is not None and self.hard_negatives > 0:
-            neg, valid = self.negatives.sample(indices, self.hard_negatives)  # (B, h) each
+            neg, valid = self.negatives.sample(indices, self.hard_negatives, seed)  # (B, h) each
             cand = torch.cat([indices, neg.reshape(-1)])  # (B + B h,)
             extra = {"neg_ids": self.data.ids[neg.reshape(-1)], "neg_valid": valid.reshape(-1)}
         # A side whose embeddings are cached (prep None) needs only the pairs' positions.

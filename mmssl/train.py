@@ -421,8 +421,11 @@ class SeededBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, item):
         state, indices = item
+        seed = batch_seed(self.seed, state)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((batch_seed(self.seed, state) + 7919 * self.rank) % 2**63)
+            torch.manual_seed((seed + 7919 * self.rank) % 2**63)
+            if getattr(self.batcher, "takes_seed", False):  # draws that must not depend on the rank
+                return state, self.batcher(indices, seed=seed)
             return state, self.batcher(indices)
 
 

@@ -137,6 +137,26 @@ def test_two_processes_train_as_one_on_the_global_batch_and_resume_in_one(code_c
     _assert_close_weights(_weights(two / "final"), _weights(tmp_path / "one/final"))
 
 
+@pytest.mark.slow
+def test_two_processes_with_hard_negatives_train_as_one(code_corpus, tmp_path, monkeypatch):
+    """Each rank draws its pairs' hard negatives (the same draw as one process: it depends on the
+    batch seed and the pair only) and the loss all-gathers them: 2 processes = 1 process."""
+    from mmssl.negatives import MiningSettings, load_training_pairs, mine_negatives
+
+    pairs = load_training_pairs(code_corpus, "text-code", "train")
+    negatives = mine_negatives(pairs, MiningSettings(source="bm25", top_k=20, keep=5)).save(tmp_path / "neg.jsonl")
+    kw = dict(negatives=str(negatives), hard_negatives=2, max_steps=3, save_every=0)
+    two = tmp_path / "two"
+    config = dataclasses.asdict(config_for(code_corpus, two, **kw))
+    mp.start_processes(_rank_main, args=(_free_port(), config, None), nprocs=WORLD, join=True, start_method="spawn")
+    _single(code_corpus, tmp_path / "one", monkeypatch, **kw)
+    one, got = _losses(tmp_path / "one"), _losses(two)
+    assert sorted(got) == [1, 2, 3]
+    for step in got:
+        assert got[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6)
+    _assert_close_weights(_weights(two / "final"), _weights(tmp_path / "one/final"))
+
+
 def test_global_batch_must_split_evenly_over_the_processes(code_corpus, tmp_path, monkeypatch):
     from mmssl import distributed
 
