@@ -491,7 +491,7 @@ class NegativeRefresher:
     start + ``lag`` (see the module docstring). ``asynchronous``: mining runs in a background
     thread meanwhile (on a GPU, on its own CUDA stream); otherwise at the start step itself (lag 0).
 
-    Refreshes whose install step would come after ``max_steps`` are not started."""
+    Refreshes that would be installed at or after ``max_steps`` (never used) are not started."""
 
     def __init__(
         self, pairs: Pairs, settings: MiningSettings, every: int, max_steps: int, asynchronous: bool = True,
@@ -520,7 +520,7 @@ class NegativeRefresher:
 
     def after_step(self, step: int, model) -> NegativeTable | None:
         """Start a refresh at multiples of ``every``; return the new table at its install step."""
-        if self.pending_start is None and step % self.every == 0 and step + self.lag <= self.max_steps:
+        if self.pending_start is None and step % self.every == 0 and step + self.lag < self.max_steps:
             self.pending_start = step
             self._result = {}
             snapshot = copy.deepcopy(model).eval()
