@@ -87,13 +87,9 @@ def train(corpus: Path, out: Path, name: str, seed: int, args, *extra: str) -> d
     start = time.monotonic()
     run(cmd, out / f"{name}-seed{seed}.log")
     minutes = (time.monotonic() - start) / 60
-    scores = json.loads(
-        run(
-            [*MMSSL, "eval", "--data", str(corpus), "--partition", "test", "--json", "--max-pairs", str(args.test_pairs),
-             "--model", str(run_dir / "final")],
-            out / f"{name}-seed{seed}-eval.log",
-        )
-    )  # fmt: skip
+    evaluate = [*MMSSL, "eval", "--data", str(corpus), "--partition", "test", "--json"]
+    evaluate += ["--max-pairs", str(args.test_pairs), "--model", str(run_dir / "final")]
+    scores = json.loads(run(evaluate, out / f"{name}-seed{seed}-eval.log"))
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in rows if "loss" in r][-1]
     result = {"arm": name, "seed": seed, "minutes": minutes, "scores": scores, "last": last}
