@@ -356,3 +356,32 @@ def test_index_commands_end_to_end(tiny_model, code_corpus, tmp_path, capsys):
     (tmp_path / "idx" / "manifest.json").write_text(json.dumps({**manifest, "model_sha256": "0" * 64}))
     assert cli.main(["index", "search", "--index", idx, "--query", query]) == 2
     assert "not the model this index was built with" in capsys.readouterr().err
+
+
+# ---- neighbours of many queries (hard-negative mining) ---------------------------------------------
+
+
+@pytest.mark.parametrize("flat_max", [100_000, 500])
+def test_knn_matches_brute_force_exact_and_tuned(flat_max):
+    """Exact (flat) search returns the brute-force top-K; past ``flat_max`` an IVF index tuned to 95 %
+    recall@K on a sample of the queries gets at least that on all of them."""
+    from indexing.neighbors import knn
+    from indexing.tune import recall_at
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(20, 24))
+    xb = (centers[rng.integers(0, 20, 3000)] + 0.3 * rng.normal(size=(3000, 24))).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    xq = xb[rng.choice(3000, 300, replace=False)] + 0.05 * rng.normal(size=(300, 24)).astype(np.float32)
+    scores, ids = knn(xb, xq, 10, flat_max=flat_max)
+    sims = xq @ xb.T
+    exact = np.argsort(-sims, axis=1, kind="stable")[:, :10]
+    assert ids.shape == scores.shape == (300, 10)
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, ids, 1), rtol=1e-4, atol=1e-5)
+    if flat_max > len(xb):
+        np.testing.assert_allclose(scores, np.take_along_axis(sims, exact, 1), rtol=1e-4, atol=1e-5)
+    else:
+        assert recall_at(ids, exact) >= 0.93
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+    with pytest.raises(ValueError, match="dim"):
+        knn(xb, xq[:, :5], 3)
