@@ -366,7 +366,6 @@ def test_knn_matches_brute_force_exact_and_tuned(flat_max):
     """Exact (flat) search returns the brute-force top-K; past ``flat_max`` an IVF index tuned to 95 %
     recall@K on a sample of the queries gets at least that on all of them."""
     from indexing.neighbors import knn
-    from indexing.tune import recall_at
 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(20, 24))
