@@ -101,9 +101,12 @@ def test_false_negative_filter_drops_what_scores_like_the_positive(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text("".join(json.dumps({"docstring": d, "code": c, "partition": "train"}) + "\n" for d, c in rows))
     pairs = load_training_pairs(str(path), "text-code", "train")
-    kw = dict(source="bm25", top_k=4, keep=4)
+    kw = dict(source="bm25", top_k=4, keep=4, filter_bm25=True)
     loose = mine_negatives(pairs, MiningSettings(**kw, max_score_ratio=None))
     strict = mine_negatives(pairs, MiningSettings(**kw, max_score_ratio=0.95))
+    # without a model, BM25 scores judge nothing unless asked to (filter_bm25)
+    unjudged = mine_negatives(pairs, MiningSettings(source="bm25", top_k=4, keep=4, max_score_ratio=0.95))
+    np.testing.assert_array_equal(unjudged.indices, loose.indices)
     assert 1 in loose.indices[0] and 1 not in strict.indices[0]
     s0 = loose.scores[0][list(loose.indices[0]).index(1)]
     assert s0 >= 0.95 * loose.positive_scores[0]
@@ -346,3 +349,20 @@ def test_grad_cache_with_hard_negatives_gives_the_direct_gradients(code_corpus, 
     for name in direct:
         err = float((cached[name] - direct[name]).norm()) / scale
         assert err < 1e-4, (name, err)
+
+
+def test_with_a_model_the_false_negative_rule_uses_model_scores_for_every_source(code_corpus, tiny_model):
+    """``both``: BM25's candidates are judged by the model's cosines too; every kept negative scores
+    under 0.95 x its positive by the model, and what was dropped scored above."""
+    pairs = load_training_pairs(code_corpus, "text-code", "train").sample(300)
+    model = DualEncoder.from_pretrained(tiny_model)
+    table = mine_negatives(pairs, MiningSettings(source="both", top_k=20, keep=20, max_score_ratio=0.95), model)
+    q = model.embed("text", pairs.queries).numpy()
+    c = model.embed("code", pairs.candidates).numpy()
+    for i in range(len(pairs)):
+        pos = float(q[i] @ c[i])
+        for j in table.indices[i][table.indices[i] >= 0]:
+            assert not (pos > 0 and float(q[i] @ c[j]) >= 0.95 * pos + 1e-5)
+    assert table.stats["dropped"]["false_negative"] > 0
+    for e in table.false_negative_sample:
+        assert e["score"] >= 0.95 * e["positive_score"] - 1e-3
