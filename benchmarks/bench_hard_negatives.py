@@ -7,8 +7,8 @@ the venv's packages, split by package; reused when present), for each of ``--see
              (mined once, before training: no model needed)
   static     + one model-mined hard negative per pair per step, mined once, at half the run, by the
              model of that step (`--refresh-negatives STEPS/2 --refresh-async false`)
-  refreshed  the same, re-mined every STEPS/8 steps in a background thread (ANCE,
-             `--refresh-negatives STEPS/8`)
+  refreshed  the same, re-mined every STEPS/4 steps in a background thread (ANCE,
+             `--refresh-negatives STEPS/4`)
 Every arm trains the same model (a shared NBoW tower and its BPE vocabulary, the from-scratch model
 of bench_text_code.py) for the same number of optimizer steps at the same batch; a hard negative
 adds one candidate embedding per pair per step, and the wall time of each run is reported. Then
@@ -21,7 +21,7 @@ the BM25 file and from a mining with the seed-0 in-batch model, and a sample of 
 negatives for a person to judge (written to OUT/false_negatives.md).
 
 Command (from the repo root; about 12 minutes per seed on 2 cores at the defaults):
-    .venv/bin/python benchmarks/bench_hard_negatives.py [--seeds 0,1,2] [--steps 400]
+    .venv/bin/python benchmarks/bench_hard_negatives.py [--seeds 0,1,2] [--steps 200]
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ def train(corpus: Path, out: Path, name: str, seed: int, args, *extra: str) -> d
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--refresh-every", type=int, default=None, help="refreshed arm: re-mine every N steps (steps/4)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--test-pairs", type=int, default=5000)
     p.add_argument("--arms", default="inbatch,bm25,static,refreshed")
@@ -118,7 +119,7 @@ def main() -> None:
         "inbatch": [],
         "bm25": ["--negatives", str(out / "bm25.jsonl"), "--hard-negatives", "1"],
         "static": ["--refresh-negatives", str(args.steps // 2), "--refresh-async", "false", "--hard-negatives", "1"],
-        "refreshed": ["--refresh-negatives", str(args.steps // 8), "--hard-negatives", "1"],
+        "refreshed": ["--refresh-negatives", str(args.refresh_every or args.steps // 4), "--hard-negatives", "1"],
     }
     results = []
     for seed in map(int, args.seeds.split(",")):
