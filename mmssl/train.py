@@ -4,6 +4,10 @@ A task (``mmssl.tasks.ContrastiveTask``, ``mmssl.pretrain.MLMTask``/``CLMTask``)
 ``batch(indices)``, ``training_forward(batch) -> (losses, report)``, ``data`` (its length and
 ``fingerprint()``), ``save_pretrained(dir)``/``load_pretrained_state(dir)``, and the validation
 metric that picks the best model (``metric``, ``greater_is_better``: MRR up, perplexity down).
+Optional hooks: ``after_step(step)`` after each optimizer step (an EMA target, reclustering,
+refreshed hard negatives), returning True when the task's batches changed so that those made ahead
+are made again; ``checkpoint_state()``/``load_checkpoint_state(state)`` for state beyond the
+weights (kept in ``trainer_state.pt``); ``close()`` at the end.
 
 The loop: AdamW (no decay on biases, norms and the temperature) with linear warmup and cosine
 decay; gradient accumulation; gradient clipping; bf16/fp16 autocast; a guard that skips, counts
