@@ -14,10 +14,6 @@ Mining (``mine_negatives``, ``mmssl mine-negatives``): each training pair's quer
 Each retrieved candidate j of pair i is dropped, and counted under the first rule it meets, when
   positive        j is i itself;
   same_query      pair j's query is pair i's (same text up to case and spaces): j answers i's query;
-  duplicate       j's candidate equals i's: the same code up to whitespace, the same decoded pixels;
-  near_duplicate  text: the sets of their words (``code_search_tokens``) overlap by Jaccard >=
-                  ``near_duplicate``; images: cosine of the model's image embeddings >= it (model
-                  mining only);
   false_negative  it scores too close to the positive: score >= ``max_score_ratio`` x the positive's
                   score (when that is > 0; NV-Retriever's "TopK-PercPos", Moreira et al. 2024), or
                   score > positive - ``margin`` (when a margin is given). The scores are the model's
@@ -25,7 +21,14 @@ Each retrieved candidate j of pair i is dropped, and counted under the first rul
                   BM25 alone has no score to trust for this (its positive often scores below
                   unrelated code: on the stdlib corpus the rule dropped 45 % of BM25's top 50, and
                   left 37 % of the pairs with none), so there it applies only with ``filter_bm25``;
-  no_overlap      BM25 only: a score of 0 (no shared word: not a hard negative at all).
+  no_overlap      BM25 only: a score of 0 (no shared word: not a hard negative at all);
+  duplicate       j's candidate equals i's: the same code up to whitespace, the same decoded pixels;
+  near_duplicate  text: the sets of their words (``code_search_tokens``) overlap by Jaccard >=
+                  ``near_duplicate``; images: cosine of the model's image embeddings >= it (model
+                  mining only).
+The first four rules are array operations over all N x K retrieved candidates and their counts
+cover them all; the last two compare contents, one candidate at a time in rank order, only until
+a pair has its ``keep`` (with ``pick="top"`` and one source), and count what they looked at.
 Of the survivors, ``keep`` are kept per pair, the best ones (``pick="top"``) or a seeded random
 draw from all of them (``pick="random"``), each with its rank in the retrieved list (before
 filtering; the fused rank for ``both``) and its score. Ties keep FAISS's / index order, so mining is
@@ -326,8 +329,17 @@ def _retrieve_bm25(pairs: Pairs, k: int, chunk: int = 256) -> tuple[np.ndarray, 
     return out_s, out_i, positive.astype(np.float32)
 
 
+_PASS, _PAD = 0, -1
+_CODES = {"positive": 1, "same_query": 2, "false_negative": 3, "no_overlap": 4}
+
+
 class _Filter:
-    """The drop rules of the module docstring, with their counts and a sample of false negatives."""
+    """The drop rules of the module docstring, with their counts and a sample of false negatives.
+
+    The rules on ids and scores (positive, same query, false negative, no overlap) are array
+    operations over the whole (N, K) retrieved lists (``codes``); the content rules (duplicate, near
+    duplicate) are then checked candidate by candidate on what is left, in rank order, until a row
+    has what it keeps."""
 
     def __init__(self, pairs: Pairs, settings: MiningSettings, emb: tuple[np.ndarray, np.ndarray] | None) -> None:
         self.pairs, self.settings = pairs, settings
@@ -339,7 +351,62 @@ class _Filter:
         self.counts = dict.fromkeys(REASONS, 0)
         self.fn_seen = 0
         self.fn_sample: list[dict] = []
-        self.rng = np.random.default_rng(settings.seed)
+
+    def codes(self, source: str, scores: np.ndarray, found: np.ndarray, positive: np.ndarray, rows: int = 4096):
+        """(N, K) int8: the id/score rule each retrieved candidate meets first (0: none, -1: padding)."""
+        s = self.settings
+        n, k = found.shape
+        out = np.zeros((n, k), dtype=np.int8)
+        valid = found >= 0
+        cand = np.where(valid, found, 0)
+        self_rows = np.arange(n)[:, None]
+        out[self.ids[cand] == self.ids[:, None]] = _CODES["same_query"]
+        out[cand == self_rows] = _CODES["positive"]
+        out[~valid] = _PAD
+        judge = None  # (N, K) scores and (N,) positive scores the false-negative rule compares
+        if self.query_emb is not None:  # the model's cosines, whatever retrieved the candidate
+            fs = np.empty((n, k), dtype=np.float32)
+            for lo in range(0, n, rows):  # (R, K, D) at a time
+                q = self.query_emb[lo : lo + rows]
+                fs[lo : lo + rows] = np.einsum("rd,rkd->rk", q, self.cand_emb[cand[lo : lo + rows]])
+            judge = fs, (self.query_emb * self.cand_emb).sum(1)
+        elif source == "bm25" and s.filter_bm25:
+            judge = scores, positive
+        if judge is not None:
+            fs, fp = judge[0], judge[1][:, None]
+            close = np.zeros((n, k), dtype=bool)
+            if s.max_score_ratio is not None:
+                close |= (fp > 0) & (fs >= s.max_score_ratio * fp)
+            if s.margin is not None:
+                close |= fs > fp - s.margin
+            close &= out == _PASS
+            out[close] = _CODES["false_negative"]
+            self._sample(np.argwhere(close), fs, fp[:, 0], found, source)
+        if source == "bm25":
+            out[(out == _PASS) & (scores <= 0)] = _CODES["no_overlap"]
+        for name, code in _CODES.items():
+            self.counts[name] += int((out == code).sum())
+        return out
+
+    def _sample(self, where: np.ndarray, fs: np.ndarray, fp: np.ndarray, found: np.ndarray, source: str) -> None:
+        """A uniform, seeded sample of the false negatives dropped (row-major positions)."""
+        self.fn_seen += len(where)
+        rng = np.random.default_rng([self.settings.seed, len(self.fn_sample)])
+        take = np.sort(rng.choice(len(where), min(SAMPLE_SIZE, len(where)), replace=False)) if len(where) else []
+        for i, r in where[take].tolist() if len(where) else []:
+            j = int(found[i, r])
+            self.fn_sample.append(
+                {
+                    "pair": i,
+                    "candidate_pair": j,
+                    "source": source,
+                    "score": round(float(fs[i, r]), 4),
+                    "positive_score": round(float(fp[i]), 4),
+                    "query": self.pairs.queries[i][:SAMPLE_CHARS],
+                    "positive": _text_of(self.pairs.candidates[i])[:SAMPLE_CHARS],
+                    "candidate": _text_of(self.pairs.candidates[j])[:SAMPLE_CHARS],
+                }
+            )
 
     def key(self, j: int) -> str:
         if j not in self._keys:
@@ -362,73 +429,18 @@ class _Filter:
             return False
         return float(self.cand_emb[i] @ self.cand_emb[j]) >= t
 
-    def judge(self, i: int, j: int, score: float, positive: float, source: str) -> tuple[float, float] | None:
-        """(score, positive score) the false-negative rule compares: the model's cosines whenever
-        there is a model, whatever retrieved the candidate; BM25's own only with ``filter_bm25``."""
-        if self.query_emb is not None:
-            q = self.query_emb[i]
-            return float(q @ self.cand_emb[j]), float(q @ self.cand_emb[i])
-        if source == "bm25" and self.settings.filter_bm25:
-            return score, positive
-        return None
-
-    def reason(self, i: int, j: int, score: float, positive: float, source: str) -> str | None:
-        s = self.settings
-        if j == i:
-            return "positive"
-        if self.ids[j] == self.ids[i]:
-            return "same_query"
-        if self.key(j) == self.key(i):
-            return "duplicate"
-        if self.near(i, j):
-            return "near_duplicate"
-        judged = self.judge(i, j, score, positive, source)
-        if judged is not None:
-            fs, fp = judged
-            too_close = (s.max_score_ratio is not None and fp > 0 and fs >= s.max_score_ratio * fp) or (
-                s.margin is not None and fs > fp - s.margin
-            )
-            if too_close:
-                self._record(i, j, fs, fp, source)
-                return "false_negative"
-        if source == "bm25" and score <= 0:
-            return "no_overlap"
-        return None
-
-    def _record(self, i: int, j: int, score: float, positive: float, source: str) -> None:
-        """Reservoir sampling (Algorithm R): a uniform, seeded sample of every false negative dropped."""
-        self.fn_seen += 1
-        slot = len(self.fn_sample) if len(self.fn_sample) < SAMPLE_SIZE else int(self.rng.integers(self.fn_seen))
-        if slot >= SAMPLE_SIZE:
-            return
-        entry = {
-            "pair": i,
-            "candidate_pair": j,
-            "source": source,
-            "score": round(float(score), 4),
-            "positive_score": round(float(positive), 4),
-            "query": self.pairs.queries[i][:SAMPLE_CHARS],
-            "positive": _text_of(self.pairs.candidates[i])[:SAMPLE_CHARS],
-            "candidate": _text_of(self.pairs.candidates[j])[:SAMPLE_CHARS],
-        }
-        if slot == len(self.fn_sample):
-            self.fn_sample.append(entry)
-        else:
-            self.fn_sample[slot] = entry
-
-    def survivors(
-        self, i: int, scores, ids, positive: float, source: str, limit: int | None
-    ) -> list[tuple[int, int, float]]:
+    def survivors(self, i: int, codes, scores, found, limit: int | None) -> list[tuple[int, int, float]]:
         """(candidate, rank, score) of row i's retrieved list that pass, in rank order (up to ``limit``)."""
         out = []
-        for rank, (j, score) in enumerate(zip(ids.tolist(), scores.tolist())):
-            if j < 0:
+        for rank in np.flatnonzero(codes == _PASS).tolist():
+            j = int(found[rank])
+            if self.key(j) == self.key(i):
+                self.counts["duplicate"] += 1
                 continue
-            why = self.reason(i, j, score, positive, source)
-            if why is not None:
-                self.counts[why] += 1
+            if self.near(i, j):
+                self.counts["near_duplicate"] += 1
                 continue
-            out.append((j, rank, score))
+            out.append((j, rank, float(scores[rank])))
             if limit is not None and len(out) >= limit:
                 break
         return out
@@ -460,8 +472,9 @@ def mine_negatives(pairs: Pairs, settings: MiningSettings, model=None, batch_siz
         positive = np.full(n, np.nan, dtype=np.float32)
     # every survivor is needed for random picks and for fusion; the first `keep` otherwise
     limit = width if (s.pick == "top" and s.source != "both") else None
+    codes = {src: flt.codes(src, sc, ids, pos) for src, (sc, ids, pos) in lists.items()}  # (N, K) each
     for i in range(n):
-        per = {src: flt.survivors(i, sc[i], ids[i], float(pos[i]), src, limit) for src, (sc, ids, pos) in lists.items()}
+        per = {src: flt.survivors(i, codes[src][i], sc[i], ids[i], limit) for src, (sc, ids, _) in lists.items()}
         if s.source == "both":
             fused: dict[int, float] = {}
             for got in per.values():

@@ -79,8 +79,11 @@ def test_positive_and_its_duplicates_never_come_out_as_negatives(planted, tiny_m
     assert_clean(table, pairs, near=0.9)
     dropped = table.stats["dropped"]
     assert dropped["positive"] >= len(pairs) if source != "both" else dropped["positive"] >= 2 * len(pairs) - 8
+    # each direction of each trap (bm25: the planted queries 1, 3, 5 share no word with any code,
+    # so their candidates are all dropped as no_overlap first)
+    least = 1 if source == "bm25" else 2
     for reason in ("same_query", "duplicate", "near_duplicate"):
-        assert dropped[reason] >= 2, reason  # both directions of each planted trap
+        assert dropped[reason] >= least, reason
     for a, b in ((0, 1), (2, 3), (4, 5), (6, 7)):
         assert b not in table.indices[a] and a not in table.indices[b]
     assert 9 in table.indices[8] or source == "bm25"  # ordinary pairs do get each other (bm25: if words overlap)
