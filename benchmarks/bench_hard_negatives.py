@@ -3,6 +3,8 @@
 What it measures, on one corpus mined offline (`mmssl data mine-code` over the standard library and
 the venv's packages, split by package; reused when present), for each of ``--seeds``:
   inbatch    `mmssl train` with in-batch negatives only
+  inbatch2x  the same at twice the batch (`--arms` adds it): the candidates embedded per step of
+             the hard-negative arms, and twice the queries
   bm25       + one BM25 hard negative per pair per step, from `mmssl mine-negatives --source bm25`
              (mined once, before training: no model needed)
   static     + one model-mined hard negative per pair per step, mined once, at half the run, by the
@@ -117,6 +119,8 @@ def main() -> None:
     print(f"BM25 mining: {time.monotonic() - t0:.0f} s; {json.dumps(bm25['stats'])}", flush=True)
     arms = {
         "inbatch": [],
+        # compute control: as many candidate embeddings per step as one hard negative per pair adds
+        "inbatch2x": ["--batch-size", str(2 * args.batch_size)],
         "bm25": ["--negatives", str(out / "bm25.jsonl"), "--hard-negatives", "1"],
         "static": ["--refresh-negatives", str(args.steps // 2), "--refresh-async", "false", "--hard-negatives", "1"],
         "refreshed": ["--refresh-negatives", str(args.refresh_every or args.steps // 4), "--hard-negatives", "1"],
