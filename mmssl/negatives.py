@@ -10,7 +10,8 @@ Mining (``mine_negatives``, ``mmssl mine-negatives``): each training pair's quer
           200k candidates, a tuned IVF index beyond; FAISS on the GPU when it sees one);
   bm25    by Okapi BM25 (``mmssl.bm25``) of the query's words against the candidate's: the code for
           text-code, the image's own caption for image-text;
-  both    each list filtered on its own, then merged by reciprocal rank fusion (k = 60).
+  both    each list filtered on its own, then merged by ``indexing.lexical.reciprocal_rank_fusion``
+          (c = 60, ranks in the retrieved lists).
 Each retrieved candidate j of pair i is dropped, and counted under the first rule it meets, when
   positive        j is i itself;
   same_query      pair j's query is pair i's (same text up to case and spaces): j answers i's query;
@@ -69,7 +70,6 @@ from mmssl.tasks import Pairs, _norm
 
 log = get_logger("negatives")
 FORMAT, VERSION = "mmssl-negatives", 1
-RRF_K = 60
 SAMPLE_SIZE = 20  # dropped false negatives kept in the file for a person to judge
 SAMPLE_CHARS = 400
 REASONS = ("positive", "same_query", "duplicate", "near_duplicate", "false_negative", "no_overlap")
@@ -262,11 +262,10 @@ class NegativeTable:
 def _uniform(seed: int, rows: np.ndarray, n: int) -> Tensor:
     """(B, n) floats in [0, 1), a hash (SplitMix64's finalizer) of (seed, row, column): a counter-based
     draw, the same for a row whichever batch slice it is in."""
-    m = np.uint64(0xFFFFFFFFFFFFFFFF)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64, as the hash wants
         x = np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
         x = x + rows.astype(np.uint64)[:, None] * np.uint64(0xD1B54A32D192ED03)
-        x = (x + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0x8CB92BA72F3D8DD7)) & m
+        x = x + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0x8CB92BA72F3D8DD7)
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(27)
@@ -449,6 +448,8 @@ class _Filter:
 def mine_negatives(pairs: Pairs, settings: MiningSettings, model=None, batch_size: int = 256) -> NegativeTable:
     """Hard negatives for every pair of ``pairs`` (see the module docstring). ``model`` (a
     ``DualEncoder``) is needed for ``source`` model and both."""
+    from indexing.lexical import RRF_C, reciprocal_rank_fusion
+
     s = settings
     if s.source in ("model", "both") and model is None:
         raise ValueError(f"mining from source {s.source!r} needs a model")
@@ -476,12 +477,14 @@ def mine_negatives(pairs: Pairs, settings: MiningSettings, model=None, batch_siz
     for i in range(n):
         per = {src: flt.survivors(i, codes[src][i], sc[i], ids[i], limit) for src, (sc, ids, _) in lists.items()}
         if s.source == "both":
-            fused: dict[int, float] = {}
-            for got in per.values():
+            # each source's survivors at their retrieved ranks (-1 where a candidate was dropped), so
+            # that fusion scores 1 / (c + rank in the retrieved list)
+            rows = [np.full((1, lists[src][1].shape[1]), -1, dtype=np.int64) for src in per]
+            for row, got in zip(rows, per.values()):
                 for j, rank, _ in got:
-                    fused[j] = fused.get(j, 0.0) + 1.0 / (RRF_K + rank + 1)
-            order = sorted(fused, key=lambda j: (-fused[j], j))
-            kept = [(j, r, fused[j]) for r, j in enumerate(order)]
+                    row[0, rank] = j
+            f_scores, f_ids = reciprocal_rank_fusion(rows, k=sum(map(len, per.values())), c=RRF_C)
+            kept = [(int(j), r, float(v)) for r, (j, v) in enumerate(zip(f_ids[0], f_scores[0])) if j >= 0]
         else:
             kept = per[s.source]
         if s.pick == "random" and len(kept) > width:
@@ -565,30 +568,28 @@ class NegativeRefresher:
             return self._join()
         return None
 
-    def _join(self) -> NegativeTable:
+    def _finish(self) -> NegativeTable:
+        """The pending refresh's table, waiting for its thread (the wait is counted)."""
         if self._thread is not None:
             t0 = time.monotonic()
             self._thread.join()
             self.waited_s += time.monotonic() - t0
             self._thread = None
-        self.pending_start = None
         if "error" in self._result:
             raise RuntimeError("refreshing the hard negatives failed") from self._result["error"]
+        return self._result["table"]
+
+    def _join(self) -> NegativeTable:
+        table = self._finish()
+        self._result, self.pending_start = {}, None
         self.refreshes += 1
-        return self._result.pop("table")
+        return table
 
     # checkpoints: a refresh in flight is finished first, so that a resumed run installs the same table
     def state(self) -> dict:
         if self.pending_start is None:
             return {"pending_start": None}
-        if self._thread is not None:
-            t0 = time.monotonic()
-            self._thread.join()
-            self.waited_s += time.monotonic() - t0
-            self._thread = None
-        if "error" in self._result:
-            raise RuntimeError("refreshing the hard negatives failed") from self._result["error"]
-        return {"pending_start": self.pending_start, "pending": self._result["table"].state()}
+        return {"pending_start": self.pending_start, "pending": self._finish().state()}
 
     def load_state(self, state: dict) -> None:
         self.pending_start = state["pending_start"]
