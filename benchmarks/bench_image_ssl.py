@@ -16,8 +16,14 @@ then
     on the test split;
   - the collapse metrics the pretraining logged last (effective rank, per-dimension std).
 
-Command (from the repo root; about 30 minutes for shapes at the defaults on 2 cores):
-    .venv/bin/python benchmarks/bench_image_ssl.py [--sets shapes,digits,emoji] [--pretrain-minutes 2]
+Seeds (``--seeds 0,1,2``): each seed pretrains, builds the random control and trains image-text
+with that seed. ``OUT/results.json`` accumulates: a later run with other seeds (or sets) adds its rows
+to those already there (a row of the same set, init and seed is replaced), and the table shows every
+row's set and init as mean +- standard deviation over the seeds measured.
+
+Command (from the repo root; about 40 minutes per set and seed at the defaults on 2 cores, and the
+machine must be otherwise idle: the pretraining budget is wall-clock):
+    .venv/bin/python benchmarks/bench_image_ssl.py [--sets shapes,digits,emoji] [--seeds 0] [--pretrain-minutes 2]
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from mmssl.io import atomic_file  # noqa: E402
 from mmssl.pretrain.image_ssl import METHODS, tower_features  # noqa: E402
 from mmssl.runtime import cpu_name  # noqa: E402
 
@@ -54,10 +61,10 @@ def last_logged(metrics: Path) -> dict:
     return train[-1] if train else {}
 
 
-def tower_for(init: str | None, model: str):
+def tower_for(init: str | None, model: str, seed: int):
     from mmssl.models.image import ImageTower, ImageTowerConfig
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     if init is None:
         return ImageTower.build(ImageTowerConfig(model=model)).eval()
     return ImageTower.build(ImageTowerConfig(model=f"local-dir:{init}", weights=init)).eval()
@@ -83,13 +90,14 @@ def frozen_scores(tower, data: str) -> dict:
     return out
 
 
-def image_text_recall(data: str, init: str | None, out: Path, args) -> dict:
+def image_text_recall(data: str, init: str | None, out: Path, args, seed: int) -> dict:
     from mmssl.image_text import evaluate_image_pairs, load_image_pairs
     from mmssl.models import DualEncoder
 
     argv = ["train", "--task", "image-text", "--train", data, "--out", str(out), "--image-model", args.image_model]
     argv += ["--batch-size", str(args.batch_size), "--max-steps", str(args.train_steps), "--warmup-steps", "10"]
-    argv += ["--eval-every", "0", "--save-every", "0", "--valid-partition", "test", "--device", "cpu", "--seed", "0"]
+    argv += ["--eval-every", "0", "--save-every", "0", "--valid-partition", "test", "--device", "cpu"]
+    argv += ["--seed", str(seed)]
     argv += ["--image-init", init] if init else []
     cli(*argv)
     model = DualEncoder.from_pretrained(out / "final")
@@ -98,10 +106,40 @@ def image_text_recall(data: str, init: str | None, out: Path, args) -> dict:
     return {k: v for k, v in scores.items() if k.endswith(("recall@1", "recall@10"))}
 
 
+def load_rows(path: Path) -> list[dict]:
+    """Rows of an earlier run in the same OUT (those without a seed were seed 0)."""
+    if not path.is_file():
+        return []
+    return [{"seed": 0, **r} for r in json.loads(path.read_text())]
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def table(rows: list[dict]) -> None:
+    print("| set | init | seeds | pretrain steps | eff. rank (last step) | k-NN acc | linear probe | R@1 t->i "
+          "| R@1 i->t | R@10 t->i | R@10 i->t |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["set"], r["init"]), []).append(r)
+    for (name, init), rs in groups.items():
+        ranks = [r["eff_rank"] for r in rs if r["eff_rank"] is not None]
+        cells = [mean_sd(ranks, 1) if ranks else "-"]
+        keys = ("knn", "probe", "text_to_image_recall@1", "image_to_text_recall@1")
+        cells += [mean_sd([r[k] for r in rs]) for k in (*keys, "text_to_image_recall@10", "image_to_text_recall@10")]
+        steps = mean_sd([r["pretrain_steps"] for r in rs], 0)
+        print(f"| {name} | {init} | {','.join(str(r['seed']) for r in rs)} | {steps} | {' | '.join(cells)} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", default="shapes")
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--seeds", default="0", help="comma-separated; each pretrains and trains with its seed")
     p.add_argument("--image-model", default="mmssl-vit-tiny")
     p.add_argument("--pretrain-minutes", type=float, default=2.0)
     p.add_argument("--train-steps", type=int, default=100)
@@ -110,57 +148,52 @@ def main() -> None:
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in args.sets.split(","):
-        data = Path("runs/data") / name
-        if not (data / "metadata.jsonl").is_file():
-            cli("data", "make-images", "--kind", name, "--out", str(data))
-        for method in ["random", *args.methods.split(",")]:
-            start = time.monotonic()
-            tower_dir, logged = None, {}
-            if method != "random":
-                run = out / name / method
-                cli(
-                    "pretrain", method, "--data", str(data), "--out", str(run), "--image-model", args.image_model,
-                    "--batch-size", str(args.batch_size), "--max-steps", "100000", "--max-minutes",
-                    str(args.pretrain_minutes), "--warmup-steps", "20", "--valid-partition", "test",
-                    "--eval-every", "0", "--save-every", "0", "--log-every", "10", "--device", "cpu",
-                    "--clusters", "50",
-                )  # fmt: skip
-                tower_dir = str(run / "final")
-                logged = last_logged(run / "metrics.jsonl")
-            frozen = frozen_scores(tower_for(tower_dir, args.image_model), str(data))
-            recall = image_text_recall(str(data), tower_dir, out / name / f"image-text-{method}", args)
-            row = {
-                "set": name,
-                "init": method,
-                "pretrain_steps": logged.get("step", 0),
-                "eff_rank": logged.get("eff_rank"),
-                "emb_std": logged.get("emb_std"),
-                "probe": float(np.mean([v["probe"] for v in frozen.values()])),
-                "knn": float(np.mean([v["knn"] for v in frozen.values()])),
-                "tasks": frozen,
-                **recall,
-                "seconds": time.monotonic() - start,
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-            (out / "results.json").write_text(json.dumps(rows, indent=2))
+    rows = load_rows(out / "results.json")
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for name in args.sets.split(","):
+            data = Path("runs/data") / name
+            if not (data / "metadata.jsonl").is_file():
+                cli("data", "make-images", "--kind", name, "--out", str(data))
+            for method in ["random", *args.methods.split(",")]:
+                start = time.monotonic()
+                tag = method if seed == 0 else f"{method}-seed{seed}"
+                tower_dir, logged = None, {}
+                if method != "random":
+                    run = out / name / tag
+                    cli(
+                        "pretrain", method, "--data", str(data), "--out", str(run), "--image-model",
+                        args.image_model, "--batch-size", str(args.batch_size), "--max-steps", "100000",
+                        "--max-minutes", str(args.pretrain_minutes), "--warmup-steps", "20", "--valid-partition",
+                        "test", "--eval-every", "0", "--save-every", "0", "--log-every", "10", "--device", "cpu",
+                        "--clusters", "50", "--seed", str(seed),
+                    )  # fmt: skip
+                    tower_dir = str(run / "final")
+                    logged = last_logged(run / "metrics.jsonl")
+                frozen = frozen_scores(tower_for(tower_dir, args.image_model, seed), str(data))
+                recall = image_text_recall(str(data), tower_dir, out / name / f"image-text-{tag}", args, seed)
+                row = {
+                    "set": name,
+                    "init": method,
+                    "seed": seed,
+                    "pretrain_steps": logged.get("step", 0),
+                    "eff_rank": logged.get("eff_rank"),
+                    "emb_std": logged.get("emb_std"),
+                    "probe": float(np.mean([v["probe"] for v in frozen.values()])),
+                    "knn": float(np.mean([v["knn"] for v in frozen.values()])),
+                    "tasks": frozen,
+                    **recall,
+                    "seconds": time.monotonic() - start,
+                }
+                rows = [r for r in rows if (r["set"], r["init"], r["seed"]) != (name, method, seed)] + [row]
+                print(json.dumps(row), flush=True)
+                with atomic_file(out / "results.json", "w") as f:  # rows of earlier runs are in it too
+                    json.dump(rows, f, indent=2)
     stamp = f"{datetime.now(UTC):%Y-%m-%d}, {cpu_name()}, {os.cpu_count()} cores"
     print(
         f"\n{stamp}; {args.image_model}, batch {args.batch_size}, pretraining {args.pretrain_minutes} min per "
-        f"method, image-text {args.train_steps} steps from each init"
+        f"method, image-text {args.train_steps} steps from each init; every row of {out / 'results.json'}"
     )
-    print("| set | init | pretrain steps | eff. rank (last step) | k-NN acc | linear probe | R@1 t->i | R@1 i->t "
-          "| R@10 t->i | R@10 i->t |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        rank = f"{r['eff_rank']:.1f}" if r["eff_rank"] is not None else "-"
-        print(
-            f"| {r['set']} | {r['init']} | {r['pretrain_steps']} | {rank} | {r['knn']:.3f} | {r['probe']:.3f} "
-            f"| {r['text_to_image_recall@1']:.3f} | {r['image_to_text_recall@1']:.3f} "
-            f"| {r['text_to_image_recall@10']:.3f} | {r['image_to_text_recall@10']:.3f} |"
-        )
+    table(sorted(rows, key=lambda r: (r["set"], r["seed"])))
 
 
 if __name__ == "__main__":

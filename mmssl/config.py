@@ -137,11 +137,13 @@ class TrainConfig(EngineConfig):
     image_model: str = field(
         default="mmssl-vit-tiny",
         metadata={
-            "help": "image-text: open_clip model config (ViT-B-32, RN50, ...), mmssl-vit-tiny/-micro, or a .json"
+            "help": "image-text: open_clip model config (ViT-B-32, RN50, ...), mmssl-vit-tiny/-micro, a .json, "
+            "or torchvision:ARCH (resnet50, ...; with --text-model or --text-init)"
         },
     )
     image_weights: str | None = field(
-        default=None, metadata={"help": "image-text: a local open_clip checkpoint (or a pretrained tag, online)"}
+        default=None,
+        metadata={"help": "image-text: a local open_clip or torchvision checkpoint (or a pretrained tag, online)"},
     )
     image_init: str | None = field(
         default=None,

@@ -30,7 +30,7 @@ from mmssl.evaluate import recall_at_k_groups
 from mmssl.losses import InfoNCELoss
 from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
 from mmssl.models.clip_text import ClipTextConfig
-from mmssl.models.image import ImageTowerConfig
+from mmssl.models.image import TORCHVISION, ImageTowerConfig
 from mmssl.models.text import hidden_size, resolve_init, sentence_pooling, set_dropout
 from mmssl.negatives import negatives_for
 from mmssl.tasks import ContrastiveTask, Pairs
@@ -107,7 +107,13 @@ def text_tower_config(config) -> TowerConfig | ClipTextConfig:
     if config.text_init:
         pooling = sentence_pooling(resolve_init(config.text_init))
         return TowerConfig(init=config.text_init, pooling=pooling, max_length=config.max_text_length)
-    return ClipTextConfig(model=config.text_model or config.image_model, context_length=config.context_length)
+    model = config.text_model or config.image_model
+    if model.startswith(TORCHVISION):
+        raise ValueError(
+            f"--image-model {config.image_model} has no text tower: give --text-model (an open_clip config, "
+            "e.g. mmssl-vit-tiny or ViT-B-32) or --text-init (a transformers encoder)"
+        )
+    return ClipTextConfig(model=model, context_length=config.context_length)
 
 
 def build_model(config) -> DualEncoder:
@@ -131,7 +137,9 @@ def build_model(config) -> DualEncoder:
 
         from mmssl.models.image import _register
 
-        embed_dim = int(open_clip.get_model_config(_register(config.image_model))["embed_dim"])
+        # the open_clip config's own size: the image model's, or the text model's beside a torchvision tower
+        model = config.text_model if config.image_model.startswith(TORCHVISION) else config.image_model
+        embed_dim = int(open_clip.get_model_config(_register(model))["embed_dim"])
     dual = DualEncoderConfig(
         modalities=("text", "image"),
         towers={"text": text, "image": image},

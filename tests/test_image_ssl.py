@@ -204,3 +204,26 @@ def test_pretrained_tower_resumes_and_starts_an_image_text_model(shapes, tmp_pat
     assert model.towers["image"].dim == 24  # its own projection to the dual encoder's size
     with pytest.raises(ValueError, match="pick one"):
         build_model(dataclasses.replace(tc, image_weights="x.pt"))
+
+
+def test_a_torchvision_resnet_pretrains_and_starts_an_image_text_model(shapes, tmp_path):
+    from mmssl.image_text import build_model
+    from mmssl.train import TrainConfig
+
+    out = tmp_path / "simclr-rn18"
+    argv = ["pretrain", "simclr", "--data", str(shapes), "--out", str(out), "--image-model", "torchvision:resnet18"]
+    argv += ["--image-size", "32", "--batch-size", "16", "--max-steps", "2", "--save-every", "0", "--eval-every", "0"]
+    argv += ["--valid-partition", "test", "--eval-max-images", "32", "--device", "cpu", "--proj-dim", "16"]
+    assert cli.main(argv) == 0
+    assert (out / "final" / "torchvision_config.json").is_file()
+    from safetensors.torch import load_file
+
+    pretrained = {k.removeprefix("visual."): v for k, v in load_file(str(out / "final" / "model.safetensors")).items()}
+    tc = TrainConfig(task="image-text", train=str(shapes), image_init=str(out / "final"), text_model=MICRO)
+    model = build_model(tc)
+    image = model.towers["image"]
+    for name, value in image.visual.state_dict().items():
+        assert torch.equal(value, pretrained[name]), name
+    assert image.image_size == 32 and image.dim == model.config.embed_dim  # the text config's size, projected to
+    with pytest.raises(ValueError, match="--text-model"):  # a torchvision tower brings no text tower
+        build_model(TrainConfig(task="image-text", train=str(shapes), image_model="torchvision:resnet18"))

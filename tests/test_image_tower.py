@@ -86,3 +86,42 @@ def test_locking_freezes_all_or_all_but_the_norms(tiny_config):
     tower.lock(unlock_norms=True)
     trainable = {n for n, p in tower.visual.named_parameters() if p.requires_grad}
     assert trainable and all(".ln" in n or n.startswith("ln_") or "norm" in n for n in trainable)
+
+
+def test_torchvision_resnet_tower_loads_plain_state_dicts_and_saves_its_own_layout(tmp_path):
+    from torchvision import models
+
+    torch.manual_seed(3)
+    ref = models.resnet18(weights=None).eval()
+    ckpt = tmp_path / "resnet18.pth"  # a DDP run's file: module. prefix, the fc head kept
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, ckpt)
+    release = tmp_path / "ssl-release.pth"  # an SSL method's release: backbone. prefix, no head
+    torch.save({f"backbone.{k}": v for k, v in ref.state_dict().items() if not k.startswith("fc.")}, release)
+    ref.fc = torch.nn.Identity()
+
+    torch.manual_seed(4)
+    tower = ImageTower.build(ImageTowerConfig(model="torchvision:resnet18", weights=str(ckpt), image_size=32), 24)
+    tower.eval()
+    assert tower.image_size == 32 and tower.dim == 24
+    x = tower.preprocess_val(picture())[None]
+    assert x.shape == (1, 3, 32, 32)
+    with torch.no_grad():
+        features = ref(x)
+        torch.testing.assert_close(tower.visual(x), features)  # the pooled features, 512 of them
+        plain = ImageTower.build(ImageTowerConfig(model="torchvision:resnet18", weights=str(release), image_size=32))
+        assert plain.dim == 512
+        torch.testing.assert_close(plain.eval()(x), features)
+
+        tower.save_pretrained(tmp_path / "saved")
+        assert (tmp_path / "saved" / "torchvision_config.json").is_file()
+        assert not (tmp_path / "saved" / "open_clip_config.json").exists()
+        back = ImageTower.from_pretrained(tmp_path / "saved", tower.config, 24).eval()
+        torch.testing.assert_close(back(x), tower(x))  # the projection too
+        assert back.image_size == 32
+
+    with pytest.raises(ValueError, match=r"resnet18\.pth.*does not fit"):
+        ImageTower.build(ImageTowerConfig(model="torchvision:resnet34", weights=str(ckpt), image_size=32))
+    with pytest.raises(ValueError, match="not a torchvision classification model"):
+        ImageTower.build(ImageTowerConfig(model="torchvision:resnet7"))
+    with pytest.raises(ValueError, match="not supported as an image tower"):
+        ImageTower.build(ImageTowerConfig(model="torchvision:squeezenet1_0"))

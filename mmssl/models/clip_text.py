@@ -57,7 +57,7 @@ class ClipTextTower(OpenClipSaved, LockableTower):
         self.tokenizer = tokenizer
         self.proj = projection(dim, embed_dim)
         self.dim = embed_dim or dim
-        self.open_clip_config: dict = {}
+        self.saved_config: dict = {}
 
     @classmethod
     def build(cls, config: ClipTextConfig, embed_dim: int | None = None) -> ClipTextTower:
@@ -81,7 +81,7 @@ class ClipTextTower(OpenClipSaved, LockableTower):
         if config.weights:
             _load_text_weights(text, config)
         tower = cls(config, text, tokenizer, dim, embed_dim)
-        tower.open_clip_config = {"model_cfg": model_cfg}
+        tower.saved_config = {"model_cfg": model_cfg}
         return tower
 
     def preparer(self, max_length: int | None = None) -> ClipTextPrep:

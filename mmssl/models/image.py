@@ -1,8 +1,10 @@
-"""Image towers from open_clip: any model config it ships, or a JSON config of the user's.
+"""Image towers from open_clip (any model config it ships, or a JSON config of the user's) or from
+torchvision (``torchvision:resnet50``: ResNets, ResNeXts, Wide ResNets, RegNets, ShuffleNets).
 
     tower = ImageTower.build(ImageTowerConfig(model="ViT-B-32"))                 # random init
     tower = ImageTower.build(ImageTowerConfig(model="RN50", weights="rn50.pt"))  # a local checkpoint
     tower = ImageTower.build(ImageTowerConfig(model="tiny.json", augment="heavy"), embed_dim=384)
+    tower = ImageTower.build(ImageTowerConfig(model="torchvision:resnet50", weights="barlow.pth"), 512)
     x = tower.preprocess_train(pil_image)       # (3, H, W)
     emb = tower(torch.stack([...]))             # (B, D), not normalized
     batch = tower.preparer(train=False)(images) # {"pixels": (B, 3, H, W)}: paths, bytes or PIL images
@@ -13,6 +15,13 @@ normalization with the config's mean and std). When the dual encoder's embedding
 from the config's, a linear projection follows (``proj``; identity otherwise).
 ``weights`` is a local open_clip checkpoint (the ``visual.*`` weights are taken) or, for users who
 are online, a pretrained tag open_clip knows (``laion2b_s34b_b79k``); nothing is downloaded otherwise.
+
+A torchvision tower is the classifier without its ``fc`` head (its output: the pooled features, 2048
+for ResNet-50, then ``proj``), with open_clip's preprocessing at ImageNet's mean and std and 224
+pixels unless ``image_size`` says otherwise (a ResNet takes any size). ``weights``: a plain state dict
+of the architecture (torchvision's own files; the ResNet-50 releases of Barlow Twins, VICReg and
+other SSL papers), a ``module.``/``backbone.`` prefix and the ``fc.*`` head dropped; or, online, a
+torchvision weights name (``IMAGENET1K_V2``).
 
 Training augmentation (``augment``): ``none`` is open_clip's own train transform (random resized
 crop at scale 0.9-1.0); ``heavy`` is the seed notes' "heavy augmentation": random resized crop at
@@ -26,7 +35,8 @@ mode; ``unlock_norms=True`` leaves the normalization layers trainable.
 
 Saved layout (``save_pretrained(DIR)``): ``open_clip_config.json`` (open_clip's own ``local-dir:``
 format: ``model_cfg`` and ``preprocess_cfg``, so the tower rebuilds without the user's JSON file) and
-``model.safetensors`` (the visual weights and ``proj``).
+``model.safetensors`` (the visual weights and ``proj``); a torchvision tower writes
+``torchvision_config.json`` (``arch`` and ``preprocess_cfg``) in place of the open_clip file.
 """
 
 from __future__ import annotations
@@ -49,11 +59,18 @@ HEAVY_SCALE = (0.3, 1.0)
 HEAVY_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
 HEAVY_JITTER_P, HEAVY_GRAY_P = 0.8, 0.2
 
+# torchvision towers: ``torchvision:<arch>``, saved with this config file (arch, preprocessing)
+TORCHVISION = "torchvision:"
+TORCHVISION_CONFIG = "torchvision_config.json"
+TORCHVISION_FAMILIES = ("ResNet", "RegNet", "ShuffleNetV2")  # classifiers whose head is one fc layer
+TORCHVISION_SIZE = 224
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 
 @dataclass(frozen=True)
 class ImageTowerConfig:
-    model: str = "ViT-B-32"  # an open_clip model name, an mmssl one (mmssl-vit-tiny), or a JSON config
-    weights: str | None = None  # a local open_clip checkpoint, or a pretrained tag (online users)
+    model: str = "ViT-B-32"  # an open_clip model name, an mmssl one (mmssl-vit-tiny), a JSON config, torchvision:ARCH
+    weights: str | None = None  # a local checkpoint or saved tower, or a pretrained tag (online users)
     augment: Literal["none", "heavy"] = "none"
     flip: bool = False
     image_size: int | None = None  # override the config's input size
@@ -91,6 +108,111 @@ def _register(model: str) -> str:
     return model
 
 
+def _open_clip_parts(config: ImageTowerConfig, local: bool):
+    """(visual, train transform, eval transform, output size, saved config) of an open_clip model."""
+    import open_clip
+
+    name = _register(config.model)
+    weights = config.weights
+    logging.disable(logging.WARNING)  # open_clip warns on the root logger that no weights were loaded
+    try:
+        model, train_tf, val_tf = open_clip.create_model_and_transforms(
+            name,
+            pretrained=weights if weights and not local else None,
+            load_weights=not name.startswith("local-dir:"),  # a saved tower loads its own weights file
+            force_image_size=config.image_size,
+        )
+    finally:
+        logging.disable(logging.NOTSET)
+    pp = open_clip.get_model_preprocess_cfg(model)
+    model_cfg = open_clip.get_model_config(name)
+    if config.image_size:
+        model_cfg["vision_cfg"]["image_size"] = config.image_size
+    return model.visual, train_tf, val_tf, int(model_cfg["embed_dim"]), {"model_cfg": model_cfg, "preprocess_cfg": pp}
+
+
+def _torchvision_arch(model: str) -> str | None:
+    """The torchvision architecture ``model`` names (``torchvision:resnet50``, or a saved torchvision
+    tower's ``local-dir:DIR``); None for an open_clip model."""
+    if model.startswith(TORCHVISION):
+        return model.removeprefix(TORCHVISION)
+    if model.startswith("local-dir:"):
+        file = Path(model.removeprefix("local-dir:")) / TORCHVISION_CONFIG
+        if file.is_file():
+            cfg = read_json_object(file)
+            if not isinstance(cfg.get("arch"), str) or "preprocess_cfg" not in cfg:
+                raise ValueError(f"{file}: needs 'arch' and 'preprocess_cfg'")
+            return cfg["arch"]
+    return None
+
+
+def _torchvision_parts(config: ImageTowerConfig, arch: str, local: bool):
+    """(visual, train transform, eval transform, output size, saved config) of a torchvision
+    classifier whose head is one ``fc`` layer (ResNet, ResNeXt, Wide ResNet, RegNet, ShuffleNetV2):
+    the head is replaced by the identity, so the tower's output is the pooled features (2048 for
+    ResNet-50) and ``proj`` maps them to the dual encoder's size. Preprocessing is open_clip's
+    transform at ImageNet's mean and std (what torchvision's weights were trained with)."""
+    from open_clip.transform import image_transform
+    from torchvision import models
+
+    if arch not in models.list_models(module=models):
+        raise ValueError(
+            f"torchvision:{arch}: not a torchvision classification model (torchvision.models.list_models())"
+        )
+    weights = config.weights
+    if config.model.startswith("local-dir:"):  # a saved tower: its own size and preprocessing
+        pp = read_json_object(Path(config.model.removeprefix("local-dir:")) / TORCHVISION_CONFIG)["preprocess_cfg"]
+    else:
+        size = config.image_size or TORCHVISION_SIZE
+        pp = {
+            "size": size,
+            "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        }
+    # weights named by torchvision ("IMAGENET1K_V2", "DEFAULT") are downloaded by it: online users only
+    net = models.get_model(arch, weights=weights if weights and not local else None)
+    head = getattr(net, "fc", None)
+    if type(net).__name__ not in TORCHVISION_FAMILIES or not isinstance(head, nn.Linear):
+        raise ValueError(
+            f"torchvision:{arch}: not supported as an image tower (one with a single fc head: "
+            f"{', '.join(TORCHVISION_FAMILIES)})"
+        )
+    dim = head.in_features
+    net.fc = nn.Identity()
+    net.image_size = int(pp["size"])  # read by ImageTower.image_size, as for open_clip's visual
+    train_tf = image_transform(pp["size"], True, pp["mean"], pp["std"], pp["resize_mode"], pp["interpolation"])
+    val_tf = image_transform(pp["size"], False, pp["mean"], pp["std"], pp["resize_mode"], pp["interpolation"])
+    return net, train_tf, val_tf, dim, {"arch": arch, "preprocess_cfg": pp}
+
+
+def _checkpoint_visual(path: str, torchvision: bool) -> dict:
+    """The image tower's weights in a local checkpoint file. open_clip: its ``visual.*`` entries.
+    torchvision: a plain state dict of the architecture, as torchvision and the SSL papers' releases
+    (Barlow Twins', VICReg's ResNet-50) write it; a ``module.`` (DDP) or ``backbone.`` prefix is
+    dropped, and so is the classification head (``fc.*``), which the tower does not have."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if torchvision:
+        if any(k.startswith("visual.") for k in state):  # our own layout, saved as one file
+            state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+        state = {k.removeprefix("backbone."): v for k, v in state.items()}
+        return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    if not visual:
+        raise ValueError(f"{path}: no 'visual.*' weights in this checkpoint")
+    return visual
+
+
 class ImageTower(OpenClipSaved, LockableTower):
     """open_clip's vision tower and its preprocessing; ``forward`` maps (B, 3, H, W) to (B, D)."""
 
@@ -106,47 +228,35 @@ class ImageTower(OpenClipSaved, LockableTower):
         self.preprocess_val = preprocess_val
         self.proj = projection(dim, embed_dim)
         self.dim = embed_dim or dim
-        self.open_clip_config: dict = {}  # what save_pretrained writes (model_cfg, preprocess_cfg)
+        self.saved_config: dict = {}  # what save_pretrained writes (model_cfg, preprocess_cfg)
 
     @classmethod
     def build(cls, config: ImageTowerConfig, embed_dim: int | None = None) -> ImageTower:
-        import open_clip
         from torchvision import transforms
 
-        name = _register(config.model)
         weights = config.weights
         saved = weights is not None and Path(weights).is_dir()  # a saved tower (e.g. `mmssl pretrain` output)
         if saved and not (Path(weights) / WEIGHTS).is_file():
             raise FileNotFoundError(f"{weights}: not a saved image tower (no {WEIGHTS})")
         local = weights is not None and (Path(weights).is_file() or saved)
-        if weights is not None and not local and Path(weights).suffix in (".pt", ".bin", ".safetensors"):
+        if weights is not None and not local and Path(weights).suffix in (".pt", ".pth", ".bin", ".safetensors"):
             raise FileNotFoundError(f"{weights}: no such checkpoint")
-        logging.disable(logging.WARNING)  # open_clip warns on the root logger that no weights were loaded
-        try:
-            model, train_tf, val_tf = open_clip.create_model_and_transforms(
-                name,
-                pretrained=weights if weights and not local else None,
-                load_weights=not name.startswith("local-dir:"),  # a saved tower loads its own weights file
-                force_image_size=config.image_size,
-            )
-        finally:
-            logging.disable(logging.NOTSET)
+        arch = _torchvision_arch(config.model)
+        if arch is not None:
+            visual, train_tf, val_tf, dim, saved_config = _torchvision_parts(config, arch, local)
+        else:
+            visual, train_tf, val_tf, dim, saved_config = _open_clip_parts(config, local)
         if saved:  # its own layout: visual.* and proj.*; the projection is the new model's own
             from safetensors.torch import load_file
 
             file = Path(weights) / WEIGHTS
             state = load_file(str(file))
-            visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-            load_exact(model.visual, visual, str(file))
+            load_exact(
+                visual, {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}, str(file)
+            )
         elif local:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state)
-            state = {k.removeprefix("module."): v for k, v in state.items()}
-            visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-            if not visual:
-                raise ValueError(f"{weights}: no 'visual.*' weights in this checkpoint")
-            load_exact(model.visual, visual, f"{weights} ({config.model})")
-        pp = open_clip.get_model_preprocess_cfg(model)
+            load_exact(visual, _checkpoint_visual(weights, torchvision=arch is not None), f"{weights} ({config.model})")
+        pp = saved_config["preprocess_cfg"]
         if config.augment == "heavy":
             size = pp["size"] if isinstance(pp["size"], int) else tuple(pp["size"])
             train_tf = transforms.Compose(
@@ -163,11 +273,10 @@ class ImageTower(OpenClipSaved, LockableTower):
         if config.flip:
             steps = list(train_tf.transforms)
             train_tf = transforms.Compose([steps[0], transforms.RandomHorizontalFlip(), *steps[1:]])
-        model_cfg = open_clip.get_model_config(name)
-        if config.image_size:
-            model_cfg["vision_cfg"]["image_size"] = config.image_size
-        tower = cls(config, model.visual, train_tf, val_tf, int(model_cfg["embed_dim"]), embed_dim)
-        tower.open_clip_config = {"model_cfg": model_cfg, "preprocess_cfg": pp}
+        tower = cls(config, visual, train_tf, val_tf, dim, embed_dim)
+        tower.saved_config = saved_config
+        if arch is not None:
+            tower.saved_config_file = TORCHVISION_CONFIG
         return tower
 
     # ---- batches --------------------------------------------------------------------------------

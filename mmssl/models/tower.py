@@ -69,17 +69,19 @@ class LockableTower(nn.Module):
 class OpenClipSaved:
     """``save_pretrained``/``from_pretrained`` of an open_clip tower: ``open_clip_config.json`` in
     open_clip's own ``local-dir:`` format (so the tower rebuilds without the user's JSON file) and
-    ``model.safetensors`` (the tower's weights, its projection included)."""
+    ``model.safetensors`` (the tower's weights, its projection included). A torchvision image tower
+    writes ``torchvision_config.json`` instead (``saved_config_file``)."""
 
-    open_clip_config: dict
-    SAVED_OVERRIDES: dict = {}  # config fields already applied in the saved open_clip config
+    saved_config: dict  # what the config file holds
+    saved_config_file: str = OPEN_CLIP_CONFIG
+    SAVED_OVERRIDES: dict = {}  # config fields already applied in the saved config
 
     def save_pretrained(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / OPEN_CLIP_CONFIG).write_text(json.dumps(self.open_clip_config, indent=2) + "\n")
+        (path / self.saved_config_file).write_text(json.dumps(self.saved_config, indent=2) + "\n")
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         save_file(state, str(path / WEIGHTS))
 

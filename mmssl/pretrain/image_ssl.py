@@ -4,7 +4,8 @@ Shape legend: B images in a batch, 3 x H x W pixels, D the tower's output, Z the
 (pretext classes or clusters), g the jigsaw grid.
 
 The families of the seed notes, each on the one training engine (``mmssl.train``), each training an
-open_clip image tower (any open_clip config: ViTs, or ResNets such as ``RN50``) that
+open_clip image tower (any open_clip config: ViTs, or ResNets such as ``RN50``) or a torchvision one
+(``--image-model torchvision:resnet50``, from a plain torchvision state dict with ``--image-weights``) that
 ``mmssl train --task image-text --image-init OUT/best`` then starts from:
 
 - contrastive: SimCLR (Chen et al. 2020): two augmented views, MLP projection head, NT-Xent over the
@@ -82,7 +83,9 @@ class ImageSSLConfig(EngineConfig):
     batch_size: int = field(default=128, metadata={"help": "images per micro-batch, all processes together"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on biases/norms)"})
-    image_model: str = field(default="mmssl-vit-tiny", metadata={"help": "open_clip config, mmssl-vit-*, or .json"})
+    image_model: str = field(
+        default="mmssl-vit-tiny", metadata={"help": "open_clip config, mmssl-vit-*, .json, torchvision:ARCH"}
+    )
     image_weights: str | None = field(default=None, metadata={"help": "start from this checkpoint or saved tower"})
     image_size: int | None = field(default=None, metadata={"help": "override the config's input size"})
     crop_min: float = field(default=0.2, metadata={"help": "random resized crop: smallest area fraction"})
@@ -452,7 +455,7 @@ def build_image_ssl(config: ImageSSLConfig, device: torch.device):
     size = tower.image_size
     if config.method == "jigsaw" and size % config.jigsaw_grid:
         raise ValueError(f"--jigsaw-grid {config.jigsaw_grid} does not divide the image size {size}")
-    pp = tower.open_clip_config["preprocess_cfg"]
+    pp = tower.saved_config["preprocess_cfg"]
     first, second = view_transforms(config.method, size, pp["mean"], pp["std"], config.crop_min)
     batcher = ViewBatcher(train.candidates, first, second, MAX_PIXELS)
     classes = {"rotation": 4, "jigsaw": len(permutation_set(config.jigsaw_grid, config.jigsaw_permutations, 0))}
