@@ -207,7 +207,10 @@ def test_pretrained_tower_resumes_and_starts_an_image_text_model(shapes, tmp_pat
 
 
 def test_a_torchvision_resnet_pretrains_and_starts_an_image_text_model(shapes, tmp_path):
-    from mmssl.image_text import build_model
+    from safetensors.torch import load_file
+
+    from mmssl.image_text import build_model, load_image_pairs
+    from mmssl.models import DualEncoder
     from mmssl.train import TrainConfig
 
     out = tmp_path / "simclr-rn18"
@@ -216,8 +219,6 @@ def test_a_torchvision_resnet_pretrains_and_starts_an_image_text_model(shapes, t
     argv += ["--valid-partition", "test", "--eval-max-images", "32", "--device", "cpu", "--proj-dim", "16"]
     assert cli.main(argv) == 0
     assert (out / "final" / "torchvision_config.json").is_file()
-    from safetensors.torch import load_file
-
     pretrained = {k.removeprefix("visual."): v for k, v in load_file(str(out / "final" / "model.safetensors")).items()}
     tc = TrainConfig(task="image-text", train=str(shapes), image_init=str(out / "final"), text_model=MICRO)
     model = build_model(tc)
@@ -225,5 +226,12 @@ def test_a_torchvision_resnet_pretrains_and_starts_an_image_text_model(shapes, t
     for name, value in image.visual.state_dict().items():
         assert torch.equal(value, pretrained[name]), name
     assert image.image_size == 32 and image.dim == model.config.embed_dim  # the text config's size, projected to
+    # the dual encoder saves the torchvision tower in its own layout and loads it back
+    model.save_pretrained(tmp_path / "dual")
+    assert len(list((tmp_path / "dual").rglob("torchvision_config.json"))) == 1
+    back = DualEncoder.from_pretrained(tmp_path / "dual")
+    pixels = model.prepare("image", load_image_pairs(str(shapes), "test").candidates[:4])
+    with torch.no_grad():
+        torch.testing.assert_close(back.eval().encode_image(pixels), model.eval().encode_image(pixels))
     with pytest.raises(ValueError, match="--text-model"):  # a torchvision tower brings no text tower
         build_model(TrainConfig(task="image-text", train=str(shapes), image_model="torchvision:resnet18"))

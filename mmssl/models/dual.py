@@ -10,7 +10,8 @@ A tower is one of three kinds, chosen by its config's type (``kind`` in the save
     transformers     ``TowerConfig``: a text/code tower on a ``transformers`` backbone (MiniLM, an
                      ``mmssl pretrain`` output, or from scratch with a corpus BPE tokenizer)
     open_clip_text   ``ClipTextConfig``: open_clip's text transformer and its BPE tokenizer
-    open_clip_image  ``ImageTowerConfig``: an open_clip vision tower and its preprocessing
+    open_clip_image  ``ImageTowerConfig``: an open_clip vision tower (or a torchvision ResNet,
+                     ``torchvision:resnet50``) and its preprocessing
 Every tower maps a batch made by its ``preparer`` (texts -> token ids, images -> pixels; CPU,
 picklable for data-loader workers) to (B, D).
 
@@ -20,6 +21,7 @@ Saved layout (``save_pretrained(DIR)``, written atomically; loading unpickles no
     DIR/towers/<modality>/     a transformers tower: its backbone's ``save_pretrained`` + tokenizer,
                                loadable alone with ``transformers.AutoModel`` (one dir if shared);
                                an open_clip tower: ``open_clip_config.json`` + ``model.safetensors``
+                               (a torchvision one: ``torchvision_config.json`` in its place)
 """
 
 from __future__ import annotations
