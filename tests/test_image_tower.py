@@ -95,8 +95,9 @@ def test_torchvision_resnet_tower_loads_plain_state_dicts_and_saves_its_own_layo
     ref = models.resnet18(weights=None).eval()
     ckpt = tmp_path / "resnet18.pth"  # a DDP run's file: module. prefix, the fc head kept
     torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, ckpt)
-    release = tmp_path / "ssl-release.pth"  # an SSL method's release: backbone. prefix, no head
-    torch.save({f"backbone.{k}": v for k, v in ref.state_dict().items() if not k.startswith("fc.")}, release)
+    release = tmp_path / "ssl-run.pth"  # an SSL run's whole model: backbone without head, and a projector
+    state = {f"module.backbone.{k}": v for k, v in ref.state_dict().items() if not k.startswith("fc.")}
+    torch.save({"model": {**state, "module.projector.0.weight": torch.zeros(8, 512)}}, release)
     ref.fc = torch.nn.Identity()
 
     torch.manual_seed(4)

@@ -20,8 +20,8 @@ A torchvision tower is the classifier without its ``fc`` head (its output: the p
 for ResNet-50, then ``proj``), with open_clip's preprocessing at ImageNet's mean and std and 224
 pixels unless ``image_size`` says otherwise (a ResNet takes any size). ``weights``: a plain state dict
 of the architecture (torchvision's own files; the ResNet-50 releases of Barlow Twins, VICReg and
-other SSL papers), a ``module.``/``backbone.`` prefix and the ``fc.*`` head dropped; or, online, a
-torchvision weights name (``IMAGENET1K_V2``).
+other SSL papers; an SSL run's whole model, whose ``backbone.*`` entries are taken), a ``module.``
+prefix and the ``fc.*`` head dropped; or, online, a torchvision weights name (``IMAGENET1K_V2``).
 
 Training augmentation (``augment``): ``none`` is open_clip's own train transform (random resized
 crop at scale 0.9-1.0); ``heavy`` is the seed notes' "heavy augmentation": random resized crop at
@@ -190,8 +190,9 @@ def _torchvision_parts(config: ImageTowerConfig, arch: str, local: bool):
 def _checkpoint_visual(path: str, torchvision: bool) -> dict:
     """The image tower's weights in a local checkpoint file. open_clip: its ``visual.*`` entries.
     torchvision: a plain state dict of the architecture, as torchvision and the SSL papers' releases
-    (Barlow Twins', VICReg's ResNet-50) write it; a ``module.`` (DDP) or ``backbone.`` prefix is
-    dropped, and so is the classification head (``fc.*``), which the tower does not have."""
+    (Barlow Twins', VICReg's ResNet-50) write it; a ``module.`` (DDP) prefix is dropped, from an SSL
+    run's whole model (``backbone.*`` beside its projector) the ``backbone.*`` entries are taken, and
+    the classification head (``fc.*``), which the tower does not have, is dropped."""
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -205,7 +206,8 @@ def _checkpoint_visual(path: str, torchvision: bool) -> dict:
     if torchvision:
         if any(k.startswith("visual.") for k in state):  # our own layout, saved as one file
             state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-        state = {k.removeprefix("backbone."): v for k, v in state.items()}
+        if any(k.startswith("backbone.") for k in state):  # an SSL run's whole model: its backbone
+            state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
         return {k: v for k, v in state.items() if not k.startswith("fc.")}
     visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     if not visual:
