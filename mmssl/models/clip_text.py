@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mmssl.models.image import _register
-from mmssl.models.tower import LockableTower, OpenClipSaved, load_exact, projection
+from mmssl.models.tower import LockableTower, OpenClipSaved, entries_under, load_exact, projection, read_checkpoint
 
 # The CLIP layout keeps the text tower's weights at the top level, beside visual.* and logit_scale.
 CLIP_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
@@ -147,16 +147,10 @@ def _load_text_weights(text: nn.Module, config: ClipTextConfig) -> None:
         # A pretrained tag (online users): open_clip downloads and loads the whole model.
         model = open_clip.create_model(_register(config.model), pretrained=weights)
         state = model.state_dict()
-    elif weights.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(weights)
     else:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = read_checkpoint(weights)
     if any(k.startswith("text.") for k in state):
-        picked = {k.removeprefix("text."): v for k, v in state.items() if k.startswith("text.")}
+        picked = entries_under(state, "text.")
     else:
         picked = {k: v for k, v in state.items() if k.startswith(CLIP_TEXT_PREFIXES)}
     picked.pop("attn_mask", None)  # a buffer open_clip rebuilds (not persistent in its own checkpoints)

@@ -50,7 +50,16 @@ import torch
 from torch import nn
 
 from mmssl.io import read_json_object
-from mmssl.models.tower import OPEN_CLIP_CONFIG, WEIGHTS, LockableTower, OpenClipSaved, load_exact, projection
+from mmssl.models.tower import (
+    OPEN_CLIP_CONFIG,
+    WEIGHTS,
+    LockableTower,
+    OpenClipSaved,
+    entries_under,
+    load_exact,
+    projection,
+    read_checkpoint,
+)
 
 # Small open_clip model configs that ship with mmssl (for CPUs and tests), known by file stem.
 CONFIG_DIR = Path(__file__).parent / "open_clip_configs"
@@ -131,46 +140,44 @@ def _open_clip_parts(config: ImageTowerConfig, local: bool):
     return model.visual, train_tf, val_tf, int(model_cfg["embed_dim"]), {"model_cfg": model_cfg, "preprocess_cfg": pp}
 
 
-def _torchvision_arch(model: str) -> str | None:
-    """The torchvision architecture ``model`` names (``torchvision:resnet50``, or a saved torchvision
-    tower's ``local-dir:DIR``); None for an open_clip model."""
-    if model.startswith(TORCHVISION):
-        return model.removeprefix(TORCHVISION)
-    if model.startswith("local-dir:"):
-        file = Path(model.removeprefix("local-dir:")) / TORCHVISION_CONFIG
-        if file.is_file():
-            cfg = read_json_object(file)
-            if not isinstance(cfg.get("arch"), str) or "preprocess_cfg" not in cfg:
-                raise ValueError(f"{file}: needs 'arch' and 'preprocess_cfg'")
-            return cfg["arch"]
-    return None
-
-
-def _torchvision_parts(config: ImageTowerConfig, arch: str, local: bool):
-    """(visual, train transform, eval transform, output size, saved config) of a torchvision
-    classifier whose head is one ``fc`` layer (ResNet, ResNeXt, Wide ResNet, RegNet, ShuffleNetV2):
-    the head is replaced by the identity, so the tower's output is the pooled features (2048 for
-    ResNet-50) and ``proj`` maps them to the dual encoder's size. Preprocessing is open_clip's
-    transform at ImageNet's mean and std (what torchvision's weights were trained with)."""
-    from open_clip.transform import image_transform
-    from torchvision import models
-
-    if arch not in models.list_models(module=models):
-        raise ValueError(
-            f"torchvision:{arch}: not a torchvision classification model (torchvision.models.list_models())"
-        )
-    weights = config.weights
-    if config.model.startswith("local-dir:"):  # a saved tower: its own size and preprocessing
-        pp = read_json_object(Path(config.model.removeprefix("local-dir:")) / TORCHVISION_CONFIG)["preprocess_cfg"]
-    else:
-        size = config.image_size or TORCHVISION_SIZE
+def _torchvision_spec(config: ImageTowerConfig) -> dict | None:
+    """What a torchvision tower is built from (``arch`` and ``preprocess_cfg``, what its saved
+    ``torchvision_config.json`` holds): for ``torchvision:ARCH`` ImageNet's preprocessing at
+    ``image_size`` (224 by default), for a saved tower's ``local-dir:DIR`` its own file; None for an
+    open_clip model."""
+    if config.model.startswith(TORCHVISION):
         pp = {
-            "size": size,
+            "size": config.image_size or TORCHVISION_SIZE,
             "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
             "interpolation": "bicubic",
             "resize_mode": "shortest",
         }
+        return {"arch": config.model.removeprefix(TORCHVISION), "preprocess_cfg": pp}
+    if config.model.startswith("local-dir:"):
+        file = Path(config.model.removeprefix("local-dir:")) / TORCHVISION_CONFIG
+        if file.is_file():
+            spec = read_json_object(file)
+            if not isinstance(spec.get("arch"), str) or not isinstance(spec.get("preprocess_cfg"), dict):
+                raise ValueError(f"{file}: needs 'arch' and 'preprocess_cfg'")
+            return spec
+    return None
+
+
+def _torchvision_parts(config: ImageTowerConfig, spec: dict, local: bool):
+    """(visual, train transform, eval transform, output size, saved config) of a torchvision
+    classifier whose head is one ``fc`` layer (ResNet, ResNeXt, Wide ResNet, RegNet, ShuffleNetV2):
+    the head is replaced by the identity, so the tower's output is the pooled features (2048 for
+    ResNet-50) and ``proj`` maps them to the dual encoder's size. Preprocessing is open_clip's
+    transform at the spec's mean and std (ImageNet's: what torchvision's weights were trained with)."""
+    from open_clip.transform import image_transform
+    from torchvision import models
+
+    arch, pp, weights = spec["arch"], spec["preprocess_cfg"], config.weights
+    if arch not in models.list_models(module=models):
+        raise ValueError(
+            f"torchvision:{arch}: not a torchvision classification model (torchvision.models.list_models())"
+        )
     # weights named by torchvision ("IMAGENET1K_V2", "DEFAULT") are downloaded by it: online users only
     net = models.get_model(arch, weights=weights if weights and not local else None)
     head = getattr(net, "fc", None)
@@ -184,7 +191,7 @@ def _torchvision_parts(config: ImageTowerConfig, arch: str, local: bool):
     net.image_size = int(pp["size"])  # read by ImageTower.image_size, as for open_clip's visual
     train_tf = image_transform(pp["size"], True, pp["mean"], pp["std"], pp["resize_mode"], pp["interpolation"])
     val_tf = image_transform(pp["size"], False, pp["mean"], pp["std"], pp["resize_mode"], pp["interpolation"])
-    return net, train_tf, val_tf, dim, {"arch": arch, "preprocess_cfg": pp}
+    return net, train_tf, val_tf, dim, spec
 
 
 def _checkpoint_visual(path: str, torchvision: bool) -> dict:
@@ -193,23 +200,12 @@ def _checkpoint_visual(path: str, torchvision: bool) -> dict:
     (Barlow Twins', VICReg's ResNet-50) write it; a ``module.`` (DDP) prefix is dropped, from an SSL
     run's whole model (``backbone.*`` beside its projector) the ``backbone.*`` entries are taken, and
     the classification head (``fc.*``), which the tower does not have, is dropped."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = read_checkpoint(path)
     if torchvision:
-        if any(k.startswith("visual.") for k in state):  # our own layout, saved as one file
-            state = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-        if any(k.startswith("backbone.") for k in state):  # an SSL run's whole model: its backbone
-            state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        for prefix in ("visual.", "backbone."):  # our own layout saved as one file; an SSL run's whole model
+            state = entries_under(state, prefix) or state
         return {k: v for k, v in state.items() if not k.startswith("fc.")}
-    visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    visual = entries_under(state, "visual.")
     if not visual:
         raise ValueError(f"{path}: no 'visual.*' weights in this checkpoint")
     return visual
@@ -243,9 +239,9 @@ class ImageTower(OpenClipSaved, LockableTower):
         local = weights is not None and (Path(weights).is_file() or saved)
         if weights is not None and not local and Path(weights).suffix in (".pt", ".pth", ".bin", ".safetensors"):
             raise FileNotFoundError(f"{weights}: no such checkpoint")
-        arch = _torchvision_arch(config.model)
-        if arch is not None:
-            visual, train_tf, val_tf, dim, saved_config = _torchvision_parts(config, arch, local)
+        spec = _torchvision_spec(config)
+        if spec is not None:
+            visual, train_tf, val_tf, dim, saved_config = _torchvision_parts(config, spec, local)
         else:
             visual, train_tf, val_tf, dim, saved_config = _open_clip_parts(config, local)
         if saved:  # its own layout: visual.* and proj.*; the projection is the new model's own
@@ -253,11 +249,9 @@ class ImageTower(OpenClipSaved, LockableTower):
 
             file = Path(weights) / WEIGHTS
             state = load_file(str(file))
-            load_exact(
-                visual, {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}, str(file)
-            )
+            load_exact(visual, entries_under(state, "visual."), str(file))
         elif local:
-            load_exact(visual, _checkpoint_visual(weights, torchvision=arch is not None), f"{weights} ({config.model})")
+            load_exact(visual, _checkpoint_visual(weights, torchvision=spec is not None), f"{weights} ({config.model})")
         pp = saved_config["preprocess_cfg"]
         if config.augment == "heavy":
             size = pp["size"] if isinstance(pp["size"], int) else tuple(pp["size"])
@@ -277,7 +271,7 @@ class ImageTower(OpenClipSaved, LockableTower):
             train_tf = transforms.Compose([steps[0], transforms.RandomHorizontalFlip(), *steps[1:]])
         tower = cls(config, visual, train_tf, val_tf, dim, embed_dim)
         tower.saved_config = saved_config
-        if arch is not None:
+        if spec is not None:
             tower.saved_config_file = TORCHVISION_CONFIG
         return tower
 

@@ -108,6 +108,29 @@ def projection(dim: int, embed_dim: int | None) -> nn.Module:
     return nn.Identity() if embed_dim == dim else nn.Linear(dim, embed_dim, bias=False)
 
 
+def read_checkpoint(path: str) -> dict:
+    """The state dict in a local checkpoint file (safetensors, or a ``torch.load`` file read with
+    ``weights_only``), unwrapped from a ``state_dict`` or ``model`` entry, a ``module.`` (DDP) prefix
+    removed."""
+    import torch
+
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def entries_under(state: dict, prefix: str) -> dict:
+    """The entries of a state dict under ``prefix`` (``visual.``), the prefix removed."""
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
 def load_exact(module: nn.Module, state: dict, source: str) -> None:
     """Load a state dict that must fit exactly; a clear error naming the first difference otherwise."""
     try:
