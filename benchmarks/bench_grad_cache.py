@@ -45,14 +45,16 @@ def child(args) -> None:
     """One configuration in this process: build, warm up, one measured step; JSON on stdout."""
     import torch
 
-    from mmssl.image_text import build_model
+    from mmssl.data.pairs import Pairs
     from mmssl.losses import InfoNCELoss
-    from mmssl.tasks import ContrastiveTask, Pairs
+    from mmssl.recipes.contrastive import ContrastiveTask
+    from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
     from mmssl.train import TrainConfig
 
     torch.manual_seed(0)
     device = torch.device(args.device)
-    model = build_model(TrainConfig(task="image-text", image_model=args.model, train="-")).to(device).train()
+    config = TrainConfig.from_flat(task="image-text", image_model=args.model, train="-")
+    model = IMAGE_TEXT.build_model(config.model, config.image_text).to(device).train()
     size = model.towers["image"].visual.image_size
     size = size[0] if isinstance(size, tuple | list) else size
 

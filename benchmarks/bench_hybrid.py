@@ -63,7 +63,7 @@ def recipes(precision: str) -> dict[str, str]:
 
 def zero_shot_minilm(out: Path) -> Path:
     """all-MiniLM-L6-v2 as a dual-encoder directory (what an index manifest points at)."""
-    from mmssl.eval_cmd import sentence_encoder
+    from mmssl.recipes.text_code_eval import sentence_encoder
 
     path = out / "minilm-zero-shot"
     if not (path / "dual_encoder.json").exists():
@@ -136,15 +136,15 @@ def main() -> None:
         args.precision = "bf16" if cpu_has_native_bf16() else "fp32"
 
     from mmssl.evaluate import codesearchnet_chunks
-    from mmssl.text_code import load_pairs
+    from mmssl.recipes.text_code import RECIPE as TEXT_CODE
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
     corpus = Path(args.corpus) if args.corpus else mine(out, args.max_files)
-    pairs = load_pairs(str(corpus), "test").sample(args.test_pairs, 0)
+    pairs = TEXT_CODE.load_pairs(str(corpus), "test").sample(args.test_pairs, 0)
     chunks = codesearchnet_chunks(len(pairs), 1000, 0)
-    valid = load_pairs(str(corpus), "valid").sample(args.test_pairs, 0)
+    valid = TEXT_CODE.load_pairs(str(corpus), "valid").sample(args.test_pairs, 0)
     valid_chunks = codesearchnet_chunks(len(valid), 1000, 0)
     weights = [float(w) for w in args.weights.split(",")]
     saved = out / "results.json"

@@ -8,7 +8,7 @@ make-images` when missing) and per initialization of the same open_clip tower (`
 then
   - frozen features (the tower's output before normalization, open_clip's eval preprocessing) of the
     train and test splits: linear-probe accuracy (logistic regression, C picked on a fifth of train:
-    `mmssl.image_text_eval.probe`) and k-NN accuracy (scikit-learn, k=20, cosine, distance-weighted)
+    `mmssl.recipes.image_text_eval.probe`) and k-NN accuracy (scikit-learn, k=20, cosine, distance-weighted)
     on the set's class tasks (shapes: left/right colour and shape; digits: the digit; emoji: the
     Unicode group), averaged over the set's tasks (each task in results.json);
   - image-text: `mmssl train --task image-text --image-init <tower>` (random: the plain config) for
@@ -71,10 +71,9 @@ def tower_for(init: str | None, model: str, seed: int):
 
 
 def frozen_scores(tower, data: str) -> dict:
+    from mmssl.recipes.image_pairs import load_image_pairs
+    from mmssl.recipes.image_text_eval import _labels, class_tasks, probe
     from sklearn.neighbors import KNeighborsClassifier
-
-    from mmssl.image_text import load_image_pairs
-    from mmssl.image_text_eval import _labels, class_tasks, probe
 
     train, test = load_image_pairs(data, "train"), load_image_pairs(data, "test")
     xtr, xte = tower_features(tower, train.candidates), tower_features(tower, test.candidates)
@@ -91,7 +90,9 @@ def frozen_scores(tower, data: str) -> dict:
 
 
 def image_text_recall(data: str, init: str | None, out: Path, args, seed: int) -> dict:
-    from mmssl.image_text import evaluate_image_pairs, load_image_pairs
+    from mmssl.recipes.image_pairs import load_image_pairs
+    from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
+
     from mmssl.models import DualEncoder
 
     argv = ["train", "--task", "image-text", "--train", data, "--out", str(out), "--image-model", args.image_model]
@@ -101,7 +102,7 @@ def image_text_recall(data: str, init: str | None, out: Path, args, seed: int) -
     argv += ["--image-init", init] if init else []
     cli(*argv)
     model = DualEncoder.from_pretrained(out / "final")
-    scores = evaluate_image_pairs(model, load_image_pairs(data, "test"))
+    scores = IMAGE_TEXT.evaluate(model, load_image_pairs(data, "test"))
     # recall@1 too: with few distinct captions (digits: 10) image->text recall@10 is 1 whatever the model
     return {k: v for k, v in scores.items() if k.endswith(("recall@1", "recall@10"))}
 

@@ -85,8 +85,8 @@ def main() -> None:
     trained = {name: train(out, name) for name in names}
     if args.only == "train":
         return
-    from mmssl.image_text_eval import evaluate_model, untrained_like
     from mmssl.models import DualEncoder
+    from mmssl.recipes.image_text_eval import evaluate_model, untrained_like
 
     rows = []
     for name, (model_dir, seconds) in trained.items():

@@ -32,12 +32,13 @@ from mmssl.runtime import cpu_name  # noqa: E402
 
 
 def run(data: str, cached: bool, steps: int) -> float:
-    from mmssl.image_text import build_image_text
-    from mmssl.tasks import ContrastiveTask
-    from mmssl.train import TrainConfig, Trainer
+    from mmssl.engine import Trainer
+    from mmssl.recipes.contrastive import ContrastiveTask
+    from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
+    from mmssl.train import TrainConfig
 
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(
+        config = TrainConfig.from_flat(
             task="image-text",
             train=data,
             out=out,
@@ -51,10 +52,10 @@ def run(data: str, cached: bool, steps: int) -> float:
             valid_partition="none",
         )
         torch.manual_seed(0)
-        task, _ = build_image_text(config, torch.device("cpu"))
+        task = IMAGE_TEXT.build_task(config, torch.device("cpu"))
         if not cached:
             task = ContrastiveTask(task.model, task.loss, task.data, metric=task.metric, cache_locked=False)
-        trainer = Trainer(task, config, None, torch.device("cpu"))
+        trainer = Trainer(task, config.engine, torch.device("cpu"))
         task.model.train()
         for _ in range(5):
             trainer.train_step()

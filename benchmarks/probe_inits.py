@@ -133,10 +133,10 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="also write BENCH/probe_inits.json")
     args = p.parse_args()
 
-    from mmssl.text_code import load_pairs
+    from mmssl.recipes.text_code import RECIPE as TEXT_CODE
 
     bench = ROOT / args.bench
-    pairs = load_pairs(str(ROOT / args.corpus), "valid")
+    pairs = TEXT_CODE.load_pairs(str(ROOT / args.corpus), "valid")
     queries, codes = pairs.queries[: args.pairs], pairs.candidates[: args.pairs]
     dirs = [d for pattern in args.dirs.split(",") for d in sorted(bench.glob(pattern))]
     rows = {}

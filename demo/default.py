@@ -102,7 +102,7 @@ def model_path(out: Path, name: str, corpus: Path, config: DemoDefaultConfig) ->
         return target
     args = MODELS[name]
     if args is None:
-        from mmssl.eval_cmd import sentence_encoder
+        from mmssl.recipes.text_code_eval import sentence_encoder
 
         sentence_encoder("minilm", "cpu").save_pretrained(target)
         return target

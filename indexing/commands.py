@@ -24,59 +24,14 @@ import numpy as np
 from mmssl.console import get_logger, setup_logging
 
 log = get_logger("index")
-TOKEN_FIELDS = ("code_tokens", "docstring_tokens")
-DEFAULT_TEXT_FIELD = {"code": "code", "text": "docstring"}
-
-
-def read_collection(data: str, text_field: str, partition: str | None, max_items: int | None = None):
-    """(texts, payloads, other-modality texts or None) from CodeSearchNet-format or plain JSONL records."""
-    from mmssl.data.code_search import read_code_search
-
-    corpus = read_code_search(data, partition=partition or None, required=(text_field,))
-    records = corpus.records[:max_items] if max_items else corpus.records
-    if not records:
-        raise ValueError(f"{data}: no records" + (f" in partition {partition!r}" if partition else ""))
-    texts = [r[text_field] for r in records]
-    payloads = [{k: v for k, v in r.items() if k != text_field and k not in TOKEN_FIELDS and v != ""} for r in records]
-    return texts, payloads, records
-
-
-def read_image_collection(data: str, modality: str, image_modality: str, partition: str | None, max_items=None):
-    """(items to embed, texts for the store, payloads, tuning queries) of an image-caption source."""
-    from mmssl.image_text import load_image_pairs
-
-    pairs = load_image_pairs(data, partition or None, cache_mb=0)
-    records = pairs.candidates[:max_items] if max_items else pairs.candidates
-    if not records:
-        raise ValueError(f"{data}: no usable images" + (f" in split {partition!r}" if partition else ""))
-    texts = [r.text for r in records]
-    payloads = [
-        {
-            **{k: v for k, v in r.meta.items() if k not in ("file_name", "text")},
-            # absolute: the app that shows the image may run from another folder
-            "path": str(Path(r.image).resolve()) if isinstance(r.image, (str, Path)) else r.where,
-            "caption": r.text,
-        }
-        for r in records
-    ]
-    if modality == image_modality:
-        return records, texts, payloads, texts
-    return texts, texts, payloads, records
 
 
 def read_items(model, data: str, modality: str, text_field: str | None, partition: str | None, max_items=None):
     """(items to embed, texts for the store, payloads, tuning queries or None) of a collection for
-    ``model``'s ``modality``: image-caption pairs for an image-text model, records otherwise (tuned
-    on the records' own queries where they carry them: docstrings for a code index)."""
-    first, second = model.config.modalities
-    image_modality = next((m for m in (first, second) if model.is_image(m)), None)
-    if image_modality:
-        return read_image_collection(data, modality, image_modality, partition, max_items)
-    text_field = text_field or DEFAULT_TEXT_FIELD.get(modality, "text")
-    texts, payloads, records = read_collection(data, text_field, partition, max_items)
-    query_field = DEFAULT_TEXT_FIELD.get(first if modality == second else second)
-    queries = [r.get(query_field) for r in records] if query_field and query_field != text_field else None
-    return texts, texts, payloads, queries
+    ``model``'s ``modality``, read by the recipe of the model's modalities (``mmssl.recipes``)."""
+    from mmssl.recipes import recipe_for_model
+
+    return recipe_for_model(model).index_items(model, data, modality, text_field, partition, max_items)
 
 
 def _where(pairs: list[str] | None) -> dict[str, str] | None:

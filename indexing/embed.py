@@ -17,14 +17,12 @@ carry little padding; the model runs under ``torch.inference_mode`` and, on a GP
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mmssl.console import get_logger, progress
 from mmssl.distributed import barrier, get_rank, get_world_size
@@ -114,27 +112,11 @@ class ShardDir:
         return np.concatenate(out, axis=0)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.inference_mode()
 def embed_texts(model, modality: str, texts: Sequence, batch_size: int = 128, bar=None) -> np.ndarray:
-    """(len(texts), D) float32 L2-normalized embeddings, input order kept (``DualEncoder.batches``:
-    texts length-sorted; an image modality's items are images: paths, bytes, PIL images, records),
-    in bf16 on a GPU."""
-    was_training = model.training
-    model.eval()
-    out = np.empty((len(texts), model.config.embed_dim), dtype=np.float32)
-    with _autocast(model.device):
-        for idx, batch in model.batches(modality, texts, batch_size):
-            out[idx] = model.encode(modality, batch).float().cpu().numpy()
-            if bar is not None:
-                bar(len(idx))
-    model.train(was_training)
-    return out
+    """(len(texts), D) float32 L2-normalized embeddings by ``DualEncoder.embed``, in bf16 on a GPU
+    (indexing's precision: fp32 elsewhere); an image modality's items are images."""
+    precision = "bf16" if model.device.type == "cuda" else "fp32"
+    return model.embed(modality, list(texts), batch_size, precision=precision, progress=bar).numpy()
 
 
 def embed_collection(

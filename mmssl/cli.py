@@ -164,29 +164,48 @@ def merge_repeated(argv: list[str], list_flags: set[str]) -> list[str]:
     return merged
 
 
+def _group_types(config_cls) -> dict[str, type] | None:
+    """A ``GroupedConfig``'s groups (name -> dataclass), or None for a flat config."""
+    from mmssl.options import GroupedConfig
+
+    return config_cls.group_types() if issubclass(config_cls, GroupedConfig) else None
+
+
 def parse_config(name: str, argv: list[str]):
-    """The command's config object from its arguments (and ``--config FILE``), without running it."""
+    """The command's config object from its arguments (and ``--config FILE``), without running it.
+
+    A flat config is one dataclass; a ``GroupedConfig`` is parsed as its groups (each shown as a
+    section of ``--help``) and assembled from them."""
     spec = COMMANDS[name]
     config_cls = getattr(importlib.import_module(spec.module), spec.config)
     from transformers import HfArgumentParser
 
+    groups = _group_types(config_cls)
+    parts = list(groups.values()) if groups else [config_cls]
+    for part in parts:  # HfArgumentParser shows a dataclass with this attribute as its own section
+        if groups:
+            part._argument_group_name = getattr(part, "GROUP_TITLE", part.__name__)
+    all_fields = [f for part in parts for f in dataclasses.fields(part)]
     argv = list(argv)
     if spec.positional:
         # Leading values before the first option are the positional list (``SRC...``).
         n = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
         if n:
             argv = [f"--{spec.positional}", *argv[:n], *argv[n:]]
-    list_flags = {f"--{f.name}" for f in dataclasses.fields(config_cls) if str(f.type).startswith("list")}
+    list_flags = {f"--{f.name}" for f in all_fields if str(f.type).startswith("list")}
     argv = merge_repeated(argv, list_flags)
-    parser = HfArgumentParser(config_cls, prog=f"mmssl {name}", description=config_cls.__doc__)
+    parser = HfArgumentParser(parts, prog=f"mmssl {name}", description=config_cls.__doc__)
     parser.add_argument("--config", default=None, help="TOML/YAML/JSON file of option values (flags override)")
     pre_parser = argparse.ArgumentParser(add_help=False)
     pre_parser.add_argument("--config", default=None)
     pre, _ = pre_parser.parse_known_args(argv)
     if pre.config:
         values = read_config_file(pre.config)
-        fields = {f.name for f in dataclasses.fields(config_cls)}
-        unknown = sorted(set(values) - fields)
+        if groups:
+            from mmssl.options import flatten_nested
+
+            values = flatten_nested(values, groups, f"--config {pre.config}")
+        unknown = sorted(set(values) - {f.name for f in all_fields})
         if unknown:
             raise ValueError(f"--config {pre.config}: unknown option {unknown[0]!r} for 'mmssl {name}'")
         parser.set_defaults(**values)
@@ -194,8 +213,11 @@ def parse_config(name: str, argv: list[str]):
             if action.dest in values:
                 action.required = False
     namespace = parser.parse_args(argv)
-    kwargs = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(config_cls)}
-    return config_cls(**kwargs)
+    if groups:
+        return config_cls(
+            **{g: t(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(t)}) for g, t in groups.items()}
+        )
+    return config_cls(**{f.name: getattr(namespace, f.name) for f in all_fields})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,15 +109,6 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return _AllGatherWithGrad.apply(x, sizes)
 
 
-def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over ranks (no gradient); ``x`` itself when not distributed."""
-    if not is_distributed():
-        return x
-    y = x.detach().clone()
-    dist.all_reduce(y, op=dist.ReduceOp.SUM)
-    return y / dist.get_world_size()
-
-
 def rank_offset(n_local: int, device: torch.device) -> int:
     """Index of this rank's first row in the concatenation that ``all_gather_with_grad`` returns."""
     if not is_distributed():

@@ -65,8 +65,9 @@ import torch
 from torch import Tensor
 
 from mmssl.console import get_logger
+from mmssl.data.pairs import Pairs
+from mmssl.data.pairs import normalize_text as _norm
 from mmssl.io import atomic_file
-from mmssl.tasks import Pairs, _norm
 
 log = get_logger("negatives")
 FORMAT, VERSION = "mmssl-negatives", 1
@@ -602,7 +603,7 @@ class NegativeRefresher:
             self._thread = None
 
 
-def negatives_for(config, train: Pairs) -> dict:
+def negatives_for(config, train: Pairs, max_steps: int) -> dict:
     """``ContrastiveTask`` keyword arguments for a ``TrainConfig``'s hard negatives: the mined table
     (``--negatives``, checked against the training pairs) and the refresher (``--refresh-negatives``,
     with the file's mining settings when there is one)."""
@@ -616,7 +617,7 @@ def negatives_for(config, train: Pairs) -> dict:
     if config.refresh_negatives:
         base = table.settings if table is not None else MiningSettings()
         settings = MiningSettings.from_dict({**asdict(base), "source": config.refresh_source})
-        refresher = NegativeRefresher(train, settings, config.refresh_negatives, config.max_steps, config.refresh_async)
+        refresher = NegativeRefresher(train, settings, config.refresh_negatives, max_steps, config.refresh_async)
     if (table is not None or refresher is not None) and config.hard_negatives == 0:
         log.warning("--hard-negatives 0: the mined negatives are not used")
     if table is not None:
@@ -682,13 +683,10 @@ class MineNegativesConfig:
 
 def load_training_pairs(data: str, task: str, partition: str | None, on_bad: str = "skip") -> Pairs:
     """The pairs ``mmssl train --task TASK --train DATA`` trains on (same reader, same order)."""
-    if task == "image-text":
-        from mmssl.image_text import load_image_pairs
+    from mmssl.recipes import get_recipe
+    from mmssl.recipes.config import PairDataConfig
 
-        return load_image_pairs(data, partition, on_bad)
-    from mmssl.text_code import load_pairs
-
-    return load_pairs(data, partition)
+    return get_recipe(task).load_pairs(data, partition, PairDataConfig(on_bad=on_bad))
 
 
 def main(config: MineNegativesConfig) -> int:

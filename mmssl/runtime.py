@@ -1,4 +1,4 @@
-"""Device choice, seeding and mixed precision: the one place each of these is decided.
+"""Device choice, seeding, mixed precision and eval mode: the one place each of these is decided.
 
 Every command takes ``--device`` (``auto`` = cuda, then mps, then cpu) and ``--precision``
 (``fp32``, ``bf16``, ``fp16``), and turns them into objects here, once, at its entry point.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -117,3 +118,23 @@ def enable_tf32(enabled: bool = True) -> None:
     """Allow TF32 matmuls and convolutions on Ampere and later GPUs (no effect elsewhere)."""
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
+
+
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """``module`` in eval mode (no dropout, BatchNorm statistics frozen) inside the block; its
+    training mode is restored afterwards, also when the block raises."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
+def seeded_subset(n: int, k: int | None, seed: int = 0) -> torch.Tensor:
+    """The sorted positions of a seeded random ``k`` of ``n`` items (all of them when k is None or
+    >= n): the first k of ``torch.randperm(n)`` under ``seed``, so that a sample keeps the data's order."""
+    if k is None or k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values

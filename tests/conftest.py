@@ -1,4 +1,5 @@
-"""Shared fixtures: offline mode, and a tiny synthetic CodeSearchNet-format corpus."""
+"""Shared fixtures and helpers: offline mode, a tiny synthetic CodeSearchNet-format corpus, a trained
+tiny model, a simulated crash, and a headless Chromium for the demo's browser tests."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import gzip
 import json
 import os
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -123,3 +126,24 @@ def fit_or_crash(trainer, monkeypatch, crash_at: int | None = None) -> None:
     monkeypatch.setattr(trainer, "train_step", crashing)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
+
+
+def chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+def headless_browser(height: int = 1600):
+    """(a headless Chromium webdriver, the folder its screenshots go to)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    browser, driver_path = chromium()
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size=1280,{height}"):
+        options.add_argument(arg)
+    artifacts = Path(os.environ.get("MMSSL_TEST_ARTIFACTS", "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return webdriver.Chrome(service=Service(driver_path), options=options), artifacts

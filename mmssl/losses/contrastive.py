@@ -25,6 +25,15 @@ def _duplicate_mask(row_ids: Tensor | None, col_ids: Tensor | None, offset: int 
     return same if bool(same.any()) else None
 
 
+def _block_logits(a: Tensor, b: Tensor, scale: Tensor, ids: Tensor | None, start: int, end: int):
+    """Rows start:end of the scaled logits, duplicate positives masked to -inf: ((C, N), mask or None)."""
+    logits = (a[start:end] @ b.T).mul_(scale)  # (C, N)
+    mask = _duplicate_mask(ids[start:end] if ids is not None else None, ids, start)
+    if mask is not None:
+        logits.masked_fill_(mask, -math.inf)
+    return logits, mask
+
+
 class _ChunkedSymmetricInfoNCE(torch.autograd.Function):
     """Symmetric InfoNCE over the full (N, N) logits without ever holding them.
 
@@ -45,10 +54,8 @@ class _ChunkedSymmetricInfoNCE(torch.autograd.Function):
         col_valid = a.new_full((n,), float(n))
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
-            logits = (a[start:end] @ b.T).mul_(scale)  # (C, N)
-            mask = _duplicate_mask(ids[start:end] if ids is not None else None, ids, start)
+            logits, mask = _block_logits(a, b, scale, ids, start, end)  # (C, N)
             if mask is not None:
-                logits.masked_fill_(mask, -math.inf)
                 row_valid[start:end] -= mask.sum(1)
                 col_valid -= mask.sum(0)
             row_lse[start:end] = torch.logsumexp(logits, dim=1)
@@ -83,10 +90,7 @@ class _ChunkedSymmetricInfoNCE(torch.autograd.Function):
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
             # In place throughout: at most two (C, N) buffers are alive at once.
-            logits = (a[start:end] @ b.T).mul_(scale)  # (C, N)
-            mask = _duplicate_mask(ids[start:end] if ids is not None else None, ids, start)
-            if mask is not None:
-                logits.masked_fill_(mask, -math.inf)
+            logits, mask = _block_logits(a, b, scale, ids, start, end)  # (C, N)
             g = torch.sub(logits, row_lse[start:end, None]).exp_()  # row softmax
             g += logits.sub_(col_lse[None, :]).exp_()  # + column softmax
             del logits

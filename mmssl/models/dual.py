@@ -2,7 +2,7 @@
 
 Shape legend: B batch, T tokens, D shared embedding size.
 
-Like open_clip's ``CLIP``: ``encode_text(batch)`` / ``encode_code(batch)`` / ``encode_image(batch)``
+Like open_clip's ``CLIP``: ``encode_text(batch)`` / ``encode_image(batch)`` / ``encode(modality, batch)``
 return (B, D) embeddings, L2-normalized unless ``normalize=False``; a learnable ``logit_scale``
 starts at log(1/0.07); the loss lives outside the model.
 
@@ -38,6 +38,7 @@ from mmssl.io import atomic_dir, read_json_object
 from mmssl.models.clip_text import ClipTextConfig, ClipTextTower
 from mmssl.models.image import ImageTower, ImageTowerConfig
 from mmssl.models.text import TextTower, TowerConfig
+from mmssl.runtime import autocast, eval_mode
 
 AnyTowerConfig = TowerConfig | ClipTextConfig | ImageTowerConfig
 TOWER_KINDS = {c.kind: c for c in (TowerConfig, ClipTextConfig, ImageTowerConfig)}
@@ -149,9 +150,6 @@ class DualEncoder(nn.Module):
     def encode_text(self, batch: dict[str, Tensor], normalize: bool = True) -> Tensor:
         return self.encode("text", batch, normalize)
 
-    def encode_code(self, batch: dict[str, Tensor], normalize: bool = True) -> Tensor:
-        return self.encode("code", batch, normalize)
-
     def encode_image(self, batch: dict[str, Tensor], normalize: bool = True) -> Tensor:
         return self.encode("image", batch, normalize)
 
@@ -213,14 +211,18 @@ class DualEncoder(nn.Module):
             yield idx, {k: v.to(self.device) for k, v in prep([items[i] for i in idx]).items()}
 
     @torch.inference_mode()
-    def embed(self, modality: str, items: list, batch_size: int = 128, normalize: bool = True) -> Tensor:
-        """Embed many texts or images: (N, D) float32 on CPU, in the input order."""
-        was_training = self.training
-        self.eval()
+    def embed(
+        self, modality: str, items: list, batch_size: int = 128, normalize: bool = True,
+        precision: str = "fp32", progress=None,
+    ) -> Tensor:  # fmt: skip
+        """Embed many texts or images: (N, D) float32 on CPU, in the input order, in eval mode and
+        under ``precision``'s autocast; ``progress(n)`` is called after each batch of n items."""
         out = torch.empty(len(items), self.config.embed_dim)
-        for idx, batch in self.batches(modality, items, batch_size):
-            out[idx] = self.encode(modality, batch, normalize).float().cpu()
-        self.train(was_training)
+        with eval_mode(self), autocast(precision, self.device):
+            for idx, batch in self.batches(modality, items, batch_size):
+                out[idx] = self.encode(modality, batch, normalize).float().cpu()
+                if progress is not None:
+                    progress(len(idx))
         return out
 
     # ---- persistence ----------------------------------------------------------------------------

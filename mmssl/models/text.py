@@ -189,13 +189,6 @@ class TextTower(LockableTower):
         )
         return cls(AutoModel.from_config(bcfg), tokenizer, config, embed_dim)
 
-    def tokenize(
-        self, texts: list[str], device: torch.device | None = None, max_length: int | None = None
-    ) -> dict[str, Tensor]:
-        """Right-padded to the longest text of the batch, truncated at ``max_length`` (default: the tower's)."""
-        batch = self.preparer(max_length)(texts)
-        return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
-
     def preparer(self, max_length: int | None = None) -> TextPrep:
         """A picklable function texts -> CPU batch (for data-loader workers)."""
         return TextPrep(self.tokenizer, max_length or self.config.max_length)

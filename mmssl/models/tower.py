@@ -46,24 +46,28 @@ class LockableTower(nn.Module):
         return self
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Activation checkpointing of the body's layers (recomputed in the backward pass: less
-        memory, about a third more compute), through the body's own switch: open_clip's
-        ``set_grad_checkpointing``, or transformers' ``activation_checkpointing_enable`` (non-reentrant)."""
-        body = self.body()
-        if hasattr(body, "set_grad_checkpointing"):
-            body.set_grad_checkpointing(enable)
-        elif hasattr(body, "activation_checkpointing_enable"):  # transformers >= 5.x
-            if enable:
-                body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                body.activation_checkpointing_disable()
-        elif hasattr(body, "gradient_checkpointing_enable"):
-            if enable:
-                body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            else:
-                body.gradient_checkpointing_disable()
+        """Activation checkpointing of the body's layers (``set_activation_checkpointing``)."""
+        set_activation_checkpointing(self.body(), enable)
+
+
+def set_activation_checkpointing(body: nn.Module, enable: bool = True) -> None:
+    """Activation checkpointing of a network's layers (recomputed in the backward pass: less memory,
+    about a third more compute), through its own switch: open_clip's ``set_grad_checkpointing``, or
+    transformers' ``activation_checkpointing_enable`` (non-reentrant); a ValueError for none."""
+    if hasattr(body, "set_grad_checkpointing"):
+        body.set_grad_checkpointing(enable)
+    elif hasattr(body, "activation_checkpointing_enable"):  # transformers >= 5.x
+        if enable:
+            body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
-            raise ValueError(f"{type(body).__name__} has no gradient checkpointing switch")
+            body.activation_checkpointing_disable()
+    elif hasattr(body, "gradient_checkpointing_enable"):
+        if enable:
+            body.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            body.gradient_checkpointing_disable()
+    else:
+        raise ValueError(f"{type(body).__name__} has no gradient checkpointing switch")
 
 
 class OpenClipSaved:

@@ -4,6 +4,8 @@
 ``tasks``: ``MLMTask`` and ``CLMTask`` for the one training engine (``mmssl.train.Trainer``).
 ``run``: ``mmssl pretrain mlm|clm`` (``MLMConfig``, ``CLMConfig``, ``main``). The output directory
 initializes a dual encoder's tower: ``mmssl train --text-init OUT/best``.
+``image_ssl``: ``mmssl pretrain simclr|byol|barlow|vicreg|rotation|jigsaw|deepcluster``, self-supervised
+image towers (one module per method), for ``mmssl train --task image-text --image-init OUT/best``.
 """
 
 from mmssl.pretrain.corpus import PackedBlocks, load_dataset_documents, pack, read_documents, split_documents

@@ -1,6 +1,6 @@
 """``mmssl pretrain mlm`` and ``mmssl pretrain clm``: pretrain a text/code tower on unlabeled text.
 
-Output directory (the engine's layout, ``mmssl.train``):
+Output directory (the engine's layout, ``mmssl.engine``):
     OUT/best/, OUT/final/      ``save_pretrained`` directories: model + tokenizer. Load them with
                                ``AutoModelForMaskedLM`` / ``AutoModelForCausalLM``, or start a dual
                                encoder's tower from them: ``mmssl train --text-init OUT/best``
@@ -19,8 +19,8 @@ from typing import Literal
 
 import torch
 
-from mmssl.config import EngineConfig
 from mmssl.console import get_logger
+from mmssl.engine import EngineConfig, run_training
 from mmssl.pretrain.corpus import (
     DEFAULT_PATTERN,
     load_dataset_documents,
@@ -29,7 +29,7 @@ from mmssl.pretrain.corpus import (
     split_documents,
 )
 from mmssl.pretrain.tasks import CLMTask, MLMTask
-from mmssl.train import run_training
+from mmssl.runtime import seeded_subset
 
 log = get_logger("pretrain")
 TOKENIZER_SAMPLE = 100_000  # documents the BPE tokenizer is trained on
@@ -149,8 +149,8 @@ def build_lm(config: PretrainConfig, tokenizer):
     return model
 
 
-def build_pretraining(config: PretrainConfig, device: torch.device):
-    """(task, validation function) for ``mmssl pretrain mlm|clm``."""
+def build_pretraining(config: PretrainConfig, device: torch.device) -> MLMTask | CLMTask:
+    """The task of ``mmssl pretrain mlm|clm`` (validation on held-out blocks when there are any)."""
     if not config.data and not config.dataset:
         raise ValueError("--data FILE_OR_FOLDER ... (or --dataset NAME) is required")
     docs = config.documents()
@@ -174,8 +174,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device):
         except ValueError:
             log.warning("validation documents fill no block of %d tokens: no validation", config.block_size)
     if valid is not None and len(valid) > config.eval_max_blocks:
-        keep = torch.randperm(len(valid), generator=torch.Generator().manual_seed(0))[: config.eval_max_blocks]
-        valid = valid.subset(keep.sort().values)
+        valid = valid.subset(seeded_subset(len(valid), config.eval_max_blocks, seed=0))
     log.info(
         "pretrain %s: %d documents -> %d blocks of %d tokens (%d tokens); %d validation blocks",
         "mlm" if mlm else "clm",
@@ -201,13 +200,10 @@ def build_pretraining(config: PretrainConfig, device: torch.device):
             random_replace_prob=random,
             whole_word_mask=wwm,
         )
-        task = MLMTask(model, tokenizer, train, collator)
-    else:
-        task = CLMTask(model, tokenizer, train)
-    valid_fn = (lambda m: task.evaluate(valid, config.batch_size)) if valid is not None else None
-    return task, valid_fn
+        return MLMTask(model, tokenizer, train, collator, valid, config.batch_size)
+    return CLMTask(model, tokenizer, train, valid, config.batch_size)
 
 
 def main(config: PretrainConfig) -> int:
-    run_training(config, build_pretraining)
+    run_training(config, lambda device: build_pretraining(config, device))
     return 0

@@ -2,8 +2,8 @@
 
 Shape legend: B blocks in a batch, T tokens per block, H hidden size, V vocabulary, M masked tokens.
 
-Both follow ``mmssl.tasks.ContrastiveTask``'s protocol (``batch``, ``training_forward``,
-``save_pretrained``, ``load_pretrained_state``; ``metric``/``greater_is_better`` pick the best
+Both are ``mmssl.engine.Task``s (``batch``, ``training_forward``, ``evaluate`` on the held-out
+blocks, gradient checkpointing through transformers; ``metric``/``greater_is_better`` pick the best
 checkpoint: validation perplexity, lower is better). The model is a ``transformers``
 ``*ForMaskedLM`` / ``*ForCausalLM``; a saved directory holds it and its tokenizer and loads with
 ``transformers`` alone (``AutoModelForMaskedLM`` / ``AutoModelForCausalLM``, or ``AutoModel`` for
@@ -25,24 +25,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mmssl.engine.task import Task
 from mmssl.io import atomic_dir
 from mmssl.pretrain.corpus import PackedBlocks
+from mmssl.runtime import eval_mode
 
 VALID_MASK_SEED = 1234
 
 
-class _LMTask:
+class _LMTask(Task):
     metric, greater_is_better = "perplexity", False
 
-    def __init__(self, model: nn.Module, tokenizer, data: PackedBlocks) -> None:
+    def __init__(
+        self, model: nn.Module, tokenizer, data: PackedBlocks, valid: PackedBlocks | None = None, batch_size: int = 32
+    ) -> None:
         self.model, self.tokenizer, self.data = model, tokenizer, data
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        self.valid, self.eval_batch_size = valid, batch_size
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())
+
+    def set_grad_checkpointing(self) -> None:
+        """transformers' activation checkpointing (non-reentrant) in every layer of the model."""
+        from mmssl.models.tower import set_activation_checkpointing
+
+        set_activation_checkpointing(self.model)
+
+    def evaluate(self) -> dict[str, float] | None:
+        return self.score(self.valid, self.eval_batch_size) if self.valid is not None else None
 
     def save_pretrained(self, path) -> None:
         """The model and its tokenizer, one ``save_pretrained`` directory, written atomically."""
@@ -65,19 +75,16 @@ class _LMTask:
         return loss, (logits.argmax(-1) == targets).sum(), targets.numel()
 
     @torch.no_grad()
-    def evaluate(self, blocks: PackedBlocks, batch_size: int = 32) -> dict[str, float]:
+    def score(self, blocks: PackedBlocks, batch_size: int = 32) -> dict[str, float]:
         """Perplexity (exp of the mean token loss), the loss and the top-1 accuracy of the predicted
         tokens over ``blocks``, in eval mode (no dropout)."""
-        was_training = self.model.training
-        self.model.eval()
         total, correct, count = 0.0, 0, 0
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), eval_mode(self.model):
             torch.manual_seed(VALID_MASK_SEED)
             for start in range(0, len(blocks), batch_size):
                 batch = self._make_batch(blocks, torch.arange(start, min(start + batch_size, len(blocks))))
                 loss_sum, hits, n = self._loss_sum(batch)
                 total, correct, count = total + float(loss_sum), correct + int(hits), count + n
-        self.model.train(was_training)
         mean = total / max(count, 1)
         return {
             "perplexity": math.exp(min(mean, 50.0)),
@@ -112,8 +119,8 @@ class MLMTask(_LMTask):
 
     loss_name = "masked-LM loss"
 
-    def __init__(self, model, tokenizer, data: PackedBlocks, collator) -> None:
-        super().__init__(model, tokenizer, data)
+    def __init__(self, model, tokenizer, data: PackedBlocks, collator, valid=None, batch_size: int = 32) -> None:
+        super().__init__(model, tokenizer, data, valid, batch_size)
         self.collator = collator
         self.head = _mlm_head(model)
 

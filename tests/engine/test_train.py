@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -10,8 +9,9 @@ import pytest
 import torch
 
 from mmssl import cli
-from mmssl.text_code import build_text_code, evaluate_pairs, load_pairs
-from mmssl.train import TrainConfig, Trainer
+from mmssl.engine import Trainer
+from mmssl.recipes.text_code import RECIPE as TEXT_CODE
+from mmssl.train import TrainConfig
 from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")
@@ -36,7 +36,7 @@ def tiny_config(corpus, out, **overrides) -> TrainConfig:
         eval_max_pairs=200,
         device="cpu",
     )
-    return TrainConfig(**{**base, **overrides})
+    return TrainConfig.from_flat(**{**base, **overrides})
 
 
 def _losses(out):
@@ -48,11 +48,11 @@ def _losses(out):
 def test_training_lowers_loss_and_lifts_held_out_mrr_far_above_chance(code_corpus, tmp_path):
     torch.manual_seed(0)
     config = tiny_config(code_corpus, tmp_path / "run")
-    task, valid_fn = build_text_code(config, CPU)
-    test = load_pairs(code_corpus, "test")
-    before = evaluate_pairs(task.model, test)
-    result = Trainer(task, config, valid_fn, CPU).fit()
-    after = evaluate_pairs(task.model, test)
+    task = TEXT_CODE.build_task(config, CPU)
+    test = TEXT_CODE.load_pairs(code_corpus, "test")
+    before = TEXT_CODE.evaluate(task.model, test)
+    result = Trainer(task, config.engine, CPU).fit()
+    after = TEXT_CODE.evaluate(task.model, test)
     losses = [loss for _, loss in _losses(tmp_path / "run")]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
     chance = sum(1 / r for r in range(1, len(test) + 1)) / len(test)  # MRR of a random ranking
@@ -68,8 +68,8 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(code_corpus, tmp_path, m
     def run(out, crash_at=None, resume=False):
         torch.manual_seed(0)
         config = tiny_config(code_corpus, out, max_steps=8, save_every=4, resume=resume, eval_every=0)
-        task, _ = build_text_code(config, CPU)
-        fit_or_crash(Trainer(task, config, None, CPU), monkeypatch, crash_at)
+        task = TEXT_CODE.build_task(config, CPU)
+        fit_or_crash(Trainer(task, config.engine, CPU), monkeypatch, crash_at)
 
     run(tmp_path / "a")
     run(tmp_path / "b", crash_at=6)  # dies after the step-4 checkpoint and two more logged steps
@@ -82,18 +82,18 @@ def test_resume_refuses_other_data(code_corpus, tmp_path):
     from tests.conftest import make_code_corpus
 
     config = tiny_config(code_corpus, tmp_path / "run", max_steps=2, save_every=2)
-    task, _ = build_text_code(config, CPU)
-    Trainer(task, config, None, CPU).fit()
+    task = TEXT_CODE.build_task(config, CPU)
+    Trainer(task, config.engine, CPU).fit()
     other = make_code_corpus(tmp_path / "other.jsonl.gz", seed=1)
-    config = dataclasses.replace(config, train=other, resume=True, max_steps=4)
-    task, _ = build_text_code(config, CPU)
+    config = config.replace(train=other, resume=True, max_steps=4)
+    task = TEXT_CODE.build_task(config, CPU)
     with pytest.raises(ValueError, match="other data"):
-        Trainer(task, config, None, CPU).fit()
+        Trainer(task, config.engine, CPU).fit()
 
 
 def test_non_finite_steps_are_skipped_and_counted(code_corpus, tmp_path):
     config = tiny_config(code_corpus, tmp_path / "run", max_steps=5)
-    task, _ = build_text_code(config, CPU)
+    task = TEXT_CODE.build_task(config, CPU)
     real = task.training_forward
     calls = {"n": 0}
 
@@ -105,7 +105,7 @@ def test_non_finite_steps_are_skipped_and_counted(code_corpus, tmp_path):
         return losses, report
 
     task.training_forward = sometimes_nan
-    trainer = Trainer(task, config, None, CPU)
+    trainer = Trainer(task, config.engine, CPU)
     trainer.step = 2
     before = [p.detach().clone() for p in task.model.parameters()]
     assert trainer.train_step() is None  # the first call returns NaN
@@ -119,7 +119,13 @@ def test_config_file_with_command_line_overrides(code_corpus, tmp_path):
     cfg = tmp_path / "train.toml"
     cfg.write_text(f'train = "{code_corpus}"\npreset = "tiny"\nbatch_size = 16\nlr = 0.001\n')
     config = cli.parse_config("train", ["--config", str(cfg), "--lr", "0.01", "--max-steps", "3"])
-    assert (config.train, config.preset, config.batch_size, config.lr, config.max_steps) == (
+    assert (
+        config.data.train,
+        config.text_code.preset,
+        config.engine.batch_size,
+        config.engine.lr,
+        config.engine.max_steps,
+    ) == (
         code_corpus,
         "tiny",
         16,
@@ -170,7 +176,7 @@ def test_towers_train_with_dropout_from_the_first_step_to_the_last(code_corpus, 
     """A tower loaded with from_pretrained arrives in eval mode; the run must not train its first
     steps without dropout and switch at the first validation (nor differ from a resumed copy)."""
     config = tiny_config(code_corpus, tmp_path / "run", max_steps=4, eval_every=2)
-    task, valid_fn = build_text_code(config, CPU)
+    task = TEXT_CODE.build_task(config, CPU)
     task.model.towers["text"].backbone.eval()  # as from_pretrained leaves it
     modes = []
     dropout = next(m for m in task.model.towers["text"].modules() if isinstance(m, torch.nn.Dropout))
@@ -183,7 +189,7 @@ def test_towers_train_with_dropout_from_the_first_step_to_the_last(code_corpus, 
         return real(batch)
 
     task.training_forward = tracked
-    Trainer(task, config, valid_fn, CPU).fit()
+    Trainer(task, config.engine, CPU).fit()
     during_steps = [modes[i] for i in in_step]  # the first dropout call of each step
     assert len(during_steps) == 4 and all(during_steps)
     assert not all(modes)  # validation ran in eval mode
@@ -191,19 +197,19 @@ def test_towers_train_with_dropout_from_the_first_step_to_the_last(code_corpus, 
 
 def test_dropout_override_sets_every_layer_and_zero_makes_training_deterministic(code_corpus, tmp_path):
     config = tiny_config(code_corpus, tmp_path / "run", dropout=0.0)
-    task, _ = build_text_code(config, CPU)
+    task = TEXT_CODE.build_task(config, CPU)
     layers = [m for m in task.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert layers and all(m.p == 0.0 for m in layers)
     task.model.train()
     batch = task.model.tokenize("code", ["def f(x):\n    return x + 1"] * 2)
     assert torch.equal(task.model.encode("code", batch), task.model.encode("code", batch))
     with pytest.raises(ValueError, match="dropout"):
-        build_text_code(dataclasses.replace(config, dropout=1.5), CPU)
+        TEXT_CODE.build_task(config.replace(dropout=1.5), CPU)
 
 
 def test_shared_tower_truncates_each_side_at_its_own_length(code_corpus, tmp_path):
     config = tiny_config(code_corpus, tmp_path / "run", shared=True, max_text_length=8, max_code_length=40)
-    task, _ = build_text_code(config, CPU)
+    task = TEXT_CODE.build_task(config, CPU)
     long = " ".join(["word"] * 100)
     assert task.model.tokenize("text", [long])["input_ids"].shape[1] == 8
     assert task.model.tokenize("code", [long])["input_ids"].shape[1] == 40
@@ -218,7 +224,8 @@ def test_shared_tower_truncates_each_side_at_its_own_length(code_corpus, tmp_pat
 
 
 def test_optimizer_is_fused_adamw_with_the_configured_betas_and_matches_the_reference_update():
-    from mmssl.train import EngineConfig, make_optimizer, param_groups
+    from mmssl.engine import EngineConfig
+    from mmssl.engine.trainer import make_optimizer, param_groups
 
     torch.manual_seed(0)
     layers = [torch.nn.Linear(16, 8), torch.nn.LayerNorm(8)]

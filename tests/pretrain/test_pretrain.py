@@ -13,9 +13,9 @@ import torch
 
 from mmssl import cli
 from mmssl.data import DataError
+from mmssl.engine import Trainer
 from mmssl.pretrain import pack, read_documents, split_documents
 from mmssl.pretrain.run import CLMConfig, MLMConfig, build_pretraining
-from mmssl.train import Trainer
 from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")
@@ -133,7 +133,7 @@ def test_packing_concatenates_documents_with_their_special_tokens_and_drops_the_
 def _mlm_task(code_corpus, tmp_path, **overrides):
     torch.manual_seed(0)
     config = tiny(MLMConfig, code_corpus, tmp_path / "mlm", **overrides)
-    return build_pretraining(config, CPU)[0]
+    return build_pretraining(config, CPU)
 
 
 def test_masking_rates_match_bert_15_80_10_10(code_corpus, tmp_path):
@@ -193,15 +193,15 @@ def test_pretraining_lowers_validation_perplexity_and_saves_a_transformers_model
     torch.manual_seed(0)
     out = tmp_path / "run"
     config = tiny(cls, code_corpus, out, max_steps=40)
-    task, valid_fn = build_pretraining(config, CPU)
-    before = valid_fn(task.model)
-    result = Trainer(task, config, valid_fn, CPU).fit()
+    task = build_pretraining(config, CPU)
+    before = task.evaluate()
+    result = Trainer(task, config, CPU).fit()
     after = result["valid"]
     assert result["metric"] == "perplexity" and result["best"] == pytest.approx(after["perplexity"])
     assert after["perplexity"] < 0.5 * before["perplexity"], (before, after)
     assert before["perplexity"] > 0.5 * len(task.tokenizer)  # an untrained model is near uniform
     # Validation masks are fixed: the same blocks give the same score.
-    assert {**valid_fn(task.model), "step": 40, "split": "valid"} == after
+    assert {**task.evaluate(), "step": 40, "split": "valid"} == after
     auto = AutoModelForMaskedLM if cls is MLMConfig else AutoModelForCausalLM
     loaded = auto.from_pretrained(out / "best")
     tok = AutoTokenizer.from_pretrained(out / "best")
@@ -215,8 +215,8 @@ def test_pretraining_resumes_exactly(code_corpus, tmp_path, monkeypatch):
     def run(out, crash_at=None, resume=False):
         torch.manual_seed(0)
         config = tiny(MLMConfig, code_corpus, out, max_steps=8, save_every=4, resume=resume)
-        task, _ = build_pretraining(config, CPU)
-        fit_or_crash(Trainer(task, config, None, CPU), monkeypatch, crash_at)
+        task = build_pretraining(config, CPU)
+        fit_or_crash(Trainer(task, config, CPU), monkeypatch, crash_at)
 
     run(tmp_path / "a")
     run(tmp_path / "b", crash_at=6)
@@ -236,8 +236,8 @@ def test_tower_initialized_from_pretraining_holds_exactly_its_weights(cls, pooli
     torch.manual_seed(0)
     out = tmp_path / "pre"
     config = tiny(cls, code_corpus, out, max_steps=3)
-    task, _ = build_pretraining(config, CPU)
-    Trainer(task, config, None, CPU).fit()
+    task = build_pretraining(config, CPU)
+    Trainer(task, config, CPU).fit()
     lm = (AutoModelForMaskedLM if cls is MLMConfig else AutoModelForCausalLM).from_pretrained(out / "final")
     tower = TowerConfig(init=str(out / "final"), pooling=pooling, max_length=32)
     dual = DualEncoder.build(DualEncoderConfig(towers={"text": tower, "code": tower}, shared=True, embed_dim=64), {})
@@ -263,12 +263,12 @@ def test_tower_initialized_from_pretraining_holds_exactly_its_weights(cls, pooli
 
 
 def test_dual_encoder_trains_from_a_pretraining_directory(code_corpus, tmp_path):
-    from mmssl.text_code import build_text_code
+    from mmssl.recipes.text_code import RECIPE as TEXT_CODE
     from mmssl.train import TrainConfig
 
     config = tiny(MLMConfig, code_corpus, tmp_path / "pre", max_steps=0)  # the random-init control
     assert cli.main(["pretrain", "mlm", "--config", _write_toml(tmp_path, config)]) == 0
-    train = TrainConfig(
+    train = TrainConfig.from_flat(
         train=code_corpus,
         out=str(tmp_path / "dual"),
         text_init=str(tmp_path / "pre" / "final"),
@@ -280,9 +280,9 @@ def test_dual_encoder_trains_from_a_pretraining_directory(code_corpus, tmp_path)
         eval_max_pairs=50,
         device="cpu",
     )
-    task, valid_fn = build_text_code(train, CPU)
+    task = TEXT_CODE.build_task(train, CPU)
     assert task.model.config.embed_dim == 64  # the tiny preset's hidden size
-    assert Trainer(task, train, valid_fn, CPU).fit()["step"] == 2
+    assert Trainer(task, train.engine, CPU).fit()["step"] == 2
 
 
 def _write_toml(tmp_path, config) -> str:

@@ -18,11 +18,12 @@ from PIL import Image
 
 from mmssl import cli
 from mmssl.bm25 import code_search_tokens
+from mmssl.data.pairs import normalize_text as _norm
+from mmssl.engine import Trainer
 from mmssl.models import DualEncoder
 from mmssl.negatives import MiningSettings, NegativeTable, load_training_pairs, mine_negatives
-from mmssl.tasks import _norm
-from mmssl.text_code import build_text_code
-from mmssl.train import TrainConfig, Trainer
+from mmssl.recipes.text_code import RECIPE as TEXT_CODE
+from mmssl.train import TrainConfig
 from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")
@@ -166,7 +167,7 @@ def tiny_config(corpus, out, **overrides) -> TrainConfig:
         warmup_steps=2, lr=2e-3, eval_every=0, save_every=0, log_every=1, max_code_length=48,
         max_text_length=24, eval_max_pairs=100, device="cpu",
     )  # fmt: skip
-    return TrainConfig(**{**base, **overrides})
+    return TrainConfig.from_flat(**{**base, **overrides})
 
 
 def test_batches_carry_sampled_negatives_and_logits_grow_by_bh_columns(code_corpus, tmp_path):
@@ -175,7 +176,7 @@ def test_batches_carry_sampled_negatives_and_logits_grow_by_bh_columns(code_corp
     path = table.save(tmp_path / "neg.jsonl")
     h, b = 3, 16
     torch.manual_seed(0)
-    task, _ = build_text_code(tiny_config(code_corpus, tmp_path / "run", negatives=str(path), hard_negatives=h), CPU)
+    task = TEXT_CODE.build_task(tiny_config(code_corpus, tmp_path / "run", negatives=str(path), hard_negatives=h), CPU)
     rows = torch.arange(10, 10 + b)
     torch.manual_seed(5)
     batch = task.batcher(rows)
@@ -259,8 +260,8 @@ def test_refresh_installs_at_a_fixed_step_and_resumes_exactly(code_corpus, tmp_p
         out = tmp_path / name
         torch.manual_seed(0)
         config = tiny_config(code_corpus, out, save_every=5, **kw)
-        task, valid = build_text_code(config, CPU)
-        trainer = Trainer(task, config, valid, CPU)
+        task = TEXT_CODE.build_task(config, CPU)
+        trainer = Trainer(task, config.engine, CPU)
         real = task.after_step
         seen = []
 
@@ -276,8 +277,8 @@ def test_refresh_installs_at_a_fixed_step_and_resumes_exactly(code_corpus, tmp_p
         if crash:
             torch.manual_seed(0)
             config = tiny_config(code_corpus, out, save_every=5, resume=True, **kw)
-            task, valid = build_text_code(config, CPU)
-            Trainer(task, config, valid, CPU).fit()
+            task = TEXT_CODE.build_task(config, CPU)
+            Trainer(task, config.engine, CPU).fit()
         runs[name] = _losses(out)
         installs[name] = seen
     assert installs["a"] == [(6, True), (10, True)]
@@ -301,7 +302,7 @@ def test_image_text_mining_drops_pixel_duplicates_and_trains(tmp_path):
             {"file_name": f"{i}.png", "text": f"picture number {i} of {WORDS[i % len(WORDS)]}", "split": "train"}
         )
     (data / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    from tests.test_image_text import micro_model
+    from tests.recipes.test_image_text import micro_model
 
     torch.manual_seed(0)
     micro_model(embed_dim=16).save_pretrained(tmp_path / "model")
@@ -332,7 +333,7 @@ def test_grad_cache_with_hard_negatives_gives_the_direct_gradients(code_corpus, 
     path = mine_negatives(pairs, MiningSettings(source="bm25", top_k=20, keep=4)).save(tmp_path / "neg.jsonl")
     torch.manual_seed(0)
     config = tiny_config(code_corpus, tmp_path / "run", negatives=str(path), hard_negatives=2, dropout=0.0)
-    task, _ = build_text_code(config, CPU)
+    task = TEXT_CODE.build_task(config, CPU)
     batch = task.batch(torch.arange(16))  # 16 queries, 16 + 32 candidates
 
     def grads():

@@ -1,4 +1,5 @@
-"""``mmssl eval --task image-text``: retrieval both ways, zero-shot classification, linear probes.
+"""``mmssl eval --task image-text``: retrieval both ways, zero-shot classification, linear probes,
+optionally next to the same model untrained (``--untrained``).
 
 Shape legend: N images, C classes, P prompts of a class, D embedding size.
 
@@ -21,14 +22,16 @@ Shape legend: N images, C classes, P prompts of a class, D embedding size.
 from __future__ import annotations
 
 import itertools
+import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mmssl.evaluate import linear_probe, zero_shot_accuracy
-from mmssl.image_text import embed_pairs, load_image_pairs, retrieval_scores
 from mmssl.models import DualEncoder
+from mmssl.recipes.image_pairs import embed_pairs, load_image_pairs, retrieval_scores
 
 TEMPLATES = ("{}", "an emoji of {}", "a {} emoji", "an icon of {}")
 DIGIT_TEMPLATES = ("a handwritten digit {}", "the number {}", "a drawing of the digit {}", "{}")
@@ -164,3 +167,44 @@ def untrained_like(model_dir: str, seed: int = 0) -> DualEncoder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return DualEncoder.build(config, tokenizers)
+
+
+def eval_command(config) -> int:
+    """Score ``config.model`` (and, with ``untrained``, its initialization) on ``config.data``."""
+    from mmssl.runtime import resolve_device
+
+    if not config.model:
+        raise ValueError("--model is required for --task image-text")
+    device = resolve_device(config.device)
+    rows = {"model": DualEncoder.from_pretrained(config.model, device)}
+    if config.untrained:
+        rows["untrained"] = untrained_like(config.model).to(device)
+    split, train_split = config.partition or None, config.train_partition or None
+    scores = {}
+    for name, m in rows.items():
+        start = time.monotonic()
+        scores[name] = {**evaluate_model(m, config.data, split, train_split, config.batch_size)}
+        scores[name]["seconds"] = time.monotonic() - start
+    if config.json:
+        out = {**scores["model"], "data": config.data, "partition": config.partition}
+        if "untrained" in scores:
+            out["baselines"] = {"untrained": scores["untrained"]}
+        print(json.dumps(out, indent=2))
+        return 0
+    first = scores["model"]
+    print(f"{first['n']} images, {first['captions']} distinct captions from {config.data} (split {config.partition})")
+    print(f"{'model':<10} {'T>I R@1':>8} {'R@5':>7} {'R@10':>7} {'I>T R@1':>8} {'R@5':>7} {'R@10':>7}")
+    ks = (1, 5, 10)
+    for name, r in scores.items():
+        t2i = [r[f"text_to_image_recall@{k}"] for k in ks]
+        i2t = [r[f"image_to_text_recall@{k}"] for k in ks]
+        print(f"{name:<10} {t2i[0]:8.4f} {t2i[1]:7.4f} {t2i[2]:7.4f} {i2t[0]:8.4f} {i2t[1]:7.4f} {i2t[2]:7.4f}")
+    for name, r in scores.items():
+        for task, z in r["zero_shot"].items():
+            probe_acc = r["linear_probe"].get(task)
+            probe_text = f", linear probe {probe_acc:.4f}" if probe_acc is not None else ""
+            print(
+                f"{name:<10} {task}: zero-shot top-1 {z['top1']:.4f} over {z['classes']} classes "
+                f"(majority class {z['majority']:.4f}){probe_text}"
+            )
+    return 0

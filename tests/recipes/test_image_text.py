@@ -58,7 +58,7 @@ def train_config(data, out, **overrides) -> TrainConfig:
         valid_partition="test",
         eval_max_pairs=40,
     )
-    return TrainConfig(**{**base, **overrides})
+    return TrainConfig.from_flat(**{**base, **overrides})
 
 
 def losses(out) -> list[float]:
@@ -157,14 +157,14 @@ def test_training_fits_the_pairs_and_validation_scores_both_directions(shapes, t
 def test_batches_are_the_same_with_worker_processes_and_after_a_resume(shapes, tmp_path, monkeypatch):
     from conftest import fit_or_crash
 
-    from mmssl.image_text import build_image_text
-    from mmssl.train import Trainer
+    from mmssl.engine import Trainer
+    from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
 
     def run(out, crash_at=None, **overrides):
         torch.manual_seed(0)
         config = train_config(shapes, out, eval_every=0, **overrides)
-        task, _ = build_image_text(config, torch.device("cpu"))
-        fit_or_crash(Trainer(task, config, None, torch.device("cpu")), monkeypatch, crash_at)
+        task = IMAGE_TEXT.build_task(config, torch.device("cpu"))
+        fit_or_crash(Trainer(task, config.engine, torch.device("cpu")), monkeypatch, crash_at)
 
     run(tmp_path / "inline")
     run(tmp_path / "workers", workers=2)
@@ -195,7 +195,7 @@ def test_lit_locks_the_text_tower_and_unlock_norms_frees_only_its_norms(shapes, 
 def test_bad_images_are_skipped_and_counted_or_stop_the_run_before_any_step(shapes, tmp_path):
     import logging
 
-    from mmssl.image_text import load_image_pairs
+    from mmssl.recipes.image_pairs import load_image_pairs
 
     data = tmp_path / "mixed"
     rows = [json.loads(line) for line in (shapes / "metadata.jsonl").read_text().splitlines()]
@@ -244,7 +244,7 @@ def test_eval_reports_recall_zero_shot_and_probes_next_to_the_untrained_model(sh
 
 
 def test_class_tasks_follow_the_metadata_of_each_set():
-    from mmssl.image_text_eval import class_tasks
+    from mmssl.recipes.image_text_eval import class_tasks
 
     emoji = class_tasks([{"group": "Food & Drink"}, {"group": "Animals & Nature"}, {"group": "Component"}])
     assert (
@@ -358,7 +358,7 @@ def test_text_tower_from_an_mlm_pretraining_directory(shapes, code_corpus, tmp_p
 
 
 def test_lit_with_minilm_keeps_the_sentence_embedding_space(shapes, tmp_path):
-    from mmssl.eval_cmd import sentence_encoder
+    from mmssl.recipes.text_code_eval import sentence_encoder
 
     out = tmp_path / "lit"
     assert main(train_config(shapes, out, text_init="minilm", lock_text=True, max_steps=2)) == 0
@@ -370,11 +370,11 @@ def test_lit_with_minilm_keeps_the_sentence_embedding_space(shapes, tmp_path):
 
 
 def test_locked_text_embeddings_are_cached_and_give_the_loss_of_running_the_tower(shapes, tmp_path):
-    from mmssl.image_text import build_image_text
-    from mmssl.tasks import ContrastiveTask
+    from mmssl.recipes.contrastive import ContrastiveTask
+    from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
 
     config = train_config(shapes, tmp_path / "lit", text_init="minilm", lock_text=True, augment="none")
-    task, _ = build_image_text(config, torch.device("cpu"))
+    task = IMAGE_TEXT.build_task(config, torch.device("cpu"))
     assert set(task.cached) == {"a"} and task.cached["a"].shape == (len(task.data), 384)
     slow = ContrastiveTask(task.model, task.loss, task.data, cache_locked=False)
     indices = torch.arange(16)
@@ -392,7 +392,7 @@ def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_p
     images with their captions; a screenshot is kept."""
     import os
 
-    from test_demo import chromium, headless_browser
+    from tests.conftest import chromium, headless_browser
 
     if chromium() is None:
         if os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"):

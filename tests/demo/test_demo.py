@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-from pathlib import Path
 
 import pytest
 
 from mmssl import cli
 from mmssl.cli import merge_repeated
+from tests.conftest import chromium, headless_browser
 
 QUERY = "Parse the user given as input."
 
@@ -118,27 +117,6 @@ def test_open_indexes_refuses_what_it_cannot_serve(indexes, tmp_path):
         open_indexes([indexes[0], indexes[0]])
     with pytest.raises(FileNotFoundError):
         open_indexes([str(tmp_path / "nothing")])
-
-
-def chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-def headless_browser(height: int = 1600):
-    """(a headless Chromium webdriver, the folder its screenshots go to)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    browser, driver_path = chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size=1280,{height}"):
-        options.add_argument(arg)
-    artifacts = Path(os.environ.get("MMSSL_TEST_ARTIFACTS", "test-artifacts"))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    return webdriver.Chrome(service=Service(driver_path), options=options), artifacts
 
 
 @pytest.mark.skipif(

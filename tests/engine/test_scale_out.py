@@ -8,7 +8,6 @@ environment variables; ``torchrun ... -m mmssl.cli index build``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -20,9 +19,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from mmssl.engine import Trainer
 from mmssl.models import DualEncoder
-from mmssl.text_code import build_text_code
-from mmssl.train import TrainConfig, Trainer, main
+from mmssl.recipes.text_code import RECIPE as TEXT_CODE
+from mmssl.train import TrainConfig, main
 from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")
@@ -52,7 +52,7 @@ def config_for(corpus, out, **overrides) -> TrainConfig:
         eps=1e-4,
         device="cpu",
     )
-    return TrainConfig(**{**base, **overrides})
+    return TrainConfig.from_flat(**{**base, **overrides})
 
 
 def _free_port() -> int:
@@ -77,7 +77,7 @@ def _rank_main(rank: int, port: int, config: dict, crash_at: int | None) -> None
 
         Trainer.train_step = crashing
     try:
-        main(TrainConfig(**config))
+        main(TrainConfig.from_flat(**config))
     except KeyboardInterrupt:
         pass
 
@@ -102,8 +102,8 @@ def _assert_close_weights(a, b, atol=2e-5) -> None:
 def _single(corpus, out, monkeypatch, crash_at=None, **overrides):
     torch.manual_seed(0)
     config = config_for(corpus, out, **overrides)
-    task, _ = build_text_code(config, CPU)
-    fit_or_crash(Trainer(task, config, None, CPU), monkeypatch, crash_at)
+    task = TEXT_CODE.build_task(config, CPU)
+    fit_or_crash(Trainer(task, config.engine, CPU), monkeypatch, crash_at)
 
 
 @pytest.mark.slow
@@ -111,7 +111,7 @@ def test_two_processes_train_as_one_on_the_global_batch_and_resume_in_one(code_c
     # Two gloo ranks, 16 pairs each, die before step 3 (checkpoint at step 2).
     two = tmp_path / "two"
     port = _free_port()
-    config = dataclasses.asdict(config_for(code_corpus, two))
+    config = config_for(code_corpus, two).flat()
     mp.start_processes(_rank_main, args=(port, config, 3), nprocs=WORLD, join=True, start_method="spawn")
     # One process, the whole batch of 32: the same run, and the same run cut at the same place.
     _single(code_corpus, tmp_path / "one", monkeypatch)
@@ -147,7 +147,7 @@ def test_two_processes_with_hard_negatives_train_as_one(code_corpus, tmp_path, m
     negatives = mine_negatives(pairs, MiningSettings(source="bm25", top_k=20, keep=5)).save(tmp_path / "neg.jsonl")
     kw = dict(negatives=str(negatives), hard_negatives=2, max_steps=3, save_every=0)
     two = tmp_path / "two"
-    config = dataclasses.asdict(config_for(code_corpus, two, **kw))
+    config = config_for(code_corpus, two, **kw).flat()
     mp.start_processes(_rank_main, args=(_free_port(), config, None), nprocs=WORLD, join=True, start_method="spawn")
     _single(code_corpus, tmp_path / "one", monkeypatch, **kw)
     one, got = _losses(tmp_path / "one"), _losses(two)
@@ -161,10 +161,10 @@ def test_global_batch_must_split_evenly_over_the_processes(code_corpus, tmp_path
     from mmssl import distributed
 
     config = config_for(code_corpus, tmp_path / "odd", batch_size=33)
-    task, _ = build_text_code(config, CPU)
+    task = TEXT_CODE.build_task(config, CPU)
     monkeypatch.setattr(distributed, "get_world_size", lambda: 2)
     with pytest.raises(ValueError, match="--batch-size 33 does not split evenly over 2 processes"):
-        Trainer(task, config, None, CPU)
+        Trainer(task, config.engine, CPU)
 
 
 # ---- gradient caching and activation checkpointing ---------------------------------------------
@@ -181,7 +181,7 @@ def _grads(task, batch) -> dict[str, torch.Tensor]:
 def _text_code_task(corpus, tmp_path, **overrides):
     torch.manual_seed(0)
     config = config_for(corpus, tmp_path / "gc", **overrides)
-    task, _ = build_text_code(config, CPU)
+    task = TEXT_CODE.build_task(config, CPU)
     task.model.train()
     return task
 
@@ -229,15 +229,15 @@ def test_grad_cache_replays_each_chunks_dropout(code_corpus, tmp_path):
 def test_grad_cache_trains_through_the_engine(code_corpus, tmp_path):
     config = config_for(code_corpus, tmp_path / "run", grad_cache=8, max_steps=6, save_every=0)
     torch.manual_seed(0)
-    task, _ = build_text_code(config, CPU)
-    Trainer(task, config, None, CPU).fit()
+    task = TEXT_CODE.build_task(config, CPU)
+    Trainer(task, config.engine, CPU).fit()
     losses = _losses(tmp_path / "run")
     assert sorted(losses) == list(range(1, 7)) and all(np.isfinite(list(losses.values())))
     assert losses[6] < losses[1]
 
 
 def test_activation_checkpointing_keeps_the_gradients(code_corpus, tmp_path):
-    from mmssl.image_text import build_model as build_image_text_model
+    from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
 
     task = _text_code_task(code_corpus, tmp_path)
     batch = task.batch(torch.arange(32))
@@ -250,8 +250,8 @@ def test_activation_checkpointing_keeps_the_gradients(code_corpus, tmp_path):
 
     # open_clip towers: their own switch
     torch.manual_seed(0)
-    image_text = TrainConfig(task="image-text", image_model="mmssl-vit-micro", train="unused")
-    model = build_image_text_model(image_text)
+    image_text = TrainConfig.from_flat(task="image-text", image_model="mmssl-vit-micro", train="unused")
+    model = IMAGE_TEXT.build_model(image_text.model, image_text.image_text)
     model.set_grad_checkpointing(True)
     assert model.towers["image"].visual.transformer.grad_checkpointing
     assert model.towers["text"].text.transformer.grad_checkpointing
@@ -288,7 +288,7 @@ def test_index_built_by_two_processes_equals_one(tiny_model, code_corpus, tmp_pa
 
 
 def test_default_data_workers_none_on_cpu_and_a_share_of_the_cores_per_gpu_process(monkeypatch):
-    from mmssl.train import resolve_workers
+    from mmssl.engine.sampling import resolve_workers
 
     monkeypatch.setattr(os, "cpu_count", lambda: 32)
     assert resolve_workers(3, CPU) == 3 and resolve_workers(-1, CPU) == 0
@@ -302,7 +302,7 @@ def test_default_data_workers_none_on_cpu_and_a_share_of_the_cores_per_gpu_proce
 def test_two_processes_with_grad_cache_average_their_gradients_themselves(code_corpus, tmp_path, monkeypatch):
     """GradCache runs several backward passes a step, so DDP is not used: ``sync_gradients`` averages."""
     two = tmp_path / "two-gc"
-    config = dataclasses.asdict(config_for(code_corpus, two, grad_cache=6, save_every=0))
+    config = config_for(code_corpus, two, grad_cache=6, save_every=0).flat()
     mp.start_processes(_rank_main, args=(_free_port(), config, None), nprocs=WORLD, join=True, start_method="spawn")
     _single(code_corpus, tmp_path / "one", monkeypatch, save_every=0)
     one, got = _losses(tmp_path / "one"), _losses(two)

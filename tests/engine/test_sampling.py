@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmssl.tasks import EpochSampler, Pairs
+from mmssl.data.pairs import Pairs
+from mmssl.engine.sampling import EpochSampler
 
 
 def test_identical_queries_share_an_id():

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from mmssl import cli
+from mmssl.engine.sampling import to_device
 from mmssl.pretrain import image_ssl as S
-from mmssl.tasks import to_device
 
 CPU = torch.device("cpu")
 MICRO = "mmssl-vit-micro"
@@ -29,7 +29,7 @@ def shapes(tmp_path_factory):
 
 
 def config_for(method: str, data, out, **overrides) -> S.ImageSSLConfig:
-    cls = {c.method: c for c in S.ImageSSLConfig.__subclasses__()}[method]
+    cls = S.METHODS[method].config_class
     base = dict(
         data=str(data),
         out=str(out),
@@ -49,13 +49,21 @@ def config_for(method: str, data, out, **overrides) -> S.ImageSSLConfig:
         eval_max_images=32,
         valid_partition="test",
     )
-    return cls(**{**base, **overrides})
+    names = {f.name for f in dataclasses.fields(cls)}  # method options (proj_dim, clusters) where they apply
+    return cls(**{**{k: v for k, v in base.items() if k in names}, **overrides})
 
 
-@pytest.mark.parametrize("method", S.METHODS)
+def build_model(config):
+    """The image-text recipe's model for a ``TrainConfig``."""
+    from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
+
+    return IMAGE_TEXT.build_model(config.model, config.image_text)
+
+
+@pytest.mark.parametrize("method", list(S.METHODS))
 def test_each_method_lowers_its_loss_on_a_fixed_batch(method, shapes, tmp_path):
     torch.manual_seed(0)
-    task, valid_fn = S.build_image_ssl(config_for(method, shapes, tmp_path), CPU)
+    task = S.build_image_ssl(config_for(method, shapes, tmp_path), CPU)
     batch = to_device(task.batcher(torch.arange(16)), CPU)
     opt = torch.optim.AdamW(task.parameters(), lr=1e-3)
     task.model.train()
@@ -72,14 +80,14 @@ def test_each_method_lowers_its_loss_on_a_fixed_batch(method, shapes, tmp_path):
         assert set(report) == {"emb_std", "eff_rank"} and 1.0 <= report["eff_rank"] <= 16
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.05 * abs(np.mean(losses[:5])), losses
-    scores = valid_fn(task.model)
+    scores = task.evaluate()
     assert np.isfinite(scores["valid_loss"]) and "valid_eff_rank" in scores
 
 
 def test_byol_target_is_the_scheduled_moving_average_of_the_online_network(shapes, tmp_path):
     torch.manual_seed(0)
     config = config_for("byol", shapes, tmp_path, ema=0.9, max_steps=10)
-    task, _ = S.build_image_ssl(config, CPU)
+    task = S.build_image_ssl(config, CPU)
     m = task.model
     target = m.target["tower"].visual.conv1.weight
     online = m.tower.visual.conv1.weight
@@ -116,7 +124,7 @@ def test_deepcluster_labels_are_faiss_kmeans_of_the_towers_features(shapes, tmp_
     from indexing import cluster
 
     torch.manual_seed(0)
-    task, _ = S.build_image_ssl(config_for("deepcluster", shapes, tmp_path), CPU)
+    task = S.build_image_ssl(config_for("deepcluster", shapes, tmp_path), CPU)
     calls = []
     real = cluster.kmeans
 
@@ -173,7 +181,6 @@ def test_jigsaw_and_rotation_transforms():
 
 
 def test_pretrained_tower_resumes_and_starts_an_image_text_model(shapes, tmp_path):
-    from mmssl.image_text import build_model
     from mmssl.train import TrainConfig
 
     out = tmp_path / "byol"
@@ -188,29 +195,29 @@ def test_pretrained_tower_resumes_and_starts_an_image_text_model(shapes, tmp_pat
 
     # the task state (tower, projector, predictor, target) survives save/load
     config = config_for("byol", shapes, tmp_path / "x", proj_dim=16, hidden_dim=512)
-    task, _ = S.build_image_ssl(dataclasses.replace(config), CPU)
+    task = S.build_image_ssl(dataclasses.replace(config), CPU)
     task.load_pretrained_state(out / "final")
-    saved = S.build_image_ssl(config, CPU)[0]
+    saved = S.build_image_ssl(config, CPU)
     saved.load_pretrained_state(out / "final")
     for (name, a), (_, b) in zip(task.model.state_dict().items(), saved.model.state_dict().items()):
         assert torch.equal(a, b), name
 
     # --image-init: the image-text model's image tower starts from the pretrained weights
-    tc = TrainConfig(task="image-text", train=str(shapes), image_init=str(out / "final"), embed_dim=24)
+    tc = TrainConfig.from_flat(task="image-text", train=str(shapes), image_init=str(out / "final"), embed_dim=24)
     model = build_model(tc)
     pretrained = task.model.tower.visual.state_dict()
     for name, value in model.towers["image"].visual.state_dict().items():
         assert torch.equal(value, pretrained[name]), name
     assert model.towers["image"].dim == 24  # its own projection to the dual encoder's size
     with pytest.raises(ValueError, match="pick one"):
-        build_model(dataclasses.replace(tc, image_weights="x.pt"))
+        build_model(tc.replace(image_weights="x.pt"))
 
 
 def test_a_torchvision_resnet_pretrains_and_starts_an_image_text_model(shapes, tmp_path):
     from safetensors.torch import load_file
 
-    from mmssl.image_text import build_model, load_image_pairs
     from mmssl.models import DualEncoder
+    from mmssl.recipes.image_pairs import load_image_pairs
     from mmssl.train import TrainConfig
 
     out = tmp_path / "simclr-rn18"
@@ -220,7 +227,7 @@ def test_a_torchvision_resnet_pretrains_and_starts_an_image_text_model(shapes, t
     assert cli.main(argv) == 0
     assert (out / "final" / "torchvision_config.json").is_file()
     pretrained = {k.removeprefix("visual."): v for k, v in load_file(str(out / "final" / "model.safetensors")).items()}
-    tc = TrainConfig(task="image-text", train=str(shapes), image_init=str(out / "final"), text_model=MICRO)
+    tc = TrainConfig.from_flat(task="image-text", train=str(shapes), image_init=str(out / "final"), text_model=MICRO)
     model = build_model(tc)
     image = model.towers["image"]
     for name, value in image.visual.state_dict().items():
@@ -234,4 +241,4 @@ def test_a_torchvision_resnet_pretrains_and_starts_an_image_text_model(shapes, t
     with torch.no_grad():
         torch.testing.assert_close(back.eval().encode_image(pixels), model.eval().encode_image(pixels))
     with pytest.raises(ValueError, match="--text-model"):  # a torchvision tower brings no text tower
-        build_model(TrainConfig(task="image-text", train=str(shapes), image_model="torchvision:resnet18"))
+        build_model(TrainConfig.from_flat(task="image-text", train=str(shapes), image_model="torchvision:resnet18"))

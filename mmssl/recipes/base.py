@@ -1,0 +1,100 @@
+"""``Recipe``: what one modality pair (text-code, image-text, ...) brings to the dual-encoder
+commands: how to read its pairs, build its model, score it, and read a collection to index.
+
+Every recipe trains the same ``ContrastiveTask``; ``build_task`` is the one sequence of steps from a
+``TrainConfig`` to it (data, model, dropout, loss, hard negatives, validation). A recipe reads only
+its own group of the config (``group``: ``config.text_code``, ``config.image_text``) beside the
+shared data and model groups. A new recipe subclasses this (or a built-in one) and is registered
+with ``mmssl.recipes.register``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from mmssl.console import get_logger
+from mmssl.data.pairs import Pairs
+from mmssl.models import DualEncoder
+from mmssl.models.text import set_dropout
+from mmssl.recipes.config import DualModelConfig, PairDataConfig, TrainConfig
+
+log = get_logger("recipes")
+
+
+class Recipe(ABC):
+    """One modality pair's data, model and evaluation (see the module docstring)."""
+
+    name: str  # the --task value
+    modalities: tuple[str, str]  # (query side, candidate side)
+    group: str  # the TrainConfig group of this recipe's own options
+    metric: str  # the validation metric that picks the best model (higher is better)
+
+    @abstractmethod
+    def load_pairs(
+        self, source: str, partition: str | None, data: PairDataConfig | None = None, max_pairs: int | None = None
+    ) -> Pairs:
+        """The (query, candidate) pairs of ``source``'s ``partition`` (a seeded ``max_pairs`` of them)."""
+
+    @abstractmethod
+    def build_model(self, model: DualModelConfig, options, train: Pairs) -> DualEncoder:
+        """The untrained dual encoder (``options``: this recipe's group; ``train``: for tokenizers)."""
+
+    @abstractmethod
+    def evaluate(self, model: DualEncoder, pairs: Pairs, batch_size: int = 128) -> dict:
+        """Retrieval scores of ``model`` on ``pairs``, ``self.metric`` among them."""
+
+    @abstractmethod
+    def index_items(self, model: DualEncoder, data: str, modality: str, text_field: str | None,
+                    partition: str | None, max_items: int | None) -> tuple:  # fmt: skip
+        """(items to embed, texts for the store, payloads, tuning queries or None) of a collection."""
+
+    @abstractmethod
+    def eval_command(self, config) -> int:
+        """``mmssl eval --task NAME``: score a model (``mmssl.eval_cmd.EvalConfig``) and print it."""
+
+    def loss(self, model: DualModelConfig) -> nn.Module:
+        """The contrastive loss (InfoNCE; the model's learnable temperature is passed to it)."""
+        from mmssl.losses import InfoNCELoss
+
+        return InfoNCELoss(label_smoothing=model.label_smoothing)
+
+    def check(self, config: TrainConfig) -> None:
+        """Refuse options that contradict each other, before any data is read."""
+        return None
+
+    def build_task(self, config: TrainConfig, device: torch.device):
+        """The ``ContrastiveTask`` a ``TrainConfig`` describes, on ``device``."""
+        from mmssl.negatives import negatives_for
+        from mmssl.recipes.contrastive import ContrastiveTask
+
+        self.check(config)
+        data = config.data
+        train = self.load_pairs(data.train, data.train_partition, data)
+        if len(train) < config.engine.batch_size:
+            raise ValueError(
+                f"{data.train}: {len(train)} usable training pairs (partition {data.train_partition!r}), "
+                f"fewer than --batch-size {config.engine.batch_size}"
+            )
+        # A seeded sample, not the first pairs: those would come from one or two repositories.
+        valid = self.load_pairs(data.valid or data.train, data.valid_partition, data, max_pairs=data.eval_max_pairs)
+        log.info("%s: %d training pairs, %d validation pairs", self.name, len(train), len(valid))
+        model = self.build_model(config.model, getattr(config, self.group), train).to(device)
+        if config.model.dropout is not None:
+            n = set_dropout(model, config.model.dropout)
+            log.info("dropout %.2f in %d layers", config.model.dropout, n)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("%s parameters, %s trainable", f"{sum(p.numel() for p in model.parameters()):,}", f"{trainable:,}")
+        negatives = negatives_for(config.negatives, train, config.engine.max_steps)
+        validation = (lambda m: self.evaluate(m, valid)) if len(valid) else None
+        if validation is None:
+            log.warning(
+                "no validation pairs in %s (partition %r): no best-model selection, only the final model is saved",
+                data.valid or data.train, data.valid_partition,
+            )  # fmt: skip
+        loss = self.loss(config.model)
+        return ContrastiveTask(
+            model, loss, train, validation, self.metric, grad_cache=config.model.grad_cache, **negatives
+        )

@@ -1,0 +1,175 @@
+"""``TrainConfig`` (``mmssl train``) and its groups: engine, data, model, negatives and one group per
+recipe (text_code, image_text). Each builder takes the groups it uses; the flags keep their names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from mmssl.engine.config import EngineConfig
+from mmssl.options import GroupedConfig
+
+
+@dataclass(frozen=True)
+class TrainEngineConfig(EngineConfig):
+    """The engine's options with ``mmssl train``'s defaults."""
+
+    GROUP_TITLE: ClassVar[str] = "engine: optimization, precision, validation, checkpoints"
+    out: str = field(default="runs/text-code", metadata={"help": "output directory"})
+    batch_size: int = field(
+        default=64,
+        metadata={"help": "pairs per micro-batch, all processes together: the InfoNCE negatives"},
+    )
+
+
+@dataclass(frozen=True)
+class PairDataConfig:
+    """Which pairs are trained and validated on, and how bad images are handled."""
+
+    GROUP_TITLE: ClassVar[str] = "data"
+    task: str = field(default="text-code", metadata={"help": "the recipe: text-code, image-text (or a registered one)"})
+    train: str = field(
+        default="",
+        metadata={
+            "help": "training data: text-code: CodeSearchNet .jsonl[.gz] file or folder; image-text: CSV/TSV, "
+            "JSONL, imagefolder (metadata.jsonl), saved datasets dir, or WebDataset .tar shards"
+        },
+    )
+    train_partition: str | None = field(default="train", metadata={"help": "keep records with this partition"})
+    valid: str | None = field(default=None, metadata={"help": "validation data (default: the training source)"})
+    valid_partition: str | None = field(default="valid", metadata={"help": "partition of the validation records"})
+    eval_max_pairs: int = field(default=2000, metadata={"help": "validation pairs used"})
+    on_bad: Literal["skip", "raise"] = field(
+        default="skip", metadata={"help": "image-text: bad images are skipped and counted, or stop the run"}
+    )
+    cache_images_mb: float = field(
+        default=2048.0, metadata={"help": "image-text: decoded images kept in memory up to this size"}
+    )
+
+
+@dataclass(frozen=True)
+class DualModelConfig:
+    """What every dual-encoder recipe reads: the query tower, the shared size, the contrastive loss."""
+
+    GROUP_TITLE: ClassVar[str] = "model: towers and loss (every recipe)"
+    text_init: str | None = field(
+        default=None,
+        metadata={"help": "query tower: model dir (e.g. an `mmssl pretrain` output), hub name or 'minilm'"},
+    )
+    embed_dim: int | None = field(
+        default=None, metadata={"help": "shared size (default: the pretrained tower's, or 256)"}
+    )
+    max_text_length: int = field(default=64, metadata={"help": "query tokens"})
+    dropout: float | None = field(
+        default=None,
+        metadata={
+            "help": "set every dropout of the towers (0: off, about 2x the samples/s on CPU; default: the model's)"
+        },
+    )
+    temperature: float = field(default=0.07, metadata={"help": "initial temperature (learnable)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "InfoNCE label smoothing"})
+    grad_cache: int = field(
+        default=0,
+        metadata={
+            "help": "GradCache: embed the batch this many pairs at a time (0: all at once); the batch's "
+            "memory becomes that of a chunk, gradients unchanged"
+        },
+    )
+
+
+@dataclass(frozen=True)
+class NegativesConfig:
+    """Mined hard negatives as extra InfoNCE columns, and their refresh during training (ANCE)."""
+
+    GROUP_TITLE: ClassVar[str] = "hard negatives"
+    negatives: str | None = field(
+        default=None,
+        metadata={"help": "hard negatives of the training pairs, from `mmssl mine-negatives` on the same --train"},
+    )
+    hard_negatives: int = field(
+        default=1,
+        metadata={"help": "hard negatives per pair per step, drawn from its mined ones (extra InfoNCE columns)"},
+    )
+    refresh_negatives: int = field(
+        default=0,
+        metadata={
+            "help": "ANCE: re-mine hard negatives with the current model every N steps (0: never), in a "
+            "background thread; used from N/2 steps later"
+        },
+    )
+    refresh_async: bool = field(
+        default=True, metadata={"help": "mine refreshes in a background thread (false: at the step itself)"}
+    )
+    refresh_source: Literal["model", "both"] = field(
+        default="model", metadata={"help": "refreshes retrieve with the model, or model + BM25 fused"}
+    )
+
+
+@dataclass(frozen=True)
+class TextCodeConfig:
+    """The text-code recipe: the code tower, and towers built from scratch."""
+
+    GROUP_TITLE: ClassVar[str] = "text-code recipe"
+    code_init: str | None = field(default=None, metadata={"help": "code tower: model dir, hub name or 'minilm'"})
+    shared: bool = field(default=False, metadata={"help": "one tower for both sides"})
+    arch: Literal["bert", "roberta", "gpt2"] = field(default="roberta", metadata={"help": "from-scratch arch"})
+    preset: str = field(
+        default="small", metadata={"help": "from-scratch size: nbow (no layer), tiny, mini, small, base"}
+    )
+    pooling: Literal["cls", "mean", "last"] = field(
+        default="mean", metadata={"help": "pooling: cls or mean (encoders), last or mean (causal models)"}
+    )
+    vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary trained on the corpus"})
+    split_identifiers: bool = field(
+        default=True,
+        metadata={"help": "corpus BPE: split camelCase/snake_case into lowercase words (false: plain byte-level)"},
+    )
+    max_code_length: int = field(default=256, metadata={"help": "code tokens"})
+
+
+@dataclass(frozen=True)
+class ImageTextConfig:
+    """The image-text recipe: the image tower, its text tower when not --text-init, LiT locking."""
+
+    GROUP_TITLE: ClassVar[str] = "image-text recipe"
+    image_model: str = field(
+        default="mmssl-vit-tiny",
+        metadata={
+            "help": "open_clip model config (ViT-B-32, RN50, ...), mmssl-vit-tiny/-micro, a .json, "
+            "or torchvision:ARCH (resnet50, ...; with --text-model or --text-init)"
+        },
+    )
+    image_weights: str | None = field(
+        default=None,
+        metadata={"help": "a local open_clip or torchvision checkpoint (or a pretrained tag, online)"},
+    )
+    image_init: str | None = field(
+        default=None,
+        metadata={"help": "start the image tower from a saved one (`mmssl pretrain <method>`'s OUT/best)"},
+    )
+    text_model: str | None = field(
+        default=None,
+        metadata={"help": "open_clip text tower config (default: the image model's); --text-init instead"},
+    )
+    context_length: int | None = field(default=None, metadata={"help": "open_clip text tokens (default: the config's)"})
+    augment: Literal["none", "heavy"] = field(
+        default="none", metadata={"help": "none (open_clip's crop) or heavy (crop 0.3-1, colour jitter)"}
+    )
+    flip: bool = field(default=False, metadata={"help": "random horizontal flips"})
+    image_size: int | None = field(default=None, metadata={"help": "override the input size"})
+    lock_text: bool = field(default=False, metadata={"help": "freeze the text tower (LiT)"})
+    lock_image: bool = field(default=False, metadata={"help": "freeze the image tower"})
+    unlock_norms: bool = field(default=False, metadata={"help": "a locked tower keeps its norm layers trainable"})
+
+
+@dataclass(frozen=True)
+class TrainConfig(GroupedConfig):
+    """Train a dual encoder with symmetric InfoNCE (``--config FILE`` reads TOML/YAML/JSON defaults,
+    flat or in tables by group: [engine], [data], [model], [negatives], [text_code], [image_text])."""
+
+    engine: TrainEngineConfig = field(default_factory=TrainEngineConfig)
+    data: PairDataConfig = field(default_factory=PairDataConfig)
+    model: DualModelConfig = field(default_factory=DualModelConfig)
+    negatives: NegativesConfig = field(default_factory=NegativesConfig)
+    text_code: TextCodeConfig = field(default_factory=TextCodeConfig)
+    image_text: ImageTextConfig = field(default_factory=ImageTextConfig)
