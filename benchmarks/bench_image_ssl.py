@@ -71,9 +71,10 @@ def tower_for(init: str | None, model: str, seed: int):
 
 
 def frozen_scores(tower, data: str) -> dict:
+    from sklearn.neighbors import KNeighborsClassifier
+
     from mmssl.recipes.image_pairs import load_image_pairs
     from mmssl.recipes.image_text_eval import _labels, class_tasks, probe
-    from sklearn.neighbors import KNeighborsClassifier
 
     train, test = load_image_pairs(data, "train"), load_image_pairs(data, "test")
     xtr, xte = tower_features(tower, train.candidates), tower_features(tower, test.candidates)
@@ -90,10 +91,9 @@ def frozen_scores(tower, data: str) -> dict:
 
 
 def image_text_recall(data: str, init: str | None, out: Path, args, seed: int) -> dict:
+    from mmssl.models import DualEncoder
     from mmssl.recipes.image_pairs import load_image_pairs
     from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
-
-    from mmssl.models import DualEncoder
 
     argv = ["train", "--task", "image-text", "--train", data, "--out", str(out), "--image-model", args.image_model]
     argv += ["--batch-size", str(args.batch_size), "--max-steps", str(args.train_steps), "--warmup-steps", "10"]

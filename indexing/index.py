@@ -207,7 +207,7 @@ def build_index_dir(
 
 
 def _lexical_info() -> dict:
-    from indexing.lexical import K1, B
+    from mmssl.bm25 import K1, B
 
     return {"library": "bm25s", "method": "lucene", "k1": K1, "b": B, "tokenizer": "mmssl.bm25.code_search_tokens"}
 

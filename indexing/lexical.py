@@ -1,9 +1,9 @@
-"""The lexical side of an index: BM25 (``bm25s``) over the items' text, and reciprocal rank fusion.
+"""The lexical side of an index: BM25 over the items' text, and reciprocal rank fusion.
 
-Tokens are ``mmssl.bm25.code_search_tokens`` (identifier parts, camelCase and snake_case split,
-lowercased), the tokenizer the project's BM25 baseline is measured with, so code identifiers such
-as ``parseHTTPHeader`` match a query saying "parse http header". Scoring is bm25s's ``lucene``
-variant (k1 = 1.2, b = 0.75), the formula of ``mmssl.bm25``.
+BM25 is ``mmssl.bm25`` (the project's one BM25: bm25s's Lucene variant, k1 = 1.2, b = 0.75, over
+``code_search_tokens``: identifier parts, camelCase and snake_case split, lowercased), so code
+identifiers such as ``parseHTTPHeader`` match a query saying "parse http header", with the scores
+of ``mmssl eval --bm25`` (held in float32 here, as the index directory stores them).
 
 bm25s builds a static index: adding or removing items rebuilds it from the metadata store's text
 (seconds per 100,000 items); rows map to item ids through ``ids.npy``.
@@ -20,42 +20,33 @@ from pathlib import Path
 
 import numpy as np
 
-from mmssl.bm25 import code_search_tokens
+from mmssl.bm25 import BM25Index, code_search_tokens, top_k
 
 RRF_C = 60
-K1, B = 1.2, 0.75
 
 
 class LexicalIndex:
     """BM25 over tokenized texts, searched by query text, returning item ids."""
 
-    def __init__(self, bm25, ids: np.ndarray) -> None:
+    def __init__(self, bm25: BM25Index, ids: np.ndarray) -> None:
         self.bm25 = bm25
         self.ids = ids
 
     @classmethod
     def build(cls, ids: Sequence[int], texts: Iterable[str]) -> LexicalIndex:
-        import bm25s
-
-        tokens = [code_search_tokens(t) or [""] for t in texts]
+        tokens = [code_search_tokens(t) for t in texts]
         if not tokens:
             raise ValueError("cannot build a lexical index over no items")
-        bm25 = bm25s.BM25(method="lucene", k1=K1, b=B)
-        bm25.index(tokens, show_progress=False)
-        return cls(bm25, np.asarray(ids, dtype=np.int64))
+        return cls(BM25Index.from_documents(tokens, dtype="float32"), np.asarray(ids, dtype=np.int64))
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.bm25.save(str(path), show_progress=False)
+        self.bm25.save(path)
         np.save(path / "ids.npy", self.ids)
 
     @classmethod
     def load(cls, path: Path) -> LexicalIndex:
-        import bm25s
-
-        bm25 = bm25s.BM25.load(str(path), mmap=False, show_progress=False, verbosity=0)
-        ids = np.load(path / "ids.npy")
-        return cls(bm25, ids)
+        return cls(BM25Index.load(path), np.load(path / "ids.npy"))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -63,25 +54,23 @@ class LexicalIndex:
     def search(
         self, queries: Sequence[str], k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (Q, K), ids (Q, K)); -1 ids where fewer than K items match. ``allowed``: item ids."""
+        """(scores (Q, K), ids (Q, K)), best first (equal scores in row order); -1 ids where fewer
+        than K items match. ``allowed``: item ids."""
         k_eff = min(k, len(self.ids))
         mask = None
         if allowed is not None:
             mask = np.isin(self.ids, allowed).astype(np.float32)
         scores = np.zeros((len(queries), k), dtype=np.float32)
         ids = np.full((len(queries), k), -1, dtype=np.int64)
-        vocab = self.bm25.vocab_dict
         for qi, query in enumerate(queries):
-            tokens = [t for t in code_search_tokens(query) if t in vocab]
+            tokens = self.bm25.token_ids(code_search_tokens(query))
             if not tokens or k_eff == 0:
                 continue  # nothing in common with the collection: no lexical evidence
-            doc_scores = self.bm25.get_scores(tokens, weight_mask=mask)
-            top = np.argpartition(-doc_scores, k_eff - 1)[:k_eff]
-            top = top[np.argsort(-doc_scores[top], kind="stable")]
-            keep = doc_scores[top] > 0
+            top_s, top = top_k(self.bm25.scores_of(tokens, weight_mask=mask)[None], k_eff)
+            keep = top_s[0] > 0
             n = int(keep.sum())
-            scores[qi, :n] = doc_scores[top][keep]
-            ids[qi, :n] = self.ids[top][keep]
+            scores[qi, :n] = top_s[0][keep]
+            ids[qi, :n] = self.ids[top[0][keep]]
         return scores, ids
 
 

@@ -45,7 +45,9 @@ COMMANDS: dict[str, Command] = {
         "mmssl.train", "TrainConfig", "train a dual encoder (text-code, image-text) with symmetric InfoNCE"
     ),
     "mine-negatives": Command(
-        "mmssl.negatives", "MineNegativesConfig", "mine hard negatives for every training pair (model and/or BM25)"
+        "mmssl.negatives.command",
+        "MineNegativesConfig",
+        "mine hard negatives for every training pair (model and/or BM25)",
     ),
     "pretrain mlm": Command("mmssl.pretrain.run", "MLMConfig", "pretrain a masked language model (BERT/RoBERTa)"),
     "pretrain clm": Command("mmssl.pretrain.run", "CLMConfig", "pretrain a causal language model (GPT-2)"),

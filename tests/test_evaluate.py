@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mmssl import evaluate as E
-from mmssl.bm25 import BM25Index, code_search_tokens
+from mmssl.bm25 import BM25Index, code_search_tokens, top_k
 
 # ------------------------------------------------------------------------------------------------
 # slow references
@@ -249,7 +249,12 @@ def test_bm25_agrees_with_bm25s_lucene():
     peer = bm25s.BM25(k1=1.2, b=0.75, method="lucene", dtype="float64")
     peer.index(docs, show_progress=False)
     want = np.stack([peer.get_scores(q) for q in queries])
-    np.testing.assert_allclose(BM25Index.from_documents(docs).scores(queries), want, rtol=1e-12, atol=1e-14)
+    got = BM25Index.from_documents(docs).scores(queries)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    # mmssl.bm25 is bm25s: the slow transcription of the formula is the independent check here
+    # (random documents, queries with repeated terms)
+    ref = np.array([ref_bm25(q, docs) for q in queries])
+    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-15)
 
 
 def test_bm25_exact_token_query_ranks_its_document_first():
@@ -269,6 +274,18 @@ def test_bm25_plugs_into_codesearchnet_mrr():
     r = E.codesearchnet_mrr(index.scores_fn(queries), 30, chunk_size=10)
     assert r.mrr == 1.0 and r.n_chunks == 3
     assert E.recall_at_k_from_scores_fn(index.scores_fn(queries), 30, (1,)) == {"recall@1": 1.0}
+
+
+def test_bm25_top_k_orders_equal_scores_by_document():
+    scores = np.array([[1.0, 3.0, 3.0, 2.0, 3.0, 0.0], [0.0, 1.0, 5.0, 0.5, 2.0, 5.0]])
+    s, cols = top_k(scores, 4)
+    assert cols.tolist() == [[1, 2, 4, 3], [2, 5, 4, 1]] and s[0].tolist() == [3.0, 3.0, 3.0, 2.0]
+    assert top_k(scores, 10)[1].tolist() == [[1, 2, 4, 3, 0, 5], [2, 5, 4, 1, 3, 0]]  # k >= N: all
+
+
+def test_bm25_collection_without_tokens_scores_zero():
+    index = BM25Index.from_documents([[], []])
+    np.testing.assert_array_equal(index.scores([["a"], []]), np.zeros((2, 2)))
 
 
 @pytest.mark.parametrize(

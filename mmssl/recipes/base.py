@@ -67,7 +67,7 @@ class Recipe(ABC):
 
     def build_task(self, config: TrainConfig, device: torch.device):
         """The ``ContrastiveTask`` a ``TrainConfig`` describes, on ``device``."""
-        from mmssl.negatives import negatives_for
+        from mmssl.negatives.refresh import negatives_for
         from mmssl.recipes.contrastive import ContrastiveTask
 
         self.check(config)

@@ -214,7 +214,7 @@ class ContrastiveTask(Task):
         return state
 
     def load_checkpoint_state(self, state: dict) -> None:
-        from mmssl.negatives import NegativeTable
+        from mmssl.negatives.table import NegativeTable
 
         if "negatives" in state:
             self.batcher.negatives = NegativeTable.from_state(state["negatives"])

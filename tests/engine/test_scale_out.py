@@ -141,7 +141,8 @@ def test_two_processes_train_as_one_on_the_global_batch_and_resume_in_one(code_c
 def test_two_processes_with_hard_negatives_train_as_one(code_corpus, tmp_path, monkeypatch):
     """Each rank draws its pairs' hard negatives (the same draw as one process: it depends on the
     batch seed and the pair only) and the loss all-gathers them: 2 processes = 1 process."""
-    from mmssl.negatives import MiningSettings, load_training_pairs, mine_negatives
+    from mmssl.negatives import MiningSettings, mine_negatives
+    from mmssl.negatives.command import load_training_pairs
 
     pairs = load_training_pairs(code_corpus, "text-code", "train")
     negatives = mine_negatives(pairs, MiningSettings(source="bm25", top_k=20, keep=5)).save(tmp_path / "neg.jsonl")

@@ -297,6 +297,20 @@ def test_lexical_index_matches_identifier_parts_and_respects_filters(tmp_path):
     assert 7 not in ids
 
 
+def test_lexical_index_scores_as_the_eval_bm25_and_orders_ties_by_row(tmp_path):
+    """The index's BM25 is ``mmssl.bm25``'s (in float32), an item without tokens included."""
+    from mmssl.bm25 import BM25Index, code_search_tokens
+
+    texts = ["def read_csv(path): ...", "", "def read_csv(path): ...", "def write_csv(rows): ...", "read csv"]
+    lex = LexicalIndex.build([10, 11, 12, 13, 14], texts)
+    lex.save(tmp_path / "lex")
+    query = "read csv file"
+    scores, ids = LexicalIndex.load(tmp_path / "lex").search([query], 5)
+    assert ids[0].tolist() == [14, 10, 12, 13, -1]  # 10 and 12 tie: by row; the empty item matches nothing
+    want = BM25Index.from_documents([code_search_tokens(t) for t in texts]).scores([code_search_tokens(query)])
+    np.testing.assert_allclose(scores[0, :4], want[0][[4, 0, 2, 3]], rtol=1e-6)
+
+
 # ---- embedding shards, model checks, command line ------------------------------------------------
 
 

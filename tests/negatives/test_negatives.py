@@ -18,10 +18,11 @@ from PIL import Image
 
 from mmssl import cli
 from mmssl.bm25 import code_search_tokens
-from mmssl.data.pairs import normalize_text as _norm
+from mmssl.data.pairs import normalize_text
 from mmssl.engine import Trainer
 from mmssl.models import DualEncoder
-from mmssl.negatives import MiningSettings, NegativeTable, load_training_pairs, mine_negatives
+from mmssl.negatives import MiningSettings, NegativeTable, mine_negatives
+from mmssl.negatives.command import load_training_pairs
 from mmssl.recipes.text_code import RECIPE as TEXT_CODE
 from mmssl.train import TrainConfig
 from tests.conftest import fit_or_crash
@@ -66,7 +67,7 @@ def assert_clean(table: NegativeTable, pairs, near: float) -> None:
     for i in range(len(pairs)):
         for j in table.indices[i][table.indices[i] >= 0]:
             assert j != i and ids[j] != ids[i]
-            assert _norm(pairs.candidates[j]) != _norm(pairs.candidates[i])
+            assert normalize_text(pairs.candidates[j]) != normalize_text(pairs.candidates[i])
             assert _jaccard(pairs.candidates[i], pairs.candidates[j]) < near
 
 
