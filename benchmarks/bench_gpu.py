@@ -270,7 +270,8 @@ def section_faiss(args, out: Path) -> list[dict]:
     import faiss
     from bench_index import Mixture
 
-    from indexing.build import ArrayShards, build_in_memory, choose_index, gpu_count
+    from indexing.build import ArrayShards, build_in_memory, gpu_count
+    from indexing.plan import choose_index
 
     x = Mixture(args.dim).sample(args.n, seed=1)
     xq = Mixture(args.dim).sample(args.queries, seed=2)

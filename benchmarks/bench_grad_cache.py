@@ -47,9 +47,9 @@ def child(args) -> None:
 
     from mmssl.data.pairs import Pairs
     from mmssl.losses import InfoNCELoss
+    from mmssl.recipes.config import TrainConfig
     from mmssl.recipes.contrastive import ContrastiveTask
     from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
-    from mmssl.train import TrainConfig
 
     torch.manual_seed(0)
     device = torch.device(args.device)

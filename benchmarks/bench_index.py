@@ -8,7 +8,7 @@ What it measures
     layer tunes its search parameters on. Reference: the exact top-10 of every query by inner
     product (FAISS ``knn``).
 
-    Configurations (the types ``indexing.build.choose_index`` picks):
+    Configurations (the types ``indexing.plan.choose_index`` picks):
         flat      exact search (``--index-type flat``): the speed reference
         auto      what the layer picks for N with no memory budget (IVF with fast-scan 4-bit PQ
                   codes, candidates re-ranked with the exact vectors: ``ivf_fastscan``)
@@ -61,8 +61,10 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import faiss  # noqa: E402
 
-from indexing.build import ArrayShards, build_in_memory, choose_index, memory_estimate  # noqa: E402
-from indexing.index import SearchIndex, build_index_dir  # noqa: E402
+from indexing.build import ArrayShards, build_in_memory  # noqa: E402
+from indexing.create import build_index_dir  # noqa: E402
+from indexing.index import SearchIndex  # noqa: E402
+from indexing.plan import choose_index, memory_estimate  # noqa: E402
 from indexing.tune import recall_at, search_parameters  # noqa: E402
 from mmssl.runtime import cpu_name  # noqa: E402
 
@@ -177,7 +179,7 @@ def main() -> None:
     p.add_argument("--markdown", action="store_true")
     args = p.parse_args()
 
-    from indexing.build import parse_budget
+    from indexing.plan import parse_budget
 
     n, d, k = args.n, args.dim, 10
     started = dt.datetime.now(dt.UTC)

@@ -33,9 +33,9 @@ from mmssl.runtime import cpu_name  # noqa: E402
 
 def run(data: str, cached: bool, steps: int) -> float:
     from mmssl.engine import Trainer
+    from mmssl.recipes.config import TrainConfig
     from mmssl.recipes.contrastive import ContrastiveTask
     from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
-    from mmssl.train import TrainConfig
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig.from_flat(

@@ -1,6 +1,6 @@
 """Does self-supervised pretraining of the tower help text-code retrieval? (issue #4)
 
-The experiment the seed notes ask for: the same dual encoder (one shared 2-layer, 128-wide tower,
+The pretraining experiment: the same dual encoder (one shared 2-layer, 128-wide tower,
 mean-pooled, symmetric InfoNCE, same contrastive steps, same data, same tokenizer) started from
   - random init (``mmssl pretrain mlm --max-steps 0``: the control, same tokenizer; the GPT-2
     shape ``rand-gpt2`` on request),

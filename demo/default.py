@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from mmssl.console import get_logger, setup_logging
+from mmssl.console import get_logger
 
 log = get_logger("demo")
 
@@ -173,36 +173,3 @@ def image_paths(out: Path, config: DemoDefaultConfig) -> list[Path]:
         argv = ["index", "build", "--model", str(model), "--data", str(data), "--out", str(path)]
         _cli(argv + ["--modality", modality, "--overwrite", *extra])
     return paths
-
-
-def main(config: DemoDefaultConfig) -> int:
-    setup_logging()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    t = step("1/5 corpus: functions with docstrings from the standard library and installed packages")
-    corpus = corpus_path(out, config.max_files)
-    print(f"   {time.monotonic() - t:.0f} s")
-    t = step(f"2/5 model: {config.model}")
-    model = model_path(out, config.model, corpus, config)
-    print(f"   {time.monotonic() - t:.0f} s")
-    t = step("3/5 indexes: text → code and code → text, each with BM25")
-    max_items = DEFAULT_ITEMS[config.model] if config.max_items is None else config.max_items
-    paths = index_paths(out, config.model, corpus, model, max_items or None)
-    print(f"   {time.monotonic() - t:.0f} s")
-    if config.images == "emoji":
-        t = step(
-            "4/5 images: the emoji set, an image tower trained against MiniLM (LiT), text → image and image → text"
-        )
-        paths += image_paths(out, config)
-        print(f"   {time.monotonic() - t:.0f} s")
-    print(f"\nready in {time.monotonic() - started:.0f} s")
-    if not config.launch:
-        return 0
-    from demo.app import launch, open_indexes
-
-    step("5/5 the search app")
-    indexes = open_indexes(paths, LEXICAL_WEIGHT[config.model])
-    print(f"open http://{config.host}:{config.port}/ in a browser (Ctrl+C stops it)", flush=True)
-    launch(indexes, config.host, config.port)
-    return 0

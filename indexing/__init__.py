@@ -3,8 +3,10 @@
 FAISS and bm25s are imported when a function that needs them runs, not by ``import indexing``.
 """
 
-from indexing.build import ArrayShards, IndexPlan, choose_index, parse_budget
-from indexing.index import Hit, SearchIndex, build_index_dir
+from indexing.build import ArrayShards
+from indexing.create import build_index_dir
+from indexing.index import Hit, SearchIndex
+from indexing.plan import IndexPlan, choose_index, parse_budget
 from indexing.store import IndexDirError, Manifest, MetadataStore, model_fingerprint
 from indexing.update import add_items, remove_items
 

@@ -85,9 +85,9 @@ def _load_model(path: str, device: str):
 
 
 def build_main(config: IndexBuildConfig) -> int:
-    from indexing.build import parse_budget
+    from indexing.create import build_index_dir, check_target
     from indexing.embed import ShardDir, embed_collection, embed_texts
-    from indexing.index import build_index_dir, check_target
+    from indexing.plan import parse_budget
     from indexing.store import model_fingerprint
     from mmssl.distributed import get_rank, init_distributed
 

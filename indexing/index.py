@@ -1,4 +1,5 @@
-"""Build, load, search and update an index directory (layout in ``indexing.store``).
+"""Load and search an index directory (``SearchIndex``; built by ``indexing.create``, layout in
+``indexing.store``).
 
 Shape legend: N items, Q queries, K results, D embedding size.
 
@@ -19,44 +20,30 @@ from __future__ import annotations
 
 import math
 import sqlite3
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from indexing.build import (
-    Shards,
-    as_float32_matrix,
-    as_ids,
-    build_in_memory,
-    build_ondisk,
-    choose_index,
-    enable_id_lookup,
-    gpu_count,
-)
+from indexing.build import as_float32_matrix, enable_id_lookup, gpu_count
 from indexing.lexical import LexicalIndex, reciprocal_rank_fusion
 from indexing.store import (
     INDEX_FILE,
     LEXICAL_DIR,
     MANIFEST,
     META_FILE,
-    ONDISK_FILE,
     IndexDirError,
     Manifest,
     MetadataStore,
     check_files,
     model_fingerprint,
-    now,
     read_index_file,
-    record_files,
-    write_index_file,
 )
-from indexing.tune import Tuning, exact_neighbours, search_parameters, tune
+from indexing.tune import search_parameters
 from mmssl.console import get_logger
-from mmssl.io import atomic_dir
+from mmssl.io import Closable
 
 log = get_logger("index")
 Mode = Literal["dense", "lexical", "hybrid"]
@@ -76,151 +63,7 @@ class Hit:
         return {"rank": self.rank, "id": self.id, "score": self.score, "text": self.text, "payload": self.payload}
 
 
-def _versions() -> dict[str, str]:
-    import faiss
-
-    from mmssl import __version__
-
-    return {"mmssl": __version__, "faiss": faiss.__version__}
-
-
-def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a directory that is not an index, or an index unless ``overwrite``."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a directory")
-    if (out / MANIFEST).is_file():
-        if not overwrite:
-            raise ValueError(f"{out}: an index is already there; pass overwrite (--overwrite) to replace it")
-    elif any(out.iterdir()):
-        raise ValueError(f"{out}: a non-empty directory that is not an index; choose another path")
-
-
-def build_index_dir(
-    out: str | Path,
-    shards: Shards,
-    items: tuple[Sequence[int], Sequence[str], Sequence[dict]] | None = None,
-    *,
-    memory_budget: int | None = None,
-    index_type: str = "auto",
-    factory: str | None = None,
-    opq: bool = False,
-    ondisk: bool = False,
-    target_recall: float = 0.95,
-    tune_queries: np.ndarray | None = None,
-    n_tune: int = 1000,
-    lexical: bool = False,
-    model_path: str | None = None,
-    model_sha256: str | None = None,
-    modality: str | None = None,
-    query_modality: str | None = None,
-    use_gpu: bool | None = None,
-    overwrite: bool = False,
-    seed: int = 0,
-) -> Manifest:
-    """Choose, build, tune and write an index directory for ``shards`` (atomically).
-
-    ``items`` = (ids, texts, payloads) fills the metadata store (ids must be the shards' ids);
-    ``tune_queries`` (Q, D) are the held-out queries the search parameters are tuned on (default:
-    a sample of the collection's own vectors). Returns the manifest written.
-    """
-    out = Path(out)
-    check_target(out, overwrite)
-    if not 0 < target_recall <= 1:
-        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
-    if lexical and items is None:
-        raise ValueError("a lexical index needs the items' text")
-    if model_path and not model_sha256:
-        model_sha256 = model_fingerprint(model_path)
-    plan = choose_index(
-        shards.count, shards.dim, memory_budget, index_type=index_type, factory=factory, opq=opq, ondisk=ondisk
-    )
-    log.info("index for %s vectors of dim %d: %s (%s)", f"{shards.count:,}", shards.dim, plan.factory, plan.reason)
-    started = time.perf_counter()
-    with atomic_dir(out) as tmp:
-        if plan.ondisk:
-            index = build_ondisk(plan, shards, tmp, tmp / ONDISK_FILE, seed=seed)
-        else:
-            index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
-        if index.ntotal != shards.count:
-            raise RuntimeError(f"index holds {index.ntotal} vectors, expected {shards.count}")
-        reference = None if plan.index_type == "flat" else _tune_reference(shards, tune_queries, n_tune, seed)
-        tuning = tune(index, *reference, target_recall) if reference else Tuning(target=target_recall)
-        if not tuning.reached and plan.index_type == "ivf_fastscan" and index_type == "auto" and not factory:
-            # 4-bit codes too coarse for this data even with 64 x K candidates re-ranked: the
-            # exact vectors fit, so scan them instead (slower, but it reaches the target)
-            log.warning("%s: recall@10 %.3f at best; building IVF-Flat instead", plan.factory, tuning.recall)
-            plan = replace(
-                choose_index(shards.count, shards.dim, memory_budget, index_type="ivf_flat"),
-                reason=f"fast-scan codes reached recall@10 {tuning.recall:.3f} < {target_recall}: exact vectors",
-            )
-            del index
-            index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
-            tuning = tune(index, *reference, target_recall)
-        if not tuning.reached:
-            log.warning(
-                "%s reaches recall@10 %.3f at best (target %.2f): more memory (exact vectors) would be needed",
-                plan.factory,
-                tuning.recall,
-                target_recall,
-            )
-        build_seconds = time.perf_counter() - started
-        write_index_file(index, tmp / INDEX_FILE)
-        names = [INDEX_FILE, META_FILE] + ([ONDISK_FILE] if plan.ondisk else [])
-        shard_ids = shards.all_ids()
-        next_id = int(shard_ids.max()) + 1
-        with MetadataStore(tmp / META_FILE) as store:
-            if items is not None:
-                ids, texts, payloads = items
-                ids = as_ids(ids, len(texts))
-                if len(shard_ids) != len(ids) or not np.array_equal(np.sort(shard_ids), np.sort(ids)):
-                    raise ValueError("the items' ids are not the embeddings' ids")
-                store.insert(ids, texts, payloads)
-        lex_info = None
-        if lexical:
-            LexicalIndex.build(items[0], items[1]).save(tmp / LEXICAL_DIR)
-            names.append(LEXICAL_DIR)
-            lex_info = _lexical_info()
-        manifest = Manifest(
-            dim=shards.dim,
-            count=int(index.ntotal),
-            index_type=plan.index_type,
-            factory=plan.factory,
-            search_params=tuning.params,
-            tuning={**tuning.to_dict(), "build_seconds": round(build_seconds, 2), "reason": plan.reason},
-            ondisk=plan.ondisk,
-            model_path=str(Path(model_path).resolve()) if model_path else None,
-            model_sha256=model_sha256,
-            modality=modality,
-            query_modality=query_modality,
-            lexical=lex_info,
-            files=record_files(tmp, names),
-            next_id=next_id,
-            created=now(),
-            updated=now(),
-            versions=_versions(),
-        )
-        (tmp / MANIFEST).write_text(manifest.to_json())
-    log.info("wrote %s: %s items, %s, %s", out, f"{manifest.count:,}", plan.factory, tuning.params or "exact search")
-    return manifest
-
-
-def _lexical_info() -> dict:
-    from mmssl.bm25 import K1, B
-
-    return {"library": "bm25s", "method": "lucene", "k1": K1, "b": B, "tokenizer": "mmssl.bm25.code_search_tokens"}
-
-
-def _tune_reference(shards: Shards, xq, n_tune: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(held-out queries (Q, D), their exact top-10 ids over the collection (Q, 10)) for ``tune``."""
-    xq = shards.sample(n_tune, seed + 1) if xq is None else as_float32_matrix(xq, "tune queries")
-    if xq.shape[1] != shards.dim:
-        raise ValueError(f"tune queries have dim {xq.shape[1]}, the collection {shards.dim}")
-    return xq, exact_neighbours(xq, shards, 10)
-
-
-class SearchIndex:
+class SearchIndex(Closable):
     """A loaded index directory: dense, lexical and hybrid search."""
 
     def __init__(self, path: Path, manifest: Manifest, index, store: MetadataStore, lexical: LexicalIndex | None):
@@ -259,12 +102,6 @@ class SearchIndex:
 
     def close(self) -> None:
         self.store.close()
-
-    def __enter__(self) -> SearchIndex:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _to_gpu(self) -> None:
         import faiss

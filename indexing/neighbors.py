@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from indexing.build import ArrayShards, as_float32_matrix, build_in_memory, choose_index
+from indexing.build import ArrayShards, as_float32_matrix, build_in_memory
+from indexing.plan import choose_index
 from indexing.tune import exact_neighbours, search_parameters, tune
 
 TUNE_QUERIES = 500  # queries whose exact top-K is the tuning reference

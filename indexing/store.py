@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mmssl.io import read_json_object
+from mmssl.io import Closable, read_json_object
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -170,7 +170,7 @@ CREATE TABLE IF NOT EXISTS items (
 """
 
 
-class MetadataStore:
+class MetadataStore(Closable):
     """id -> (text, payload) in SQLite. ``text`` is what was embedded; ``payload`` a JSON object."""
 
     def __init__(self, path: str | Path, readonly: bool = False) -> None:
@@ -189,12 +189,6 @@ class MetadataStore:
 
     def close(self) -> None:
         self.conn.close()
-
-    def __enter__(self) -> MetadataStore:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def insert(self, ids: Sequence[int], texts: Sequence[str], payloads: Sequence[dict]) -> None:
         if not (len(ids) == len(texts) == len(payloads)):

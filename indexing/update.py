@@ -17,13 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from indexing import store as layout  # the directory's file names
 from indexing.build import as_float32_matrix, as_ids, supports_remove
 from indexing.lexical import LexicalIndex
 from indexing.store import (
-    INDEX_FILE,
-    LEXICAL_DIR,
-    MANIFEST,
-    META_FILE,
     IndexDirError,
     Manifest,
     MetadataStore,
@@ -38,26 +35,26 @@ from mmssl.io import atomic_dir
 
 def _new_version(path: Path, change) -> Manifest:
     """Copy the index directory, apply ``change(tmp_dir, index, manifest) -> manifest``, swap it in."""
-    manifest = Manifest.from_file(path / MANIFEST)
+    manifest = Manifest.from_file(path / layout.MANIFEST)
     check_files(path, manifest)
     if manifest.ondisk:
         raise ValueError(f"{path}: an on-disk index cannot be updated in place; rebuild it with the new items")
     with atomic_dir(path) as tmp:
-        for name in (INDEX_FILE, META_FILE):
+        for name in (layout.INDEX_FILE, layout.META_FILE):
             shutil.copy2(path / name, tmp / name)
-        index = read_index_file(tmp / INDEX_FILE, False)
+        index = read_index_file(tmp / layout.INDEX_FILE, False)
         manifest = change(tmp, index, manifest)
-        write_index_file(index, tmp / INDEX_FILE)
-        names = [INDEX_FILE, META_FILE] + ([LEXICAL_DIR] if manifest.lexical else [])
+        write_index_file(index, tmp / layout.INDEX_FILE)
+        names = [layout.INDEX_FILE, layout.META_FILE] + ([layout.LEXICAL_DIR] if manifest.lexical else [])
         if manifest.lexical:
-            with MetadataStore(tmp / META_FILE, readonly=True) as store:
+            with MetadataStore(tmp / layout.META_FILE, readonly=True) as store:
                 ids, texts = [], []
                 for batch_ids, batch_texts in store.iter_items():
                     ids += batch_ids
                     texts += batch_texts
-            LexicalIndex.build(ids, texts).save(tmp / LEXICAL_DIR)
+            LexicalIndex.build(ids, texts).save(tmp / layout.LEXICAL_DIR)
         manifest = replace(manifest, count=int(index.ntotal), files=record_files(tmp, names), updated=now())
-        (tmp / MANIFEST).write_text(manifest.to_json())
+        (tmp / layout.MANIFEST).write_text(manifest.to_json())
     return manifest
 
 
@@ -85,7 +82,7 @@ def add_items(
             if ids is None
             else as_ids(ids, len(vectors))
         )
-        with MetadataStore(tmp / META_FILE) as store:
+        with MetadataStore(tmp / layout.META_FILE) as store:
             clash = store.existing(new_ids)
             if clash:
                 raise ValueError(f"id {clash[0]} is already in {path}")
@@ -116,7 +113,7 @@ def remove_items(path: str | Path, ids: Sequence[int]) -> int:
     removed: list[int] = []
 
     def change(tmp: Path, index, manifest: Manifest) -> Manifest:
-        with MetadataStore(tmp / META_FILE) as store:
+        with MetadataStore(tmp / layout.META_FILE) as store:
             present = np.asarray(store.existing(ids), dtype=np.int64)
             store.delete(present)
             if not supports_remove(index):  # HNSW graphs, re-ranked fast-scan: tombstones

@@ -1,6 +1,7 @@
 """The ``mmssl`` command line.
 
-Each command is a frozen config dataclass plus ``main(config)`` in its own module, registered below
+Each command is a frozen config dataclass plus an entry function taking it, in the ``commands``
+module of its package (``mmssl.commands``, ``mmssl.data.commands``, ...), registered below
 by name (a name may have two words: ``data mine-code``). ``transformers.HfArgumentParser`` turns
 the command's arguments into its config: flags come from the dataclass fields and their ``help``
 metadata, so a command's options are declared once. Modules are imported only when their command
@@ -34,23 +35,35 @@ class Command:
 
 
 COMMANDS: dict[str, Command] = {
-    "env": Command("mmssl.envinfo", "EnvConfig", "show versions, devices, precisions and FAISS GPU support"),
+    "env": Command(
+        "mmssl.commands", "EnvConfig", "show versions, devices, precisions and FAISS GPU support", entry="env"
+    ),
     "data mine-code": Command(
-        "mmssl.data.mine", "MineCodeConfig", "mine a CodeSearchNet-format corpus from Python source trees", "sources"
+        "mmssl.data.commands",
+        "MineCodeConfig",
+        "mine a CodeSearchNet-format corpus from Python source trees",
+        "sources",
+        entry="mine_code",
     ),
     "data make-images": Command(
-        "mmssl.data.images", "MakeImagesConfig", "make an image-caption set offline (emoji, shapes, digits)"
+        "mmssl.data.commands",
+        "MakeImagesConfig",
+        "make an image-caption set offline (emoji, shapes, digits)",
+        entry="make_images",
     ),
     "train": Command(
-        "mmssl.train", "TrainConfig", "train a dual encoder (text-code, image-text) with symmetric InfoNCE"
+        "mmssl.commands",
+        "TrainConfig",
+        "train a dual encoder (text-code, image-text, ...) by its recipe",
+        entry="train",
     ),
     "mine-negatives": Command(
-        "mmssl.negatives.command",
+        "mmssl.negatives.commands",
         "MineNegativesConfig",
         "mine hard negatives for every training pair (model and/or BM25)",
     ),
-    "pretrain mlm": Command("mmssl.pretrain.run", "MLMConfig", "pretrain a masked language model (BERT/RoBERTa)"),
-    "pretrain clm": Command("mmssl.pretrain.run", "CLMConfig", "pretrain a causal language model (GPT-2)"),
+    "pretrain mlm": Command("mmssl.pretrain.commands", "MLMConfig", "pretrain a masked language model (BERT/RoBERTa)"),
+    "pretrain clm": Command("mmssl.pretrain.commands", "CLMConfig", "pretrain a causal language model (GPT-2)"),
     **{
         f"pretrain {m}": Command("mmssl.pretrain.image_ssl", f"{c}Config", f"pretrain an image tower: {d}")
         for m, c, d in (
@@ -63,7 +76,12 @@ COMMANDS: dict[str, Command] = {
             ("deepcluster", "Deepcluster", "DeepCluster (FAISS k-means pseudo-labels)"),
         )
     },
-    "eval": Command("mmssl.eval_cmd", "EvalConfig", "MRR (CodeSearchNet protocol) and recall@k, with baselines"),
+    "eval": Command(
+        "mmssl.commands",
+        "EvalConfig",
+        "score a model by its recipe (MRR, recall@k, zero-shot), with baselines",
+        entry="evaluate",
+    ),
     "index build": Command(
         "indexing.commands", "IndexBuildConfig", "embed a collection and build a search index", entry="build_main"
     ),
@@ -80,9 +98,12 @@ COMMANDS: dict[str, Command] = {
     "index info": Command(
         "indexing.commands", "IndexInfoConfig", "what an index holds, files checked", entry="info_main"
     ),
-    "demo": Command("demo.command", "DemoConfig", "the Gradio cross-modal search app over index directories"),
+    "demo": Command("demo.commands", "DemoConfig", "the Gradio cross-modal search app over index directories"),
     "demo default": Command(
-        "demo.default", "DemoDefaultConfig", "build the offline default (corpus, model, indexes) and open the app"
+        "demo.commands",
+        "DemoDefaultConfig",
+        "build the offline default (corpus, model, indexes) and open the app",
+        entry="demo_default",
     ),
 }
 

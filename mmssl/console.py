@@ -36,7 +36,7 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
 
 
 def get_logger(name: str) -> logging.Logger:
-    """A logger under the ``mmssl`` hierarchy (``mmssl.train``, ``mmssl.index`` ...)."""
+    """A logger under the ``mmssl`` hierarchy (``mmssl.train``, ``mmssl.index`` ...: by subject, not by module)."""
     return logging.getLogger(name if name.startswith("mmssl") else f"mmssl.{name}")
 
 

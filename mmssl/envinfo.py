@@ -1,26 +1,15 @@
-"""``mmssl env``: what this machine offers the project (versions, devices, precisions, FAISS GPUs)."""
+"""What this machine offers the project (versions, devices, precisions, FAISS GPUs): ``collect``
+(``mmssl env`` prints it)."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-from dataclasses import dataclass, field
 from importlib import metadata
 
 import torch
 
 from mmssl.runtime import PRECISIONS, check_precision, resolve_device
-
-
-@dataclass(frozen=True)
-class EnvConfig:
-    """Show versions, the device that --device picks, supported precisions and FAISS GPU support."""
-
-    device: str = field(
-        default="auto", metadata={"help": "device to check: auto (cuda, then mps, then cpu), cpu, cuda[:N], mps"}
-    )
-    json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
 
 
 def _version(dist: str) -> str | None:
@@ -30,7 +19,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def collect(config: EnvConfig) -> dict:
+def collect(config) -> dict:
     device = resolve_device(config.device)
     precisions = []
     for p in PRECISIONS:
@@ -70,14 +59,3 @@ def collect(config: EnvConfig) -> dict:
             ]
         },
     }
-
-
-def main(config: EnvConfig) -> int:
-    info = collect(config)
-    if config.json:
-        print(json.dumps(info, indent=2))
-        return 0
-    width = max(map(len, info))
-    for key, value in info.items():
-        print(f"{key:<{width}}  {value}")
-    return 0

@@ -1,4 +1,5 @@
-"""Atomic writes: a file or a directory appears whole or not at all, and what was there survives a crash.
+"""Atomic writes: a file or a directory appears whole or not at all, and what was there survives a
+crash; and ``Closable``, the context-manager protocol of objects that hold a file or connection.
 
 Files: written to a temporary sibling, flushed, then ``os.replace``d over the target.
 Directories: built in a temporary sibling; the old directory (if any) is moved aside, the new one
@@ -65,3 +66,16 @@ def read_json_object(path: str | os.PathLike, error: type[ValueError] = ValueErr
     if not isinstance(value, dict):
         raise error(f"{path}: expected a JSON object")
     return value
+
+
+class Closable:
+    """A context manager for objects with ``close()``: ``with X(...) as x:`` closes on leaving."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -8,7 +8,7 @@ below the entry point takes the group it uses (``config.engine``, ``config.text_
 
 ``from_flat(lr=..., preset=...)`` builds one from plain names (what the parser and a config file
 give); ``replace(...)`` changes plain names; ``flatten_nested`` turns a config file's tables by
-group (``[engine] lr = 1e-3``) into plain names.
+group (``[engine] lr = 1e-3``) into plain names; ``option(default, help)`` declares a field.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ import typing
 from typing import Any, TypeVar
 
 G = TypeVar("G", bound="GroupedConfig")
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its ``--help`` text (``field(default=..., metadata={"help": ...})``)."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True)

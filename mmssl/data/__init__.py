@@ -14,7 +14,8 @@ from mmssl.data.code_search import (
     read_code_search,
     write_code_search,
 )
-from mmssl.data.mine import MineCodeConfig, MineStats, mine_python
+from mmssl.data.commands import MineCodeConfig
+from mmssl.data.mine import MineStats, mine_python
 
 __all__ = [
     "CODE_SEARCH_FIELDS",

@@ -31,15 +31,11 @@ Kinds:
 from __future__ import annotations
 
 import hashlib
-import json
 import random
-import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-from mmssl.io import atomic_dir
 
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 CLDR_ANNOTATIONS = Path("/usr/share/unicode/cldr/common/annotations/en.xml")
@@ -263,28 +259,3 @@ def make_digits(tmp: Path, config: MakeImagesConfig) -> dict:
 
 
 MAKERS = {"emoji": make_emoji, "shapes": make_shapes, "digits": make_digits}
-
-
-def main(config: MakeImagesConfig) -> int:
-    out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise ValueError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
-    if config.size < 8:
-        raise ValueError(f"--size {config.size}: use at least 8 pixels")
-    started = time.perf_counter()
-    with atomic_dir(out) as tmp:
-        for split in ("train", "test"):
-            (tmp / split).mkdir()
-        made = MAKERS[config.kind](tmp, config)
-        rows = made["rows"]
-        with (tmp / "metadata.jsonl").open("w", encoding="utf-8") as f:
-            for r in rows:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "test")}
-        info = {"kind": config.kind, "size": config.size, "counts": counts, **made["notes"]}
-        (tmp / "dataset.json").write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    print(
-        f"wrote {len(rows):,} {config.kind} images ({counts['train']:,} train, {counts['test']:,} test) "
-        f"to {out} in {time.perf_counter() - started:.1f}s"
-    )
-    return 0

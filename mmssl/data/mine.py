@@ -49,20 +49,19 @@ reproducible; filling by function count keeps the fractions close even when a fe
 from __future__ import annotations
 
 import ast
-import hashlib
 import inspect
 import io
 import os
 import re
-import time
 import tokenize
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mmssl.data.code_search import MAX_FIRST_ERRORS, SHARD_SUFFIXES, DataError, write_code_search
+from mmssl.data.code_search import MAX_FIRST_ERRORS, DataError
+from mmssl.data.sources import SourceFile, assign_partitions, find_python_files, is_test_file
 
 PARTITIONS: tuple[str, ...] = ("train", "valid", "test")
 DROP_REASONS: tuple[str, ...] = (
@@ -74,8 +73,6 @@ DROP_REASONS: tuple[str, ...] = (
     "bad_code",
     "duplicate",
 )
-TEST_DIRS = frozenset({"test", "tests", "testing"})
-_PRUNED_DIRS = frozenset({"__pycache__", "site-packages", "dist-packages"})
 _SKIPPED_TOKENS = frozenset(
     {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
 )
@@ -111,63 +108,6 @@ class MineStats:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class SourceFile:
-    """One ``.py`` file to mine: its absolute path, the path shown in records, and its repo."""
-
-    path: Path
-    rel: str
-    repo: str
-
-
-# ---------------------------------------------------------------------------------------- walking
-
-
-def is_test_file(rel: str) -> bool:
-    """True for ``test_*.py``, ``*_test.py``, ``conftest.py`` and files under a test folder."""
-    *dirs, name = rel.split("/")
-    return (
-        name.startswith("test_")
-        or name.endswith("_test.py")
-        or name == "conftest.py"
-        or any(d in TEST_DIRS for d in dirs)
-    )
-
-
-def _keep_dir(name: str) -> bool:
-    return not (name.startswith(".") or name in _PRUNED_DIRS or name.endswith((".dist-info", ".egg-info")))
-
-
-def find_python_files(roots: Iterable[str | os.PathLike[str]]) -> list[SourceFile]:
-    """Every ``.py`` file under the roots (a root may also be one file), sorted by path per root."""
-    files: list[SourceFile] = []
-    for root in map(Path, roots):
-        if root.is_file():
-            if root.suffix != ".py":
-                raise ValueError(f"{root}: expected a .py file or a directory")
-            files.append(SourceFile(root.absolute(), root.name, root.stem))
-            continue
-        if not root.is_dir():
-            raise FileNotFoundError(f"{root}: no such file or directory")
-        is_package = (root / "__init__.py").is_file()
-        found = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if _keep_dir(d)]
-            rel_dir = Path(dirpath).relative_to(root).as_posix()
-            for name in filenames:
-                if name.endswith(".py") and not name.startswith("."):
-                    rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                    found.append(rel)
-        for rel in sorted(found):
-            path = (root / rel).absolute()
-            if is_package:
-                files.append(SourceFile(path, f"{root.absolute().name}/{rel}", root.absolute().name))
-            else:
-                top = rel.split("/", 1)[0]
-                files.append(SourceFile(path, rel, top[:-3] if top.endswith(".py") else top))
-    return files
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -368,38 +308,6 @@ def _failure(error: BaseException) -> tuple[str, int, str]:
     return "syntax", line, f"cannot parse: {getattr(error, 'msg', None) or error}"
 
 
-# -------------------------------------------------------------------------------------- splitting
-
-
-def _key_hash(key: str, seed: int) -> bytes:
-    return hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest()
-
-
-def assign_partitions(sizes: Mapping[str, int], fractions: Mapping[str, float], seed: int = 0) -> dict[str, str]:
-    """Give each key (a repo or file, with ``sizes[key]`` functions) one partition.
-
-    Keys larger than the smallest partition's target are placed first (while every partition still
-    has room), then the rest, each group in the order of a hash of (seed, key). Each key goes to the
-    partition with the largest shortfall ``fraction * total - assigned`` among those it still fits
-    in (ties: the order of ``fractions``); a key that fits nowhere goes to the largest partition.
-    So one huge repository (torch in site-packages) cannot swallow valid or test.
-    Partitions with fraction 0 get nothing. The result depends only on the keys, sizes and seed.
-    """
-    targets = {p: f * sum(sizes.values()) for p, f in fractions.items() if f > 0}
-    if not targets:
-        raise ValueError("at least one partition needs a positive fraction")
-    largest = max(targets, key=lambda p: targets[p])
-    filled = dict.fromkeys(targets, 0)
-    assignment = {}
-    smallest = min(targets.values())
-    for key in sorted(sizes, key=lambda k: (sizes[k] <= smallest, _key_hash(k, seed), k)):
-        fits = [p for p in targets if filled[p] + sizes[key] <= targets[p]]
-        part = max(fits, key=lambda p: targets[p] - filled[p]) if fits else largest
-        assignment[key] = part
-        filled[part] += sizes[key]
-    return assignment
-
-
 # ----------------------------------------------------------------------------------------- mining
 
 
@@ -479,70 +387,3 @@ def mine_python(
         stats.partition_keys[part] += 1
     stats.functions_kept = len(records)
     return records, stats
-
-
-# ---------------------------------------------------------------------------------------- command
-
-
-@dataclass(frozen=True)
-class MineCodeConfig:
-    """Mine a CodeSearchNet-format corpus of (docstring, function) pairs from Python source trees."""
-
-    sources: list[str] = field(
-        metadata={"help": "source roots to walk (folders of .py files, or single .py files)"},
-    )
-    out: str = field(metadata={"help": "output file, .jsonl or .jsonl.gz (written atomically)"})
-    split_by: SplitBy = field(
-        default="repo",
-        metadata={"help": "draw partitions per repo (top-level package) or per file; never per function"},
-    )
-    valid_fraction: float = field(default=0.1, metadata={"help": "fraction of functions for the valid partition"})
-    test_fraction: float = field(default=0.1, metadata={"help": "fraction of functions for the test partition"})
-    seed: int = field(default=0, metadata={"help": "seed of the partition draw"})
-    min_docstring_tokens: int = field(
-        default=3, metadata={"help": "drop functions whose docstring's first paragraph has fewer tokens"}
-    )
-    min_code_lines: int = field(
-        default=3, metadata={"help": "drop functions with fewer lines of code (docstring, blanks, comments excluded)"}
-    )
-    max_files: int | None = field(
-        default=None, metadata={"help": "parse at most this many files (first in sorted order)"}
-    )
-
-
-def main(config: MineCodeConfig) -> int:
-    """Mine, write ``config.out`` atomically, print a summary. Raises ``ValueError`` if nothing is kept."""
-    if not config.out.endswith(SHARD_SUFFIXES):
-        raise ValueError(f"--out {config.out!r}: the name must end with .jsonl or .jsonl.gz")
-    started = time.perf_counter()
-    records, stats = mine_python(
-        config.sources,
-        split_by=config.split_by,
-        valid_fraction=config.valid_fraction,
-        test_fraction=config.test_fraction,
-        seed=config.seed,
-        min_docstring_tokens=config.min_docstring_tokens,
-        min_code_lines=config.min_code_lines,
-        max_files=config.max_files,
-    )
-    if not records:
-        raise ValueError(
-            f"no functions kept from {stats.files_parsed} parsed file(s) of {stats.files_seen}; nothing written"
-        )
-    write_code_search(records, config.out)
-    seconds = time.perf_counter() - started
-    unit = "repos" if config.split_by == "repo" else "files"
-    failed = sum(stats.files_failed.values())
-    print(
-        f"files: {stats.files_seen} seen, {stats.files_test} test files skipped, {stats.files_parsed} parsed, "
-        f"{failed} failed{f' {stats.files_failed}' if failed else ''}"
-    )
-    for error in stats.first_errors[:3]:
-        print(f"  {error}")
-    print(f"functions: {stats.functions_seen} seen, {stats.functions_kept} kept")
-    print("dropped: " + ", ".join(f"{reason} {n}" for reason, n in stats.dropped.items()))
-    print(
-        "partitions: " + ", ".join(f"{p} {stats.partitions[p]} ({stats.partition_keys[p]} {unit})" for p in PARTITIONS)
-    )
-    print(f"wrote {len(records)} records to {config.out} in {seconds:.1f}s")
-    return 0

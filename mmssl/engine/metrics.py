@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mmssl.io import atomic_file
+from mmssl.io import Closable, atomic_file
 
 
-class MetricsLog:
+class MetricsLog(Closable):
     """Appends records to ``path`` (``enabled``: rank 0), one JSON object a line, flushed each time."""
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
@@ -35,12 +35,6 @@ class MetricsLog:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-    def __enter__(self) -> MetricsLog:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def truncate_metrics(path: Path, step: int) -> None:

@@ -43,7 +43,7 @@ def pairwise_distance_rows(x1: Tensor, x2: Tensor) -> Tensor:
 
 
 class PairContrastiveLoss(nn.Module):
-    """Margin contrastive loss over pairs (Hadsell, Chopra & LeCun 2006; the seed notes' formula).
+    """Margin contrastive loss over pairs (Hadsell, Chopra & LeCun 2006).
 
         L = mean_pairs [ y * d^p + (1 - y) * max(0, m - d)^p ],  d = ||x1 - x2||,  p = 2 (or 1)
 

@@ -24,7 +24,7 @@ other SSL papers; an SSL run's whole model, whose ``backbone.*`` entries are tak
 prefix and the ``fc.*`` head dropped; or, online, a torchvision weights name (``IMAGENET1K_V2``).
 
 Training augmentation (``augment``): ``none`` is open_clip's own train transform (random resized
-crop at scale 0.9-1.0); ``heavy`` is the seed notes' "heavy augmentation": random resized crop at
+crop at scale 0.9-1.0); ``heavy`` is "heavy augmentation": random resized crop at
 scale 0.3-1.0, colour jitter (0.4, 0.4, 0.4, 0.1) with probability 0.8 and grayscale with
 probability 0.2 (SimCLR's recipe, in torchvision transforms around the config's own size, mean and
 std: open_clip's ``AugmentationCfg`` applies colour jitter only through timm); ``flip`` adds a

@@ -85,27 +85,15 @@ def backbone_config(cfg: TowerConfig, vocab_size: int, pad_token_id: int, bos: i
 
     if cfg.preset not in PRESETS:
         raise ValueError(f"tower preset must be one of {', '.join(PRESETS)}; got {cfg.preset!r}")
-    hidden, layers, heads, inter = PRESETS[cfg.preset]
-    if cfg.arch == "gpt2":
+    shape = PRESETS[cfg.preset]  # (hidden, layers, heads, intermediate)
+    if cfg.arch == "gpt2":  # GPT-2's own names for the same four sizes
+        sizes = dict(zip(("n_embd", "n_layer", "n_head", "n_inner"), shape))
         return GPT2Config(
-            vocab_size=vocab_size,
-            n_positions=cfg.max_length,
-            n_embd=hidden,
-            n_layer=layers,
-            n_head=heads,
-            n_inner=inter,
-            bos_token_id=bos,
-            eos_token_id=eos,
-            pad_token_id=pad_token_id,
-        )
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        pad_token_id=pad_token_id,
-    )
+            vocab_size=vocab_size, n_positions=cfg.max_length, bos_token_id=bos, eos_token_id=eos,
+            pad_token_id=pad_token_id, **sizes,
+        )  # fmt: skip
+    sizes = dict(zip(("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"), shape))
+    common = dict(vocab_size=vocab_size, pad_token_id=pad_token_id, **sizes)
     if cfg.arch == "roberta":
         # RoBERTa offsets positions by pad_token_id + 1.
         return RobertaConfig(

@@ -1,4 +1,4 @@
-"""Hard negatives for a dual encoder's training pairs (issue #10).
+"""Hard negatives for a dual encoder's training pairs.
 
 ``table``    ``MiningSettings`` and ``NegativeTable``: the kept negatives, their sampling into
              batches, their JSON-lines file and checkpoint form.

@@ -1,8 +1,9 @@
-"""Self-supervised pretraining of text/code towers: masked LM (BERT-style) and causal LM (GPT-style).
+"""Self-supervised pretraining: text/code towers by masked LM (BERT-style) and causal LM (GPT-style),
+image towers by seven SSL methods.
 
 ``corpus``: documents from JSONL fields, text files or ``datasets``, packed into full blocks.
-``tasks``: ``MLMTask`` and ``CLMTask`` for the one training engine (``mmssl.train.Trainer``).
-``run``: ``mmssl pretrain mlm|clm`` (``MLMConfig``, ``CLMConfig``, ``main``). The output directory
+``tasks``: ``MLMTask`` and ``CLMTask`` for the one training engine (``mmssl.engine.Trainer``).
+``commands``: ``mmssl pretrain mlm|clm`` (``MLMConfig``, ``CLMConfig``, ``main``). The output directory
 initializes a dual encoder's tower: ``mmssl train --text-init OUT/best``.
 ``image_ssl``: ``mmssl pretrain simclr|byol|barlow|vicreg|rotation|jigsaw|deepcluster``, self-supervised
 image towers (one module per method), for ``mmssl train --task image-text --image-init OUT/best``.

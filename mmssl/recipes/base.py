@@ -53,7 +53,7 @@ class Recipe(ABC):
 
     @abstractmethod
     def eval_command(self, config) -> int:
-        """``mmssl eval --task NAME``: score a model (``mmssl.eval_cmd.EvalConfig``) and print it."""
+        """``mmssl eval --task NAME``: score a model (``mmssl.commands.EvalConfig``) and print it."""
 
     def loss(self, model: DualModelConfig) -> nn.Module:
         """The contrastive loss (InfoNCE; the model's learnable temperature is passed to it)."""

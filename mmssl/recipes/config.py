@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from mmssl.engine.config import EngineConfig
-from mmssl.options import GroupedConfig
+from mmssl.options import GroupedConfig, option
 
 
 @dataclass(frozen=True)
@@ -15,11 +15,8 @@ class TrainEngineConfig(EngineConfig):
     """The engine's options with ``mmssl train``'s defaults."""
 
     GROUP_TITLE: ClassVar[str] = "engine: optimization, precision, validation, checkpoints"
-    out: str = field(default="runs/text-code", metadata={"help": "output directory"})
-    batch_size: int = field(
-        default=64,
-        metadata={"help": "pairs per micro-batch, all processes together: the InfoNCE negatives"},
-    )
+    out: str = option("runs/text-code", "output directory")
+    batch_size: int = option(64, "pairs per micro-batch, all processes together: the InfoNCE negatives")
 
 
 @dataclass(frozen=True)
@@ -27,24 +24,18 @@ class PairDataConfig:
     """Which pairs are trained and validated on, and how bad images are handled."""
 
     GROUP_TITLE: ClassVar[str] = "data"
-    task: str = field(default="text-code", metadata={"help": "the recipe: text-code, image-text (or a registered one)"})
-    train: str = field(
-        default="",
-        metadata={
-            "help": "training data: text-code: CodeSearchNet .jsonl[.gz] file or folder; image-text: CSV/TSV, "
-            "JSONL, imagefolder (metadata.jsonl), saved datasets dir, or WebDataset .tar shards"
-        },
+    task: str = option("text-code", "the recipe: text-code, image-text (or a registered one)")
+    train: str = option(
+        "",
+        "training data: text-code: CodeSearchNet .jsonl[.gz] file or folder; image-text: CSV/TSV, "
+        "JSONL, imagefolder (metadata.jsonl), saved datasets dir, or WebDataset .tar shards",
     )
-    train_partition: str | None = field(default="train", metadata={"help": "keep records with this partition"})
-    valid: str | None = field(default=None, metadata={"help": "validation data (default: the training source)"})
-    valid_partition: str | None = field(default="valid", metadata={"help": "partition of the validation records"})
-    eval_max_pairs: int = field(default=2000, metadata={"help": "validation pairs used"})
-    on_bad: Literal["skip", "raise"] = field(
-        default="skip", metadata={"help": "image-text: bad images are skipped and counted, or stop the run"}
-    )
-    cache_images_mb: float = field(
-        default=2048.0, metadata={"help": "image-text: decoded images kept in memory up to this size"}
-    )
+    train_partition: str | None = option("train", "keep records with this partition")
+    valid: str | None = option(None, "validation data (default: the training source)")
+    valid_partition: str | None = option("valid", "partition of the validation records")
+    eval_max_pairs: int = option(2000, "validation pairs used")
+    on_bad: Literal["skip", "raise"] = option("skip", "image-text: bad images are skipped and counted, or stop the run")
+    cache_images_mb: float = option(2048.0, "image-text: decoded images kept in memory up to this size")
 
 
 @dataclass(frozen=True)
@@ -52,28 +43,20 @@ class DualModelConfig:
     """What every dual-encoder recipe reads: the query tower, the shared size, the contrastive loss."""
 
     GROUP_TITLE: ClassVar[str] = "model: towers and loss (every recipe)"
-    text_init: str | None = field(
-        default=None,
-        metadata={"help": "query tower: model dir (e.g. an `mmssl pretrain` output), hub name or 'minilm'"},
+    text_init: str | None = option(
+        None, "query tower: model dir (e.g. an `mmssl pretrain` output), hub name or 'minilm'"
     )
-    embed_dim: int | None = field(
-        default=None, metadata={"help": "shared size (default: the pretrained tower's, or 256)"}
+    embed_dim: int | None = option(None, "shared size (default: the pretrained tower's, or 256)")
+    max_text_length: int = option(64, "query tokens")
+    dropout: float | None = option(
+        None, "set every dropout of the towers (0: off, about 2x the samples/s on CPU; default: the model's)"
     )
-    max_text_length: int = field(default=64, metadata={"help": "query tokens"})
-    dropout: float | None = field(
-        default=None,
-        metadata={
-            "help": "set every dropout of the towers (0: off, about 2x the samples/s on CPU; default: the model's)"
-        },
-    )
-    temperature: float = field(default=0.07, metadata={"help": "initial temperature (learnable)"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "InfoNCE label smoothing"})
-    grad_cache: int = field(
-        default=0,
-        metadata={
-            "help": "GradCache: embed the batch this many pairs at a time (0: all at once); the batch's "
-            "memory becomes that of a chunk, gradients unchanged"
-        },
+    temperature: float = option(0.07, "initial temperature (learnable)")
+    label_smoothing: float = option(0.0, "InfoNCE label smoothing")
+    grad_cache: int = option(
+        0,
+        "GradCache: embed the batch this many pairs at a time (0: all at once); the batch's "
+        "memory becomes that of a chunk, gradients unchanged",
     )
 
 
@@ -82,26 +65,20 @@ class NegativesConfig:
     """Mined hard negatives as extra InfoNCE columns, and their refresh during training (ANCE)."""
 
     GROUP_TITLE: ClassVar[str] = "hard negatives"
-    negatives: str | None = field(
-        default=None,
-        metadata={"help": "hard negatives of the training pairs, from `mmssl mine-negatives` on the same --train"},
+    negatives: str | None = option(
+        None, "hard negatives of the training pairs, from `mmssl mine-negatives` on the same --train"
     )
-    hard_negatives: int = field(
-        default=1,
-        metadata={"help": "hard negatives per pair per step, drawn from its mined ones (extra InfoNCE columns)"},
+    hard_negatives: int = option(
+        1, "hard negatives per pair per step, drawn from its mined ones (extra InfoNCE columns)"
     )
-    refresh_negatives: int = field(
-        default=0,
-        metadata={
-            "help": "ANCE: re-mine hard negatives with the current model every N steps (0: never), in a "
-            "background thread; used from N/2 steps later"
-        },
+    refresh_negatives: int = option(
+        0,
+        "ANCE: re-mine hard negatives with the current model every N steps (0: never), in a "
+        "background thread; used from N/2 steps later",
     )
-    refresh_async: bool = field(
-        default=True, metadata={"help": "mine refreshes in a background thread (false: at the step itself)"}
-    )
-    refresh_source: Literal["model", "both"] = field(
-        default="model", metadata={"help": "refreshes retrieve with the model, or model + BM25 fused"}
+    refresh_async: bool = option(True, "mine refreshes in a background thread (false: at the step itself)")
+    refresh_source: Literal["model", "both"] = option(
+        "model", "refreshes retrieve with the model, or model + BM25 fused"
     )
 
 
@@ -110,21 +87,18 @@ class TextCodeConfig:
     """The text-code recipe: the code tower, and towers built from scratch."""
 
     GROUP_TITLE: ClassVar[str] = "text-code recipe"
-    code_init: str | None = field(default=None, metadata={"help": "code tower: model dir, hub name or 'minilm'"})
-    shared: bool = field(default=False, metadata={"help": "one tower for both sides"})
-    arch: Literal["bert", "roberta", "gpt2"] = field(default="roberta", metadata={"help": "from-scratch arch"})
-    preset: str = field(
-        default="small", metadata={"help": "from-scratch size: nbow (no layer), tiny, mini, small, base"}
+    code_init: str | None = option(None, "code tower: model dir, hub name or 'minilm'")
+    shared: bool = option(False, "one tower for both sides")
+    arch: Literal["bert", "roberta", "gpt2"] = option("roberta", "from-scratch arch")
+    preset: str = option("small", "from-scratch size: nbow (no layer), tiny, mini, small, base")
+    pooling: Literal["cls", "mean", "last"] = option(
+        "mean", "pooling: cls or mean (encoders), last or mean (causal models)"
     )
-    pooling: Literal["cls", "mean", "last"] = field(
-        default="mean", metadata={"help": "pooling: cls or mean (encoders), last or mean (causal models)"}
+    vocab_size: int = option(8000, "BPE vocabulary trained on the corpus")
+    split_identifiers: bool = option(
+        True, "corpus BPE: split camelCase/snake_case into lowercase words (false: plain byte-level)"
     )
-    vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary trained on the corpus"})
-    split_identifiers: bool = field(
-        default=True,
-        metadata={"help": "corpus BPE: split camelCase/snake_case into lowercase words (false: plain byte-level)"},
-    )
-    max_code_length: int = field(default=256, metadata={"help": "code tokens"})
+    max_code_length: int = option(256, "code tokens")
 
 
 @dataclass(frozen=True)
@@ -132,34 +106,27 @@ class ImageTextConfig:
     """The image-text recipe: the image tower, its text tower when not --text-init, LiT locking."""
 
     GROUP_TITLE: ClassVar[str] = "image-text recipe"
-    image_model: str = field(
-        default="mmssl-vit-tiny",
-        metadata={
-            "help": "open_clip model config (ViT-B-32, RN50, ...), mmssl-vit-tiny/-micro, a .json, "
-            "or torchvision:ARCH (resnet50, ...; with --text-model or --text-init)"
-        },
+    image_model: str = option(
+        "mmssl-vit-tiny",
+        "open_clip model config (ViT-B-32, RN50, ...), mmssl-vit-tiny/-micro, a .json, "
+        "or torchvision:ARCH (resnet50, ...; with --text-model or --text-init)",
     )
-    image_weights: str | None = field(
-        default=None,
-        metadata={"help": "a local open_clip or torchvision checkpoint (or a pretrained tag, online)"},
+    image_weights: str | None = option(
+        None, "a local open_clip or torchvision checkpoint (or a pretrained tag, online)"
     )
-    image_init: str | None = field(
-        default=None,
-        metadata={"help": "start the image tower from a saved one (`mmssl pretrain <method>`'s OUT/best)"},
+    image_init: str | None = option(
+        None, "start the image tower from a saved one (`mmssl pretrain <method>`'s OUT/best)"
     )
-    text_model: str | None = field(
-        default=None,
-        metadata={"help": "open_clip text tower config (default: the image model's); --text-init instead"},
+    text_model: str | None = option(
+        None, "open_clip text tower config (default: the image model's); --text-init instead"
     )
-    context_length: int | None = field(default=None, metadata={"help": "open_clip text tokens (default: the config's)"})
-    augment: Literal["none", "heavy"] = field(
-        default="none", metadata={"help": "none (open_clip's crop) or heavy (crop 0.3-1, colour jitter)"}
-    )
-    flip: bool = field(default=False, metadata={"help": "random horizontal flips"})
-    image_size: int | None = field(default=None, metadata={"help": "override the input size"})
-    lock_text: bool = field(default=False, metadata={"help": "freeze the text tower (LiT)"})
-    lock_image: bool = field(default=False, metadata={"help": "freeze the image tower"})
-    unlock_norms: bool = field(default=False, metadata={"help": "a locked tower keeps its norm layers trainable"})
+    context_length: int | None = option(None, "open_clip text tokens (default: the config's)")
+    augment: Literal["none", "heavy"] = option("none", "none (open_clip's crop) or heavy (crop 0.3-1, colour jitter)")
+    flip: bool = option(False, "random horizontal flips")
+    image_size: int | None = option(None, "override the input size")
+    lock_text: bool = option(False, "freeze the text tower (LiT)")
+    lock_image: bool = option(False, "freeze the image tower")
+    unlock_norms: bool = option(False, "a locked tower keeps its norm layers trainable")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,10 @@ from mmssl.data.code_search import (
     read_code_search,
     write_code_search,
 )
-from mmssl.data.mine import MineCodeConfig, assign_partitions, main, mine_python
+from mmssl.data.commands import MineCodeConfig
+from mmssl.data.commands import mine_code as main
+from mmssl.data.mine import mine_python
+from mmssl.data.sources import assign_partitions
 
 
 def _rec(i: int, partition: str = "train", **extra) -> dict:

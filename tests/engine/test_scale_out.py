@@ -2,7 +2,7 @@
 counts, gradient caching and activation checkpointing against direct gradients, and the index
 embedded by two processes under torchrun.
 
-Multi-process runs go through the real entry points (``mmssl.train.main`` with torchrun's
+Multi-process runs go through the real entry points (``mmssl.commands.train`` with torchrun's
 environment variables; ``torchrun ... -m mmssl.cli index build``).
 """
 
@@ -19,10 +19,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from mmssl.commands import TrainConfig
+from mmssl.commands import train as main
 from mmssl.engine import Trainer
 from mmssl.models import DualEncoder
 from mmssl.recipes.text_code import RECIPE as TEXT_CODE
-from mmssl.train import TrainConfig, main
 from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")
@@ -62,7 +63,7 @@ def _free_port() -> int:
 
 
 def _rank_main(rank: int, port: int, config: dict, crash_at: int | None) -> None:
-    """One process of a torchrun-style job: the environment torchrun sets, then ``mmssl.train.main``."""
+    """One process of a torchrun-style job: the environment torchrun sets, then ``mmssl.commands.train``."""
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
@@ -142,7 +143,7 @@ def test_two_processes_with_hard_negatives_train_as_one(code_corpus, tmp_path, m
     """Each rank draws its pairs' hard negatives (the same draw as one process: it depends on the
     batch seed and the pair only) and the loss all-gathers them: 2 processes = 1 process."""
     from mmssl.negatives import MiningSettings, mine_negatives
-    from mmssl.negatives.command import load_training_pairs
+    from mmssl.negatives.commands import load_training_pairs
 
     pairs = load_training_pairs(code_corpus, "text-code", "train")
     negatives = mine_negatives(pairs, MiningSettings(source="bm25", top_k=20, keep=5)).save(tmp_path / "neg.jsonl")

@@ -10,8 +10,8 @@ import torch
 
 from mmssl import cli
 from mmssl.engine import Trainer
+from mmssl.recipes.config import TrainConfig
 from mmssl.recipes.text_code import RECIPE as TEXT_CODE
-from mmssl.train import TrainConfig
 from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")

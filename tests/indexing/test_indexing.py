@@ -11,9 +11,9 @@ import pytest
 
 import indexing.index
 from indexing import ArrayShards, IndexDirError, SearchIndex, add_items, build_index_dir, choose_index, remove_items
-from indexing.build import memory_estimate, parse_budget
 from indexing.embed import ShardDir, embed_collection
 from indexing.lexical import LexicalIndex, reciprocal_rank_fusion
+from indexing.plan import memory_estimate, parse_budget
 from indexing.store import Manifest, model_fingerprint
 from indexing.tune import exact_neighbours, recall_at
 from mmssl import cli

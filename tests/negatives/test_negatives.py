@@ -22,9 +22,9 @@ from mmssl.data.pairs import normalize_text
 from mmssl.engine import Trainer
 from mmssl.models import DualEncoder
 from mmssl.negatives import MiningSettings, NegativeTable, mine_negatives
-from mmssl.negatives.command import load_training_pairs
+from mmssl.negatives.commands import load_training_pairs
+from mmssl.recipes.config import TrainConfig
 from mmssl.recipes.text_code import RECIPE as TEXT_CODE
-from mmssl.train import TrainConfig
 from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")

@@ -181,7 +181,7 @@ def test_jigsaw_and_rotation_transforms():
 
 
 def test_pretrained_tower_resumes_and_starts_an_image_text_model(shapes, tmp_path):
-    from mmssl.train import TrainConfig
+    from mmssl.recipes.config import TrainConfig
 
     out = tmp_path / "byol"
     argv = ["pretrain", "byol", "--data", str(shapes), "--out", str(out), "--image-model", MICRO]
@@ -217,8 +217,8 @@ def test_a_torchvision_resnet_pretrains_and_starts_an_image_text_model(shapes, t
     from safetensors.torch import load_file
 
     from mmssl.models import DualEncoder
+    from mmssl.recipes.config import TrainConfig
     from mmssl.recipes.image_pairs import load_image_pairs
-    from mmssl.train import TrainConfig
 
     out = tmp_path / "simclr-rn18"
     argv = ["pretrain", "simclr", "--data", str(shapes), "--out", str(out), "--image-model", "torchvision:resnet18"]

@@ -15,7 +15,7 @@ from mmssl import cli
 from mmssl.data import DataError
 from mmssl.engine import Trainer
 from mmssl.pretrain import pack, read_documents, split_documents
-from mmssl.pretrain.run import CLMConfig, MLMConfig, build_pretraining
+from mmssl.pretrain.commands import CLMConfig, MLMConfig, build_pretraining
 from tests.conftest import fit_or_crash
 
 CPU = torch.device("cpu")
@@ -263,8 +263,8 @@ def test_tower_initialized_from_pretraining_holds_exactly_its_weights(cls, pooli
 
 
 def test_dual_encoder_trains_from_a_pretraining_directory(code_corpus, tmp_path):
+    from mmssl.recipes.config import TrainConfig
     from mmssl.recipes.text_code import RECIPE as TEXT_CODE
-    from mmssl.train import TrainConfig
 
     config = tiny(MLMConfig, code_corpus, tmp_path / "pre", max_steps=0)  # the random-init control
     assert cli.main(["pretrain", "mlm", "--config", _write_toml(tmp_path, config)]) == 0

@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from mmssl import cli
+from mmssl.commands import TrainConfig
+from mmssl.commands import train as main
 from mmssl.models import DualEncoder, DualEncoderConfig
 from mmssl.models.clip_text import ClipTextConfig, ClipTextTower
 from mmssl.models.image import ImageTowerConfig
-from mmssl.train import TrainConfig, main
 
 MICRO = "mmssl-vit-micro"  # ships with mmssl: 32 px, 2 layers, 64 wide
 

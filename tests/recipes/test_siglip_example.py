@@ -20,7 +20,7 @@ def test_the_example_is_short(monkeypatch):
 
 def test_a_registered_recipe_trains_with_its_own_loss(tmp_path, monkeypatch, capsys):
     from mmssl.recipes import get_recipe
-    from mmssl.train import TrainConfig
+    from mmssl.recipes.config import TrainConfig
 
     monkeypatch.syspath_prepend(str(EXAMPLES))
     shapes = tmp_path / "shapes"

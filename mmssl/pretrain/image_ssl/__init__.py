@@ -18,7 +18,7 @@ Output directory (the engine's): ``OUT/best``, ``OUT/final``: the saved tower pl
 from mmssl.pretrain.image_ssl.barlow import Barlow, BarlowConfig
 from mmssl.pretrain.image_ssl.base import ImageSSLConfig, ImageSSLTask, collapse_metrics, mlp, tower_features
 from mmssl.pretrain.image_ssl.byol import BYOL, BYOLConfig
-from mmssl.pretrain.image_ssl.command import METHODS, build_image_ssl, build_tower, main
+from mmssl.pretrain.image_ssl.commands import METHODS, build_image_ssl, build_tower, main
 from mmssl.pretrain.image_ssl.deepcluster import Deepcluster, DeepclusterConfig
 from mmssl.pretrain.image_ssl.jigsaw import Jigsaw, JigsawConfig, permutation_set, shuffle_tiles
 from mmssl.pretrain.image_ssl.rotation import Rotation, RotationConfig

@@ -1,13 +1,30 @@
-"""``mmssl eval``: ``EvalConfig`` and ``main``, which hands the config to the recipe of ``--task``
-(``Recipe.eval_command``: text-code in ``mmssl.recipes.text_code_eval``, image-text in
-``mmssl.recipes.image_text_eval``)."""
+"""The top-level ``mmssl`` commands: ``train`` (``TrainConfig``: the recipe of ``--task`` builds its
+task, the engine runs it), ``evaluate`` (``mmssl eval``, ``EvalConfig``: the recipe scores the model)
+and ``env`` (``EnvConfig``: what this machine offers). Each package's own commands are in its
+``commands`` module (``mmssl.data``, ``mmssl.pretrain``, ``mmssl.negatives``, ``indexing``, ``demo``).
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from mmssl.console import setup_logging
+from mmssl.recipes.config import TrainConfig
+
+__all__ = ["EnvConfig", "EvalConfig", "TrainConfig", "env", "evaluate", "train"]
+
+
+def train(config: TrainConfig) -> int:
+    from mmssl.engine import run_training
+    from mmssl.recipes import get_recipe
+
+    if not config.data.train:
+        raise ValueError("--train is required (see --help for the layouts each --task reads)")
+    recipe = get_recipe(config.data.task)
+    run_training(config.engine, lambda device: recipe.build_task(config, device))
+    return 0
 
 
 @dataclass(frozen=True)
@@ -43,7 +60,7 @@ class EvalConfig:
     json: bool = field(default=False, metadata={"help": "print one JSON object"})
 
 
-def main(config: EvalConfig) -> int:
+def evaluate(config: EvalConfig) -> int:
     from mmssl.recipes import get_recipe
 
     setup_logging("WARNING" if config.json else "INFO")
@@ -51,3 +68,26 @@ def main(config: EvalConfig) -> int:
     if not config.data:
         raise ValueError(f"--data is required ({recipe.name}: {EvalConfig.DATA_HELP.get(recipe.name, 'its pairs')})")
     return recipe.eval_command(config)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Show versions, the device that --device picks, supported precisions and FAISS GPU support."""
+
+    device: str = field(
+        default="auto", metadata={"help": "device to check: auto (cuda, then mps, then cpu), cpu, cuda[:N], mps"}
+    )
+    json: bool = field(default=False, metadata={"help": "print one JSON object instead of a table"})
+
+
+def env(config: EnvConfig) -> int:
+    from mmssl.envinfo import collect
+
+    info = collect(config)
+    if config.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    width = max(map(len, info))
+    for key, value in info.items():
+        print(f"{key:<{width}}  {value}")
+    return 0
