@@ -61,6 +61,11 @@ class Shards(Protocol):
         ...
 
 
+def sample_rows(count: int, m: int, seed: int = 0) -> np.ndarray:
+    """The sorted positions of a seeded uniform ``m`` of ``count`` rows (a ``Shards.sample``'s rows)."""
+    return np.sort(np.random.default_rng(seed).choice(count, m, replace=False))
+
+
 class ArrayShards:
     """In-memory vectors as ``Shards`` (``shard_size`` rows at a time)."""
 
@@ -80,8 +85,7 @@ class ArrayShards:
     def sample(self, m: int, seed: int = 0) -> np.ndarray:
         if m >= self.count:
             return self.x
-        rows = np.sort(np.random.default_rng(seed).choice(self.count, m, replace=False))
-        return self.x[rows]
+        return self.x[sample_rows(self.count, m, seed)]
 
 
 def as_float32_matrix(x: Any, name: str) -> np.ndarray:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from indexing.build import sample_rows
 from mmssl.console import get_logger, progress
 from mmssl.distributed import barrier, get_rank, get_world_size
 from mmssl.io import atomic_file
@@ -101,7 +102,7 @@ class ShardDir:
         """``m`` uniformly chosen rows (all rows if m >= N), read shard by shard."""
         if m >= self.count:
             return np.concatenate([x for _, x in self], axis=0)
-        rows = np.sort(np.random.default_rng(seed).choice(self.count, m, replace=False))
+        rows = sample_rows(self.count, m, seed)
         out = []
         for i in range(self.spec.n_shards):
             lo = i * self.spec.shard_size
