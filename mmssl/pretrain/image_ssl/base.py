@@ -28,6 +28,7 @@ from mmssl.engine.config import EngineConfig
 from mmssl.engine.sampling import to_device
 from mmssl.engine.task import Task
 from mmssl.pretrain.image_ssl.views import ViewBatcher, fixed_batches
+from mmssl.runtime import eval_mode
 
 if TYPE_CHECKING:
     from mmssl.data.pairs import Pairs
@@ -94,16 +95,12 @@ def collapse_metrics(h: Tensor) -> dict[str, float]:
 def tower_features(tower, images: list, batch_size: int = 256) -> np.ndarray:
     """(N, D) float32 outputs of an image tower (before normalization) for ``images`` (records,
     paths, PIL), with open_clip's eval preprocessing, in eval mode (its mode is restored)."""
-    was = tower.training
-    tower.eval()
     prep, device = tower.preparer(train=False), next(tower.parameters()).device
-    try:
+    with eval_mode(tower):
         out = [
             tower(prep(images[s : s + batch_size])["pixels"].to(device)).float().cpu()
             for s in range(0, len(images), batch_size)
         ]
-    finally:
-        tower.train(was)
     return torch.cat(out).numpy()
 
 
@@ -169,18 +166,14 @@ class ImageSSLTask(Task):
         """The method's loss on the held-out views (lower is better) and their collapse metrics."""
         if self.valid_batches is None:
             return None
-        was = self.model.training
-        self.model.eval()
-        try:
-            total, hs = 0.0, []
+        total, hs = 0.0, []
+        with eval_mode(self.model):
             for batch in self.valid_batches:
                 loss, h = self._valid_loss(to_device(batch, self.device))
                 total += float(loss) * len(h)
                 hs.append(h)
-            h = torch.cat(hs)
-            return {"valid_loss": total / len(h), **{f"valid_{k}": v for k, v in collapse_metrics(h).items()}}
-        finally:
-            self.model.train(was)
+        h = torch.cat(hs)
+        return {"valid_loss": total / len(h), **{f"valid_{k}": v for k, v in collapse_metrics(h).items()}}
 
     def after_step(self, step: int) -> bool:
         return False
