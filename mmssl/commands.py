@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from mmssl.console import setup_logging
 from mmssl.recipes.config import TrainConfig
@@ -23,7 +22,7 @@ def train(config: TrainConfig) -> int:
     if not config.data.train:
         raise ValueError("--train is required (see --help for the layouts each --task reads)")
     recipe = get_recipe(config.data.task)
-    run_training(config.engine, lambda device: recipe.build_task(config, device))
+    run_training(config.engine, lambda device: recipe.build_task(config, device), run_config=config.flat())
     return 0
 
 
@@ -32,10 +31,6 @@ class EvalConfig:
     """Score a model (and baselines): text-code: MRR (CodeSearchNet protocol), recall@1/5/10; image-text:
     recall@1/5/10 both ways, zero-shot accuracy, linear probes."""
 
-    DATA_HELP: ClassVar[dict] = {
-        "text-code": "a CodeSearchNet .jsonl[.gz] file or folder",
-        "image-text": "image-caption pairs: CSV, JSONL, a folder, shards",
-    }
     task: str = field(default="text-code", metadata={"help": "the recipe: text-code, image-text"})
     model: str | None = field(default=None, metadata={"help": "a dual encoder directory (from mmssl train)"})
     data: str = field(
@@ -66,7 +61,7 @@ def evaluate(config: EvalConfig) -> int:
     setup_logging("WARNING" if config.json else "INFO")
     recipe = get_recipe(config.task)
     if not config.data:
-        raise ValueError(f"--data is required ({recipe.name}: {EvalConfig.DATA_HELP.get(recipe.name, 'its pairs')})")
+        raise ValueError(f"--data is required (the {recipe.name} pairs to score: see --help)")
     return recipe.eval_command(config)
 
 

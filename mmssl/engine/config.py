@@ -12,8 +12,8 @@ from typing import Literal
 class EngineConfig:
     """What the engine itself reads: optimization, precision, validation, checkpoints, logging.
 
-    Each training command's config (``TrainConfig`` here, the pretraining ones in
-    ``mmssl.pretrain``) extends it with its task's fields.
+    ``mmssl train``'s ``TrainConfig`` holds it as its engine group; the pretraining commands'
+    configs (``mmssl.pretrain``) extend it with their task's fields.
     """
 
     out: str = field(default="runs/text-code", metadata={"help": "output directory"})

@@ -18,8 +18,9 @@ from mmssl.runtime import enable_tf32, resolve_device, seed_everything
 log = get_logger("train")
 
 
-def run_training(config: EngineConfig, build: Callable[[torch.device], Task]) -> dict:
-    """Set up the process, build the task on its device, train. Returns ``Trainer.fit``'s summary."""
+def run_training(config: EngineConfig, build: Callable[[torch.device], Task], run_config: dict | None = None) -> dict:
+    """Set up the process, build the task on its device, train. Returns ``Trainer.fit``'s summary;
+    ``run_config`` (the command's whole config, default: the engine's) is recorded in checkpoints."""
     distributed = dist.init_distributed()
     setup_logging()  # ranks other than 0 log warnings only
     seed_everything(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -30,7 +31,7 @@ def run_training(config: EngineConfig, build: Callable[[torch.device], Task]) ->
     if distributed:  # dropout and masking draws differ per rank from here on
         seed_everything(config.seed * 1_000_003 + dist.get_rank())
     try:
-        result = Trainer(task, config, device).fit()
+        result = Trainer(task, config, device, run_config).fit()
     finally:
         if distributed:
             dist.destroy()

@@ -9,7 +9,7 @@ nothing of modalities and only calls these hooks. What a task must give:
                                ``batcher(indices, seed)`` making CPU batches (run in data workers)
     save_pretrained(dir), load_pretrained_state(dir)
 And what it may override (the defaults say what the engine does without it):
-    evaluate()                 validation metrics, or None (no validation data: the default)
+    has_validation, evaluate() whether the task validates (default: no) and its validation metrics
     metric, greater_is_better  the validation metric that picks OUT/best (default: loss, lower)
     after_step(step) -> bool   after each optimizer step (clamping, an EMA target, reclustering,
                                refreshed negatives); True: batches made ahead must be made again
@@ -74,8 +74,12 @@ class Task(ABC):
         """The batch of ``indices`` on the model's device (tasks without a ``batcher``)."""
         raise NotImplementedError(f"{type(self).__name__} has neither a batcher nor batch()")
 
-    def evaluate(self) -> dict[str, float] | None:
-        return None
+    @property
+    def has_validation(self) -> bool:
+        return False
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError(f"{type(self).__name__} has no validation")
 
     def after_step(self, step: int) -> bool:
         return False

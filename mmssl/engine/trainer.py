@@ -74,12 +74,15 @@ def make_optimizer(params, config: EngineConfig, device: torch.device) -> torch.
 class Trainer:
     """Runs a ``Task``'s ``training_forward`` in the loop described in the module docstring."""
 
-    def __init__(self, task: Task, config: EngineConfig, device: torch.device | None = None) -> None:
+    def __init__(
+        self, task: Task, config: EngineConfig, device: torch.device | None = None, run_config: dict | None = None
+    ) -> None:
         from transformers import get_cosine_schedule_with_warmup
 
         if not isinstance(task, Task):
             raise TypeError(f"{type(task).__name__} is not a mmssl.engine.Task")
         self.task, self.config = task, config
+        self.run_config = run_config if run_config is not None else asdict(config)  # kept in checkpoints
         self.device = device or resolve_device(config.device)
         self.precision = check_precision(config.precision, self.device)
         self.out = Path(config.out)
@@ -235,7 +238,7 @@ class Trainer:
                 out_of_time = dist.any_rank(out_of_time)  # every rank stops at the same step
                 done = self.step >= cfg.max_steps or out_of_time
                 paused = False
-                if (cfg.eval_every and self.step % cfg.eval_every == 0) or done:
+                if self.task.has_validation and ((cfg.eval_every and self.step % cfg.eval_every == 0) or done):
                     last_valid, paused = self.validate(metrics), True
                 if (cfg.save_every and self.step % cfg.save_every == 0) or done:
                     self.save_checkpoint()
@@ -260,16 +263,13 @@ class Trainer:
         }
 
     def validate(self, metrics: MetricsLog) -> dict | None:
-        """Rank 0 scores the model (None without validation data); the others wait for it."""
+        """Rank 0 scores the model; the others wait for it (and get None)."""
         if not self.main:
             dist.barrier()
             return None
         try:
             with eval_mode(self.task.model):
-                scores = self.task.evaluate()
-            if scores is None:
-                return None
-            result = {"step": self.step, "split": "valid", **scores}
+                result = {"step": self.step, "split": "valid", **self.task.evaluate()}
             metrics.write(result)
             shown = "  ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float))
             log.info("step %d valid: %s", self.step, shown)
@@ -303,7 +303,7 @@ class Trainer:
             "data_fingerprint": self.task.data.fingerprint(),
             "rng": rng,
             "world_size": self.world,
-            "config": asdict(self.config),
+            "config": self.run_config,
             "task": self.task.checkpoint_state(),
         }
         write_checkpoint(self.out, self.task, state)
@@ -327,6 +327,7 @@ class Trainer:
         self.sampler.load_state(state["sampler"])
         self._consumed, self._batches = self.sampler.state(), None
         self.step, self.skipped, self.best = state["step"], state["skipped"], state["best"]
-        restore_rng(state, self.rank, self.device, reseed=self.config.seed * 1_000_003 + self.rank)
+        reseed = self.config.seed * 1_000_003 + self.step * 1009 + self.rank  # differs from the run's start
+        restore_rng(state, self.rank, self.device, reseed)
         saved = state.get("world_size", 1)
         log.info("resumed from %s at step %d (saved by %d process(es), now %d)", ckpt, self.step, saved, self.world)

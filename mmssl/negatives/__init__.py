@@ -6,7 +6,7 @@
              false negatives.
 ``refresh``  ``NegativeRefresher`` (ANCE: re-mining during training) and ``negatives_for`` (what a
              training run gets from its hard-negative options).
-``command``  ``mmssl mine-negatives`` (``MineNegativesConfig``, ``main``); not imported here, so
+``commands`` ``mmssl mine-negatives`` (``MineNegativesConfig``, ``main``); not imported here, so
              that importing the package stays light.
 """
 

@@ -28,8 +28,11 @@ class MineRunConfig:
     model: str | None = field(
         default=None, metadata={"help": "a trained dual encoder dir (`mmssl train` OUT/best): needed for model, both"}
     )
-    task: Literal["auto", "text-code", "image-text"] = field(
-        default="auto", metadata={"help": "what the data is (auto: the model's modalities; text-code without one)"}
+    task: str = field(
+        default="auto",
+        metadata={
+            "help": "the recipe of the data: text-code, image-text, ... (auto: the model's; text-code without one)"
+        },
     )
     partition: str | None = field(
         default="train", metadata={"help": "the pairs of this partition (as --train-partition)"}

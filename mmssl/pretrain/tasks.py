@@ -51,8 +51,12 @@ class _LMTask(Task):
 
         set_activation_checkpointing(self.model)
 
-    def evaluate(self) -> dict[str, float] | None:
-        return self.score(self.valid, self.eval_batch_size) if self.valid is not None else None
+    @property
+    def has_validation(self) -> bool:
+        return self.valid is not None
+
+    def evaluate(self) -> dict[str, float]:
+        return self.score(self.valid, self.eval_batch_size)
 
     def save_pretrained(self, path) -> None:
         """The model and its tokenizer, one ``save_pretrained`` directory, written atomically."""

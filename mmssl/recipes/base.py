@@ -10,6 +10,7 @@ with ``mmssl.recipes.register``.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 
 import torch
@@ -22,6 +23,14 @@ from mmssl.models.text import set_dropout
 from mmssl.recipes.config import DualModelConfig, PairDataConfig, TrainConfig
 
 log = get_logger("recipes")
+KS = (1, 5, 10)  # the recall@k every recipe reports
+
+
+def timed(fn) -> dict:
+    """``fn()``'s scores with the seconds it took."""
+    start = time.monotonic()
+    result = fn()
+    return {**result, "seconds": time.monotonic() - start}
 
 
 class Recipe(ABC):

@@ -15,7 +15,6 @@ class TrainEngineConfig(EngineConfig):
     """The engine's options with ``mmssl train``'s defaults."""
 
     GROUP_TITLE: ClassVar[str] = "engine: optimization, precision, validation, checkpoints"
-    out: str = option("runs/text-code", "output directory")
     batch_size: int = option(64, "pairs per micro-batch, all processes together: the InfoNCE negatives")
 
 

@@ -153,8 +153,12 @@ class ContrastiveTask(Task):
         """Load the weights of a directory written by ``save_pretrained`` into this task's model."""
         self.model.load_state_dict(DualEncoder.from_pretrained(path).state_dict())
 
-    def evaluate(self) -> dict[str, float] | None:
-        return self.validation(self.model) if self.validation is not None else None
+    @property
+    def has_validation(self) -> bool:
+        return self.validation is not None
+
+    def evaluate(self) -> dict[str, float]:
+        return self.validation(self.model)
 
     def batch(self, indices: Tensor) -> dict:
         return to_device(self.batcher(indices), self.model.device)

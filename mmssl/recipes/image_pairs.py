@@ -20,10 +20,10 @@ from mmssl.data.image_text import ImageTextData, ImageTextRecord, read_image_tex
 from mmssl.data.pairs import Pairs
 from mmssl.evaluate import recall_at_k_groups
 from mmssl.models import DualEncoder
+from mmssl.recipes.base import KS
 from mmssl.runtime import seeded_subset
 
 log = get_logger("image_text")
-KS = (1, 5, 10)
 METRIC = "mean_recall"  # mean of recall@1/5/10 both ways: the validation metric that picks the best model
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +30,7 @@ import torch
 
 from mmssl.evaluate import linear_probe, zero_shot_accuracy
 from mmssl.models import DualEncoder
+from mmssl.recipes.base import KS, timed
 from mmssl.recipes.image_pairs import embed_pairs, load_image_pairs, retrieval_scores
 
 TEMPLATES = ("{}", "an emoji of {}", "a {} emoji", "an icon of {}")
@@ -180,11 +180,10 @@ def eval_command(config) -> int:
     if config.untrained:
         rows["untrained"] = untrained_like(config.model).to(device)
     split, train_split = config.partition or None, config.train_partition or None
-    scores = {}
-    for name, m in rows.items():
-        start = time.monotonic()
-        scores[name] = {**evaluate_model(m, config.data, split, train_split, config.batch_size)}
-        scores[name]["seconds"] = time.monotonic() - start
+    scores = {
+        name: timed(lambda m=m: evaluate_model(m, config.data, split, train_split, config.batch_size))
+        for name, m in rows.items()
+    }
     if config.json:
         out = {**scores["model"], "data": config.data, "partition": config.partition}
         if "untrained" in scores:
@@ -194,10 +193,9 @@ def eval_command(config) -> int:
     first = scores["model"]
     print(f"{first['n']} images, {first['captions']} distinct captions from {config.data} (split {config.partition})")
     print(f"{'model':<10} {'T>I R@1':>8} {'R@5':>7} {'R@10':>7} {'I>T R@1':>8} {'R@5':>7} {'R@10':>7}")
-    ks = (1, 5, 10)
     for name, r in scores.items():
-        t2i = [r[f"text_to_image_recall@{k}"] for k in ks]
-        i2t = [r[f"image_to_text_recall@{k}"] for k in ks]
+        t2i = [r[f"text_to_image_recall@{k}"] for k in KS]
+        i2t = [r[f"image_to_text_recall@{k}"] for k in KS]
         print(f"{name:<10} {t2i[0]:8.4f} {t2i[1]:7.4f} {t2i[2]:7.4f} {i2t[0]:8.4f} {i2t[1]:7.4f} {i2t[2]:7.4f}")
     for name, r in scores.items():
         for task, z in r["zero_shot"].items():

@@ -28,11 +28,6 @@ def _load_builtins() -> None:
             _RECIPES[name] = importlib.import_module(module).RECIPE
 
 
-def names() -> list[str]:
-    _load_builtins()
-    return list(_RECIPES)
-
-
 def get_recipe(name: str) -> Recipe:
     _load_builtins()
     if name not in _RECIPES and ":" in name:

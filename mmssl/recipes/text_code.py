@@ -17,11 +17,11 @@ from mmssl.evaluate import codesearchnet_mrr_embeddings, recall_at_k
 from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
 from mmssl.models.text import hidden_size
 from mmssl.models.tokenizer import train_bpe_tokenizer
-from mmssl.recipes.base import Recipe
+from mmssl.recipes.base import KS, Recipe
 from mmssl.recipes.config import DualModelConfig, PairDataConfig, TextCodeConfig
+from mmssl.recipes.text_code_eval import eval_command, score_row
 
 TOKENIZER_SAMPLE = 50_000  # texts the BPE tokenizer is trained on (enough for a stable vocabulary)
-KS = (1, 5, 10)
 TOKEN_FIELDS = ("code_tokens", "docstring_tokens")
 DEFAULT_TEXT_FIELD = {"code": "code", "text": "docstring"}
 
@@ -29,13 +29,7 @@ DEFAULT_TEXT_FIELD = {"code": "code", "text": "docstring"}
 def retrieval_scores(queries: torch.Tensor, codes: torch.Tensor, chunk_size: int = 1000, seed: int = 0) -> dict:
     """MRR (CodeSearchNet protocol), its per-chunk values, and recall@1/5/10 of aligned (N, D) embeddings."""
     mrr = codesearchnet_mrr_embeddings(queries, codes, chunk_size=chunk_size, seed=seed)
-    return {
-        "mrr": float(mrr.mrr),
-        **recall_at_k(queries, codes, ks=KS),
-        "n": len(queries),
-        "mrr_chunk_std": mrr.chunk_mrr_std,
-        "chunk_mrrs": [float(x) for x in mrr.chunk_mrrs],
-    }
+    return score_row(mrr, recall_at_k(queries, codes, ks=KS), len(queries))
 
 
 class TextCodeRecipe(Recipe):
@@ -118,8 +112,6 @@ class TextCodeRecipe(Recipe):
         return texts, texts, payloads, queries
 
     def eval_command(self, config) -> int:
-        from mmssl.recipes.text_code_eval import eval_command
-
         return eval_command(self, config)
 
 

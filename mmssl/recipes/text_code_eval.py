@@ -4,12 +4,17 @@ to BM25 over code tokens and a sentence-embedding baseline, on one seeded sample
 from __future__ import annotations
 
 import json
-import time
 
-from mmssl.evaluate import codesearchnet_mrr, recall_at_k_from_scores_fn
+from mmssl.evaluate import MRRResult, codesearchnet_mrr, recall_at_k_from_scores_fn
+from mmssl.recipes.base import KS, timed
 from mmssl.runtime import resolve_device
 
-KS = (1, 5, 10)
+
+def score_row(mrr: MRRResult, recalls: dict[str, float], n: int) -> dict:
+    """One scorer's row: MRR, recall@k, the pair count and the per-chunk MRRs (independent test
+    shards, for spreads and paired comparisons)."""
+    chunks = {"mrr_chunk_std": mrr.chunk_mrr_std, "chunk_mrrs": [float(x) for x in mrr.chunk_mrrs]}
+    return {"mrr": float(mrr.mrr), **recalls, "n": n, **chunks}
 
 
 def score_bm25(pairs, chunk_size: int = 1000, seed: int = 0) -> dict:
@@ -19,13 +24,7 @@ def score_bm25(pairs, chunk_size: int = 1000, seed: int = 0) -> dict:
     index = BM25Index.from_documents([code_search_tokens(c) for c in pairs.candidates])
     scores_fn = index.scores_fn([code_search_tokens(q) for q in pairs.queries])
     mrr = codesearchnet_mrr(scores_fn, len(pairs), chunk_size=chunk_size, seed=seed)
-    return {
-        "mrr": mrr.mrr,
-        **recall_at_k_from_scores_fn(scores_fn, len(pairs), KS),
-        "n": len(pairs),
-        "mrr_chunk_std": mrr.chunk_mrr_std,
-        "chunk_mrrs": [float(x) for x in mrr.chunk_mrrs],
-    }
+    return score_row(mrr, recall_at_k_from_scores_fn(scores_fn, len(pairs), KS), len(pairs))
 
 
 def sentence_encoder(path: str, device):
@@ -51,13 +50,13 @@ def eval_command(recipe, config) -> int:
     if config.model:
         from mmssl.models import DualEncoder
 
-        rows["model"] = _timed(
+        rows["model"] = timed(
             lambda: recipe.evaluate(DualEncoder.from_pretrained(config.model, device), pairs, **protocol)
         )
     if config.bm25:
-        rows["bm25"] = _timed(lambda: score_bm25(pairs, config.chunk_size, config.seed))
+        rows["bm25"] = timed(lambda: score_bm25(pairs, config.chunk_size, config.seed))
     if config.baseline_model:
-        rows["baseline"] = _timed(
+        rows["baseline"] = timed(
             lambda: recipe.evaluate(sentence_encoder(config.baseline_model, device), pairs, **protocol)
         )
     if config.json:
@@ -75,9 +74,3 @@ def eval_command(recipe, config) -> int:
             f" {r['seconds']:8.1f}"
         )
     return 0
-
-
-def _timed(fn) -> dict:
-    start = time.monotonic()
-    result = fn()
-    return {**result, "seconds": time.monotonic() - start}

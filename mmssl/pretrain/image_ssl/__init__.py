@@ -10,7 +10,7 @@ with its config, views, heads, loss and hooks, on the shared ``base`` (``ImageSS
 - contrastive: ``simclr``; non-contrastive: ``byol``, ``barlow``, ``vicreg``;
 - pretext tasks: ``rotation``, ``jigsaw``; feature clustering: ``deepcluster``.
 
-``command``: ``METHODS`` (name -> task class), ``build_image_ssl(config, device)`` and ``main``.
+``commands``: ``METHODS`` (name -> task class), ``build_image_ssl(config, device)`` and ``main``.
 Output directory (the engine's): ``OUT/best``, ``OUT/final``: the saved tower plus
 ``ssl_heads.safetensors`` (the heads, the target network, cluster labels) and ``ssl.json``.
 """

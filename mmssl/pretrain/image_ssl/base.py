@@ -161,6 +161,10 @@ class ImageSSLTask(Task):
         loss, h = self._loss(batch)
         return {f"{self.method}_loss": loss}, collapse_metrics(h.detach())
 
+    @property
+    def has_validation(self) -> bool:
+        return self.valid_batches is not None
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
         """The method's loss on the held-out views (lower is better) and their collapse metrics."""
@@ -174,9 +178,6 @@ class ImageSSLTask(Task):
                 hs.append(h)
         h = torch.cat(hs)
         return {"valid_loss": total / len(h), **{f"valid_{k}": v for k, v in collapse_metrics(h).items()}}
-
-    def after_step(self, step: int) -> bool:
-        return False
 
     def set_grad_checkpointing(self) -> None:
         self.model.tower.set_grad_checkpointing(True)  # a torchvision tower refuses (ValueError)
