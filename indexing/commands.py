@@ -118,6 +118,7 @@ def build_main(config: IndexBuildConfig) -> int:
         shard_size=config.shard_size,
         dtype=config.dtype,
         batch_size=config.batch_size,
+        replace_stale=config.overwrite,  # --overwrite rebuilds: shards of another collection are not reused
     )
     if get_rank() != 0:
         return 0

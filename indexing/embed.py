@@ -17,7 +17,9 @@ carry little padding; the model runs under ``torch.inference_mode`` and, on a GP
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,16 +38,29 @@ DTYPES = ("float32", "float16")
 
 @dataclass(frozen=True)
 class EmbeddingSpec:
+    """What a shard directory holds: shards are reused only when every field matches, the
+    collection's content (``content_sha256``: its items and ids) included."""
+
     model_sha256: str
     modality: str
     dim: int
     dtype: str
     shard_size: int
     count: int
+    content_sha256: str = ""
 
     @property
     def n_shards(self) -> int:
         return (self.count + self.shard_size - 1) // self.shard_size
+
+
+def content_fingerprint(items: Sequence, ids: np.ndarray) -> str:
+    """sha256 of a collection's items (texts; an image record by its ``where``) and their ids."""
+    h = hashlib.sha256(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    for item in items:
+        text = item if isinstance(item, str) else str(getattr(item, "where", item))
+        h.update(text.encode("utf-8", "replace") + b"\0")
+    return h.hexdigest()
 
 
 def shard_name(i: int) -> str:
@@ -131,11 +146,13 @@ def embed_collection(
     shard_size: int = 50_000,
     dtype: str = "float32",
     batch_size: int = 128,
+    replace_stale: bool = False,
 ) -> Path:
     """Embed ``texts`` (item ``ids``) into shards under ``out_dir``; returns ``out_dir``.
 
-    Resumes: finished shards are skipped. Under torchrun each rank embeds its own shards and the
-    call returns on every rank once all shards are written.
+    Resumes: finished shards are skipped. Shards made for another spec (model, settings or the
+    collection's content) are an error, or with ``replace_stale`` deleted and made again. Under
+    torchrun each rank embeds its own shards and the call returns on every rank once all are written.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose float32 or float16")
@@ -146,22 +163,27 @@ def embed_collection(
     if modality not in model.config.modalities:
         raise ValueError(f"modality {modality!r}: the model embeds {' and '.join(model.config.modalities)}")
     out = Path(out_dir)
-    spec = EmbeddingSpec(model_sha256, modality, model.config.embed_dim, dtype, shard_size, len(texts))
+    ids = np.asarray(ids, dtype=np.int64)
+    content = content_fingerprint(texts, ids)
+    spec = EmbeddingSpec(model_sha256, modality, model.config.embed_dim, dtype, shard_size, len(texts), content)
     spec_file = out / SPEC
     if get_rank() == 0:
         if spec_file.is_file():
             old = json.loads(spec_file.read_text())
             diff = [k for k, v in asdict(spec).items() if old.get(k) != v]
-            if diff:
+            if diff and not replace_stale:
                 raise ValueError(
                     f"{spec_file}: made with a different {diff[0]} ({old.get(diff[0])!r}, "
-                    f"now {getattr(spec, diff[0])!r}); use another directory or delete this one"
+                    f"now {getattr(spec, diff[0])!r}); use another directory, delete this one or pass --overwrite"
                 )
-        else:
+            if diff:
+                log.warning("%s: made with a different %s: its shards are deleted and made again", out, diff[0])
+                shutil.rmtree(out)
+        if not spec_file.is_file():
+            out.mkdir(parents=True, exist_ok=True)
             with atomic_file(spec_file, "w") as f:
                 f.write(json.dumps(asdict(spec), indent=2) + "\n")
     barrier()
-    ids = np.asarray(ids, dtype=np.int64)
     rank, world = get_rank(), get_world_size()
     todo = [i for i in range(rank, spec.n_shards, world) if not (out / f"{shard_name(i)}.ids.npy").is_file()]
     done = len(range(rank, spec.n_shards, world)) - len(todo)

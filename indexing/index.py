@@ -169,6 +169,7 @@ class SearchIndex(Closable):
             raise ValueError(f"queries have dim {xq.shape[1]}, the index {self.manifest.dim}")
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
+        k = min(k, max(1, self.index.ntotal))  # FAISS allocates (Q, k): never more than the index holds
         if ids is None and not len(self._removed):  # the common case: no selector to build
             if self._gpu_index is not None:
                 return self._gpu_index.search(xq, k)
@@ -240,7 +241,10 @@ class SearchIndex(Closable):
             ids = np.asarray(ids, dtype=np.int64)
             allowed = ids if allowed is None else np.intersect1d(allowed, ids)
         queries = list(queries)
-        depth = max(k, fusion_depth) if mode == "hybrid" else k
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        k = min(k, max(1, self.manifest.count))  # no more hits than items (k = 10**9 allocates nothing)
+        depth = min(max(k, fusion_depth), max(1, self.manifest.count)) if mode == "hybrid" else k
         if mode in ("dense", "hybrid"):
             d_scores, d_ids = self.search_vectors(self.embed_queries(queries), depth, ids=allowed)
         if mode in ("lexical", "hybrid"):

@@ -56,7 +56,8 @@ class LexicalIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores (Q, K), ids (Q, K)), best first (equal scores in row order); -1 ids where fewer
         than K items match. ``allowed``: item ids."""
-        k_eff = min(k, len(self.ids))
+        k = min(k, max(1, len(self.ids)))  # (Q, k) arrays: never wider than the collection
+        k_eff = k
         mask = None
         if allowed is not None:
             mask = np.isin(self.ids, allowed).astype(np.float32)

@@ -262,7 +262,8 @@ class DualEncoder(nn.Module):
                 towers[modality] = OPEN_CLIP_TOWERS[type(saved)].from_pretrained(tower_dir, saved, config.embed_dim)
                 continue
             tcfg = TowerConfig(**{**asdict(saved), "init": str(tower_dir)})
-            tower = TextTower.build(tcfg, config.embed_dim, AutoTokenizer.from_pretrained(tower_dir))
+            tokenizer = AutoTokenizer.from_pretrained(tower_dir, trust_remote_code=False)
+            tower = TextTower.build(tcfg, config.embed_dim, tokenizer)
             tower.config = config.towers[modality]  # remember where it originally came from
             towers[modality] = tower
         if config.shared:

@@ -76,7 +76,7 @@ def hidden_size(init: str) -> int:
     """The hidden size of a pretrained tower (a directory, hub name or ``minilm``), from its config alone."""
     from transformers import AutoConfig
 
-    return int(AutoConfig.from_pretrained(resolve_init(init)).hidden_size)
+    return int(AutoConfig.from_pretrained(resolve_init(init), trust_remote_code=False).hidden_size)
 
 
 def backbone_config(cfg: TowerConfig, vocab_size: int, pad_token_id: int, bos: int, eos: int):
@@ -168,7 +168,7 @@ class TextTower(LockableTower):
             if os.path.isdir(path) and not (Path(path) / "config.json").exists():
                 raise FileNotFoundError(f"{path}: not a transformers model directory (no config.json)")
             backbone = _load_backbone(path)
-            tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+            tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path, trust_remote_code=False)
             return cls(backbone, tok, config, embed_dim)
         if tokenizer is None:
             raise ValueError("a tower built from scratch needs a tokenizer (train one on the corpus)")
@@ -268,7 +268,9 @@ def _load_backbone(path: str) -> nn.Module:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, info = AutoModel.from_pretrained(path, use_safetensors=_has_safetensors(path), output_loading_info=True)
+        model, info = AutoModel.from_pretrained(
+            path, use_safetensors=_has_safetensors(path), output_loading_info=True, trust_remote_code=False
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
     head = [k for k in info.get("unexpected_keys", []) if k.startswith(LM_HEAD_PREFIXES)]

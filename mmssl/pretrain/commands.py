@@ -112,7 +112,7 @@ def _tokenizer(config: PretrainConfig, docs: list[str]):
     from mmssl.models.tokenizer import train_bpe_tokenizer
 
     if config.tokenizer or config.init:
-        return AutoTokenizer.from_pretrained(resolve_init(config.tokenizer or config.init))
+        return AutoTokenizer.from_pretrained(resolve_init(config.tokenizer or config.init), trust_remote_code=False)
     return train_bpe_tokenizer(
         docs[:TOKENIZER_SAMPLE],
         config.vocab_size,
@@ -130,7 +130,7 @@ def build_lm(config: PretrainConfig, tokenizer):
     auto = AutoModelForMaskedLM if isinstance(config, MLMConfig) else AutoModelForCausalLM
     if config.init:
         path = resolve_init(config.init)
-        model = auto.from_pretrained(path, use_safetensors=_has_safetensors(path))
+        model = auto.from_pretrained(path, use_safetensors=_has_safetensors(path), trust_remote_code=False)
     else:
         if config.preset in PRESETS and PRESETS[config.preset][1] == 0:  # (hidden, layers, heads, inter)
             raise ValueError(f"preset {config.preset!r} has no transformer layer: nothing to pretrain")

@@ -160,7 +160,7 @@ def untrained_like(model_dir: str, seed: int = 0) -> DualEncoder:
     path = Path(model_dir)
     config = DualEncoderConfig.load(path)
     tokenizers = {
-        m: AutoTokenizer.from_pretrained(path / "towers" / m)
+        m: AutoTokenizer.from_pretrained(path / "towers" / m, trust_remote_code=False)
         for m, t in config.towers.items()
         if isinstance(t, TowerConfig) and not t.init
     }

@@ -339,6 +339,26 @@ def test_embedding_resumes_after_a_crash_and_refuses_other_settings(tiny_model, 
     np.testing.assert_allclose(ShardDir(half).sample(250), full, atol=2e-3)
 
 
+def test_embedding_shards_of_another_collection_are_never_reused(tiny_model, tmp_path):
+    """Same model, settings and count, other texts: an error, or with replace_stale (index build
+    --overwrite) new shards; never the old vectors under the new texts."""
+    from mmssl.models import DualEncoder
+
+    model = DualEncoder.from_pretrained(tiny_model)
+    sha = model_fingerprint(tiny_model)
+    ids = np.arange(120)
+    old = [f"def old{i}(x): return x * {i}" for i in range(120)]
+    new = [f"def parse_{i}(path): return open(path).read()" for i in range(120)]
+    out = embed_collection(model, "code", old, ids, tmp_path / "emb", model_sha256=sha, shard_size=50)
+    with pytest.raises(ValueError, match="different content_sha256.*--overwrite"):
+        embed_collection(model, "code", new, ids, out, model_sha256=sha, shard_size=50)
+    embed_collection(model, "code", new, ids, out, model_sha256=sha, shard_size=50, replace_stale=True)
+    got = np.concatenate([x for _, x in ShardDir(out)])
+    np.testing.assert_allclose(got, model.embed("code", new).numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="different content_sha256"):  # other ids, same texts
+        embed_collection(model, "code", new, ids + 1, out, model_sha256=sha, shard_size=50)
+
+
 def test_index_commands_end_to_end(tiny_model, code_corpus, tmp_path, capsys):
     idx = str(tmp_path / "idx")
     assert (
@@ -398,3 +418,18 @@ def test_knn_matches_brute_force_exact_and_tuned(flat_max):
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
     with pytest.raises(ValueError, match="dim"):
         knn(xb, xq[:, :5], 3)
+
+
+def test_k_beyond_the_index_size_is_clamped_in_every_mode(tiny_model, code_corpus, tmp_path):
+    """k = 10**9 on a small index answers with at most every item (it allocated Q x k before)."""
+    idx = tmp_path / "idx"
+    argv = ["index", "build", "--model", str(tiny_model), "--data", code_corpus, "--out", str(idx), "--lexical"]
+    assert cli.main([*argv, "--max-items", "60"]) == 0
+    index = SearchIndex.load(idx)
+    for mode in ("dense", "lexical", "hybrid"):
+        hits = index.search(["parse the file given as input"], k=10**9, mode=mode)[0]
+        assert 0 < len(hits) <= 60 and len({h.id for h in hits}) == len(hits), mode
+    scores, found = index.search_vectors(np.ones((2, index.manifest.dim), dtype=np.float32), k=10**9)
+    assert scores.shape == found.shape == (2, 60)
+    with pytest.raises(ValueError, match="k must be positive"):
+        index.search(["x"], k=0)

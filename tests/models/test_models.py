@@ -186,3 +186,34 @@ def test_split_identifiers_tokenizer_shares_words_between_code_and_prose(tmp_pat
     split.save_pretrained(tmp_path)
     again = AutoTokenizer.from_pretrained(tmp_path)
     assert again(code)["input_ids"] == split(code)["input_ids"]
+
+
+def test_a_model_directory_with_custom_code_is_loaded_without_running_it(tmp_path, monkeypatch):
+    """A directory whose config names its own Python classes (``auto_map``): transformers never asks
+    "run the custom code? [y/N]" (a user here answers y), and the code is never run."""
+    import json
+    import shutil
+
+    from mmssl.models import TowerConfig
+    from mmssl.models.text import TextTower, resolve_init
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(resolve_init("minilm"), model_dir)
+    marker = tmp_path / "ran"
+    (model_dir / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('pwned')\n"
+        "from transformers import BertConfig, BertModel\n"
+        "class EvilConfig(BertConfig):\n    model_type = 'evilbert'\n"
+        "class EvilModel(BertModel):\n    config_class = EvilConfig\n"
+    )
+    config = json.loads((model_dir / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "evil.EvilModel", "AutoConfig": "evil.EvilConfig"}
+    config["model_type"] = "evilbert"  # a type transformers does not know: only the custom code could load it
+    (model_dir / "config.json").write_text(json.dumps(config))
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "y")
+    try:
+        TextTower.build(TowerConfig(init=str(model_dir), pooling="mean", max_length=16), 32)
+    except ValueError:
+        pass  # refusing the directory is as good as ignoring its code: what matters is that none ran
+    assert not asked and not marker.exists()
