@@ -60,7 +60,7 @@ def test_console_script_is_installed():
 
 
 def test_importing_the_loss_library_stays_light():
-    """Design rule 10: `import mmssl.losses` pulls in neither gradio, faiss nor transformers."""
+    """Import cost stays where it belongs: `import mmssl.losses` pulls in neither gradio, faiss nor transformers."""
     code = (
         "import sys, mmssl.losses, mmssl.distributed, mmssl.runtime;"
         "print([m for m in ('gradio', 'faiss', 'transformers', 'open_clip') if m in sys.modules])"

@@ -121,8 +121,8 @@ class InfoNCELoss(nn.Module):
 
     With label smoothing e the target is ``(1 - e) * onehot + e / N`` (torch's convention).
     ``pair_ids`` (optional, (B,)) marks items that are the same caption/docstring: off-diagonal
-    pairs with equal ids are removed from the negatives (false negatives), as in the logits mask of
-    the design notes. Inputs are used as given; pass L2-normalized embeddings for cosine logits.
+    pairs with equal ids are removed from the negatives (false negatives: their logits are masked to
+    -inf). Inputs are used as given; pass L2-normalized embeddings for cosine logits.
 
     Distributed (``torch.distributed`` initialized): both sides are all-gathered with gradient.
     ``local_loss=False`` computes the full (N, N) loss on every rank; ``local_loss=True`` computes
