@@ -113,8 +113,8 @@ def model_path(out: Path, name: str, corpus: Path, config: DemoDefaultConfig) ->
     argv = ["train", "--train", str(corpus), "--out", str(run), "--max-steps", str(config.steps)]
     argv += ["--max-minutes", str(config.minutes), "--eval-every", "0", "--save-every", "100"]
     argv += ["--precision", precision, "--eval-max-pairs", "1000", *args]
-    if (run / "checkpoints" / "last").exists():
-        argv.append("--resume")
+    # A killed run continues from its checkpoint; one killed before its first checkpoint restarts.
+    argv.append("--resume" if (run / "checkpoints" / "last").exists() else "--overwrite")
     _cli(argv)
     (run / "final").rename(target)
     return target
@@ -159,8 +159,7 @@ def image_paths(out: Path, config: DemoDefaultConfig) -> list[Path]:
         argv = ["train", "--task", "image-text", "--train", str(data), "--out", str(run), *IMAGE_TRAIN]
         argv += ["--max-steps", str(config.image_steps), "--warmup-steps", "30", "--max-minutes", str(config.minutes)]
         argv += ["--eval-every", "0", "--save-every", "100", "--log-every", "50"]
-        if (run / "checkpoints" / "last").exists():
-            argv.append("--resume")
+        argv.append("--resume" if (run / "checkpoints" / "last").exists() else "--overwrite")
         _cli(argv)
         (run / "final").rename(model)
     paths = []

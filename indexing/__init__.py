@@ -6,6 +6,7 @@ FAISS and bm25s are imported when a function that needs them runs, not by ``impo
 from indexing.build import ArrayShards
 from indexing.create import build_index_dir
 from indexing.index import Hit, SearchIndex
+from indexing.lock import IndexBusyError
 from indexing.plan import IndexPlan, choose_index, parse_budget
 from indexing.store import IndexDirError, Manifest, MetadataStore, model_fingerprint
 from indexing.update import add_items, remove_items
@@ -13,6 +14,7 @@ from indexing.update import add_items, remove_items
 __all__ = [
     "ArrayShards",
     "Hit",
+    "IndexBusyError",
     "IndexDirError",
     "IndexPlan",
     "Manifest",

@@ -168,6 +168,7 @@ class IndexAddConfig:
 def add_main(config: IndexAddConfig) -> int:
     from indexing.embed import embed_texts
     from indexing.index import SearchIndex
+    from indexing.store import fingerprints
     from indexing.update import add_items
 
     setup_logging()
@@ -175,9 +176,15 @@ def add_main(config: IndexAddConfig) -> int:
         model = index.model()
         modality = index.manifest.modality or model.config.modalities[1]
         items, texts, payloads, _ = read_items(model, config.data, modality, config.text_field, config.partition)
-        vectors = embed_texts(model, modality, items, config.batch_size)
-    ids = add_items(config.index, vectors, texts, payloads)
-    print(f"{config.index}: added {len(ids):,} items (ids {ids.min()}..{ids.max()})")
+        given = len(texts)
+        keep = index.store.unseen(fingerprints(texts, payloads))  # a retry embeds only what did not land
+        items, texts, payloads = [items[i] for i in keep], [texts[i] for i in keep], [payloads[i] for i in keep]
+        vectors = embed_texts(model, modality, items, config.batch_size) if keep else None
+    ids = add_items(config.index, vectors, texts, payloads) if keep else np.zeros(0, dtype=np.int64)
+    skipped = given - len(ids)
+    dup = f"; skipped {skipped:,} already in the index" if skipped else ""
+    span = f" (ids {ids.min()}..{ids.max()})" if len(ids) else ""
+    print(f"{config.index}: added {len(ids):,} items{span}{dup}")
     return 0
 
 

@@ -1,10 +1,11 @@
 """Write an index directory (layout in ``indexing.store``): ``build_index_dir`` trains and fills the FAISS index
 from embedding shards, tunes its search parameters to a target recall, stores the items' texts and
 payloads (SQLite) and BM25, and writes the manifest, atomically (``check_target``: never over an
-index without ``overwrite``)."""
+index without ``overwrite``; over one, holding its write lock, ``indexing.lock``)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -14,6 +15,7 @@ import numpy as np
 
 from indexing.build import Shards, as_float32_matrix, as_ids, build_in_memory, build_ondisk
 from indexing.lexical import LexicalIndex
+from indexing.lock import write_lock
 from indexing.plan import choose_index
 from indexing.store import (
     INDEX_FILE,
@@ -30,7 +32,7 @@ from indexing.store import (
 )
 from indexing.tune import Tuning, exact_neighbours, tune
 from mmssl.console import get_logger
-from mmssl.io import atomic_dir
+from mmssl.io import atomic_dir, check_output
 
 log = get_logger("index")
 
@@ -44,16 +46,9 @@ def _versions() -> dict[str, str]:
 
 
 def check_target(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a directory that is not an index, or an index unless ``overwrite``."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"{out}: exists and is not a directory")
-    if (out / MANIFEST).is_file():
-        if not overwrite:
-            raise ValueError(f"{out}: an index is already there; pass overwrite (--overwrite) to replace it")
-    elif any(out.iterdir()):
-        raise ValueError(f"{out}: a non-empty directory that is not an index; choose another path")
+    """Refuse to replace a directory that is not an index, or an index unless ``overwrite`` (the
+    rule of every command that writes: ``mmssl.io.check_output``)."""
+    check_output(out, overwrite, "an index", (MANIFEST,))
 
 
 def build_index_dir(
@@ -97,7 +92,9 @@ def build_index_dir(
     )
     log.info("index for %s vectors of dim %d: %s (%s)", f"{shards.count:,}", shards.dim, plan.factory, plan.reason)
     started = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    # over an index: hold its write lock, so that an add or remove meanwhile fails instead of vanishing
+    lock = write_lock(out) if (out / MANIFEST).is_file() else contextlib.nullcontext()
+    with lock, atomic_dir(out) as tmp:
         if plan.ondisk:
             index = build_ondisk(plan, shards, tmp, tmp / ONDISK_FILE, seed=seed)
         else:

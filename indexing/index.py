@@ -8,7 +8,9 @@ Shape legend: N items, Q queries, K results, D embedding size.
     index = SearchIndex.load("runs/idx")
     hits = index.search(["read a csv file"], k=10, mode="hybrid", where={"repo": "pandas"})
 
-Dense search embeds queries with the model recorded in the manifest (its hash is checked first).
+Loading checks the directory first (``indexing.verify``: cheap checks always, every file's sha256
+with ``verify=True``). Dense search embeds queries with the model recorded in the manifest (its
+hash is checked first).
 Filtered search (``where`` on payload fields, or ``ids``): a filter that keeps at most
 ``EXACT_FILTER_MAX`` items is answered exactly, by scoring the kept items' vectors (reconstructed
 from the index); a wider one goes through FAISS's ``IDSelector`` on the CPU index, since FAISS
@@ -19,7 +21,6 @@ index cannot drop (tombstones: HNSW, fast-scan) are excluded here at search time
 from __future__ import annotations
 
 import math
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,11 +38,11 @@ from indexing.store import (
     IndexDirError,
     Manifest,
     MetadataStore,
-    check_files,
     model_fingerprint,
     read_index_file,
 )
 from indexing.tune import search_parameters
+from indexing.verify import check_files, check_index, check_manifest
 from mmssl.console import get_logger
 from mmssl.io import Closable
 
@@ -80,20 +81,23 @@ class SearchIndex(Closable):
     # ---- loading --------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: str | Path, *, verify: bool = True, use_gpu: bool | None = None) -> SearchIndex:
-        """Open an index directory: manifest first, then each file checked against it."""
+    def load(cls, path: str | Path, *, verify: bool = False, use_gpu: bool | None = None) -> SearchIndex:
+        """Open an index directory: manifest first, then each file checked against it, then what was
+        read against both (``indexing.verify``); ``verify``: also every file's sha256."""
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such index directory")
         manifest = Manifest.from_file(path / MANIFEST)
+        check_manifest(path, manifest)
         check_files(path, manifest, verify=verify)
         index = read_index_file(path / INDEX_FILE, manifest.ondisk)
-        if index.d != manifest.dim:
-            raise IndexDirError(f"{path / INDEX_FILE}: dimension {index.d}, {MANIFEST} says {manifest.dim}")
-        if index.ntotal != manifest.count:
-            raise IndexDirError(f"{path / INDEX_FILE}: {index.ntotal} vectors, {MANIFEST} says {manifest.count}")
         store = MetadataStore(path / META_FILE, readonly=True)
-        lexical = LexicalIndex.load(path / LEXICAL_DIR) if manifest.lexical else None
+        try:
+            lexical = _load_lexical(path / LEXICAL_DIR) if manifest.lexical else None
+            check_index(path, manifest, index, store, lexical)
+        except BaseException:
+            store.close()
+            raise
         self = cls(path, manifest, index, store, lexical)
         use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
         if use_gpu and not manifest.ondisk and manifest.index_type in ("ivf_flat", "ivf_pq"):
@@ -115,11 +119,7 @@ class SearchIndex(Closable):
             self._gpu_index = gpu
 
     def _tombstones(self) -> np.ndarray:
-        try:
-            rows = self.store.conn.execute("SELECT id FROM removed").fetchall()
-        except sqlite3.OperationalError:  # no such table: nothing removed
-            return np.zeros(0, dtype=np.int64)
-        return np.array([r[0] for r in rows], dtype=np.int64)
+        return np.array(self.store.tombstones(), dtype=np.int64)
 
     def __len__(self) -> int:
         return self.manifest.count - len(self._removed)
@@ -140,6 +140,13 @@ class SearchIndex(Closable):
                     "rebuild the index with this model"
                 )
             model = DualEncoder.from_pretrained(path, device=device)
+            for name in ("modality", "query_modality"):
+                value = getattr(self.manifest, name)
+                if value is not None and value not in model.config.modalities:
+                    raise IndexDirError(
+                        f"{self.path / MANIFEST}: field {name!r} is {value!r}; the model embeds "
+                        f"{' and '.join(model.config.modalities)}"
+                    )
             if model.config.embed_dim != self.manifest.dim:
                 raise IndexDirError(
                     f"{path}: embeds in dim {model.config.embed_dim}, the index holds {self.manifest.dim}"
@@ -293,6 +300,13 @@ class SearchIndex(Closable):
             "versions": m.versions,
             "bytes": sum(f.bytes for f in m.files.values()),
         }
+
+
+def _load_lexical(path: Path) -> LexicalIndex:
+    try:
+        return LexicalIndex.load(path)
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise IndexDirError(f"{path}: not a readable lexical index ({e})") from None
 
 
 def widened(params: dict[str, int], factor: float) -> dict[str, int]:

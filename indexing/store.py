@@ -7,13 +7,15 @@ a crash leaves the previous version or nothing, never half of one):
                         normalization, index type and parameters, count, each file's size and sha256
     DIR/index.faiss     the FAISS index (a CPU index, whatever built it); ids are the item ids
     DIR/ivf.ondisk      only for on-disk indexes: the inverted lists, memory-mapped at search time
-    DIR/meta.sqlite     items(id INTEGER PRIMARY KEY, text, payload JSON): what a hit shows
+    DIR/meta.sqlite     items(id INTEGER PRIMARY KEY, text, payload JSON, fingerprint): what a hit
+                        shows; ``fingerprint`` (indexed) is the sha256 of the item's text and payload,
+                        by which ``add`` skips items already there. Schema version: PRAGMA user_version
+                        (0: before fingerprints, filled in when a writer first opens the store)
     DIR/lexical/        optional: a bm25s index over the items' text, and the ids of its rows
+    DIR/.lock           the write lock (``indexing.lock``): holds the PID of the writer that took it last
 
-Loading reads the manifest first and checks, before anything is used, that every file it lists is
-present with its recorded size (a truncated copy fails here) and, unless ``verify=False``, its
-sha256; that the format version is one this code reads; and, when a model is given, that its hash
-and embedding size are the ones the index was built with. Every error names the file and field.
+What loading checks (the manifest, each file against it, the loaded index against both) is
+``indexing.verify``. Every error names the file and field.
 
 Shape legend: N items, D embedding size.
 """
@@ -32,6 +34,7 @@ from typing import Any
 from mmssl.io import Closable, read_json_object
 
 FORMAT_VERSION = 1
+STORE_VERSION = 1  # meta.sqlite's PRAGMA user_version: 1 adds items.fingerprint
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 ONDISK_FILE = "ivf.ondisk"
@@ -143,31 +146,30 @@ def record_files(root: Path, names: Iterable[str]) -> dict[str, FileRecord]:
     return out
 
 
-def check_files(root: Path, manifest: Manifest, verify: bool = True) -> None:
-    """Every file the manifest lists is present with its size (and, if ``verify``, its sha256)."""
-    for name, rec in manifest.files.items():
-        path = root / name
-        if not path.is_file():
-            raise IndexDirError(f"{path}: missing (listed in {MANIFEST})")
-        size = path.stat().st_size
-        if size != rec.bytes:
-            what = "truncated" if size < rec.bytes else "changed"
-            raise IndexDirError(f"{path}: {size} bytes, {MANIFEST} records {rec.bytes} ({what}; rebuild or restore it)")
-        if verify and sha256_file(path) != rec.sha256:
-            raise IndexDirError(
-                f"{path}: sha256 does not match {MANIFEST} (the file is damaged; rebuild or restore it)"
-            )
-
-
 # ---- metadata ------------------------------------------------------------------------------------
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY,
     text TEXT NOT NULL,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    fingerprint TEXT
 );
 """
+
+
+def item_fingerprint(text: str, payload_json: str) -> str:
+    """sha256 of an item's canonical content: its text and payload (as stored: JSON), keys sorted.
+
+    The payload is every field of the record but the indexed text (and token lists), so two items
+    have one fingerprint exactly when they came from the same record.
+    """
+    canonical = json.dumps([text, json.loads(payload_json)], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def fingerprints(texts: Sequence[str], payloads: Sequence[dict]) -> list[str]:
+    return [item_fingerprint(t, json.dumps(p, ensure_ascii=False)) for t, p in zip(texts, payloads)]
 
 
 class MetadataStore(Closable):
@@ -181,11 +183,32 @@ class MetadataStore(Closable):
             self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         else:
             self.conn = sqlite3.connect(self.path, check_same_thread=False)
-            self.conn.executescript(_SCHEMA)
         try:
+            if not readonly:
+                self._create_or_migrate()
             self.conn.execute("SELECT id, text, payload FROM items LIMIT 1").fetchall()
+            columns = {r[1] for r in self.conn.execute("PRAGMA table_info(items)")}
         except sqlite3.DatabaseError as e:
             raise IndexDirError(f"{self.path}: not a readable metadata store ({e})") from None
+        self.has_fingerprints = "fingerprint" in columns
+
+    def _create_or_migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > STORE_VERSION:
+            raise IndexDirError(
+                f"{self.path}: store version {version}; this mmssl writes {STORE_VERSION} (update mmssl)"
+            )
+        with self.conn:
+            self.conn.executescript(_SCHEMA)
+            columns = {r[1] for r in self.conn.execute("PRAGMA table_info(items)")}
+            if "fingerprint" not in columns:  # a store of version 0: fingerprint what is there
+                self.conn.execute("ALTER TABLE items ADD COLUMN fingerprint TEXT")
+                rows = self.conn.execute("SELECT id, text, payload FROM items").fetchall()
+                self.conn.executemany(
+                    "UPDATE items SET fingerprint = ? WHERE id = ?", ((item_fingerprint(t, p), i) for i, t, p in rows)
+                )
+            self.conn.execute("CREATE INDEX IF NOT EXISTS items_fingerprint ON items (fingerprint)")
+            self.conn.execute(f"PRAGMA user_version = {STORE_VERSION}")
 
     def close(self) -> None:
         self.conn.close()
@@ -194,11 +217,12 @@ class MetadataStore(Closable):
         if not (len(ids) == len(texts) == len(payloads)):
             raise ValueError(f"ids, texts and payloads differ in length: {len(ids)}, {len(texts)}, {len(payloads)}")
         try:
+            rows = []
+            for i, t, p in zip(ids, texts, payloads):
+                payload = json.dumps(p, ensure_ascii=False)
+                rows.append((int(i), t, payload, item_fingerprint(t, payload)))
             with self.conn:
-                self.conn.executemany(
-                    "INSERT INTO items (id, text, payload) VALUES (?, ?, ?)",
-                    ((int(i), t, json.dumps(p, ensure_ascii=False)) for i, t, p in zip(ids, texts, payloads)),
-                )
+                self.conn.executemany("INSERT INTO items (id, text, payload, fingerprint) VALUES (?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
             dup = self.existing(ids)
             raise ValueError(f"id {dup[0] if dup else '?'} is already in the index (ids must be unique)") from None
@@ -214,6 +238,34 @@ class MetadataStore(Closable):
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def tombstones(self) -> list[int]:
+        """Ids removed from the metadata that the FAISS index still holds (see ``indexing.update``)."""
+        try:
+            return [r[0] for r in self.conn.execute("SELECT id FROM removed")]
+        except sqlite3.OperationalError:  # no such table: nothing removed
+            return []
+
+    def present_fingerprints(self, fps: Sequence[str]) -> set[str]:
+        """The ones of ``fps`` that stored items have (a store of version 0, read-only: computed)."""
+        if not self.has_fingerprints:
+            wanted = set(fps)
+            rows = self.conn.execute("SELECT text, payload FROM items")
+            return {fp for fp in (item_fingerprint(t, p) for t, p in rows) if fp in wanted}
+        out: set[str] = set()
+        for start in range(0, len(fps), 900):
+            chunk = list(fps[start : start + 900])
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                r[0] for r in self.conn.execute(f"SELECT fingerprint FROM items WHERE fingerprint IN ({marks})", chunk)
+            )
+        return out
+
+    def unseen(self, fps: Sequence[str]) -> list[int]:
+        """Positions of the ``fps`` that no stored item has. Repeats within ``fps`` are all kept, as a
+        build keeps a collection's repeated records: a batch is added as given, only once."""
+        present = self.present_fingerprints(fps)
+        return [pos for pos, fp in enumerate(fps) if fp not in present]
 
     def get(self, ids: Sequence[int]) -> dict[int, tuple[str, dict]]:
         return {i: (t, json.loads(p)) for i, t, p in self._rows_with_ids("id, text, payload", ids)}
@@ -251,7 +303,23 @@ class MetadataStore(Closable):
             clauses.append("json_extract(payload, ?) = ?")
             params += [f'$."{key}"', value]
         sql = "SELECT id FROM items WHERE " + " AND ".join(clauses)
-        return [r[0] for r in self.conn.execute(sql, params)]
+        found = [r[0] for r in self.conn.execute(sql, params)]
+        if not found:  # nothing matched: a misspelt field, rather than a value no item has?
+            for key in where:
+                if not self.conn.execute(
+                    "SELECT 1 FROM items WHERE json_type(payload, ?) IS NOT NULL LIMIT 1", (f'$."{key}"',)
+                ).fetchone():
+                    raise ValueError(f"filter field {key!r}: no item's payload has it ({self._fields_text()})")
+        return found
+
+    def _fields_text(self, most: int = 30) -> str:
+        rows = self.conn.execute(
+            "SELECT DISTINCT j.key FROM items, json_each(items.payload) AS j ORDER BY 1 LIMIT ?", (most + 1,)
+        ).fetchall()
+        if not rows:
+            return "the payloads have no fields"
+        names = [r[0] for r in rows[:most]]
+        return "the payloads' fields: " + ", ".join(names) + (", ..." if len(rows) > most else "")
 
 
 # ---- the FAISS file -------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ that is already there, vectors of the wrong size) leaves the previous version as
 FAISS cannot drop items from (HNSW graphs, the re-ranked fast-scan) keep removed ids as tombstones
 (table ``removed``) that ``SearchIndex`` excludes at search time; a rebuild clears them.
 On-disk indexes are rebuilt, not updated.
+
+Writers hold the index's write lock (``indexing.lock``) from reading the current version to
+swapping in the new one: a second writer fails at once instead of losing the first one's change.
+Adding is idempotent: an item whose fingerprint (its text and payload, ``indexing.store``) is
+already in the index is skipped, so a retried add that had in fact landed adds nothing. Repeats
+within one batch are added as given (as a build keeps a collection's repeated records).
 """
 
 from __future__ import annotations
@@ -20,29 +26,43 @@ import numpy as np
 from indexing import store as layout  # the directory's file names
 from indexing.build import as_float32_matrix, as_ids, supports_remove
 from indexing.lexical import LexicalIndex
+from indexing.lock import write_lock
 from indexing.store import (
     IndexDirError,
     Manifest,
     MetadataStore,
-    check_files,
+    fingerprints,
     now,
     read_index_file,
     record_files,
     write_index_file,
 )
+from indexing.verify import check_files, check_index, check_manifest
 from mmssl.io import atomic_dir
 
 
-def _new_version(path: Path, change) -> Manifest:
-    """Copy the index directory, apply ``change(tmp_dir, index, manifest) -> manifest``, swap it in."""
+def _current(path: Path) -> Manifest:
+    """The manifest of the index at ``path``, its files checked in full (a writer re-checksums what
+    it copies: a damaged file must fail here, not be recorded as good)."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such index directory")
     manifest = Manifest.from_file(path / layout.MANIFEST)
-    check_files(path, manifest)
+    check_manifest(path, manifest)
+    check_files(path, manifest, verify=True)
     if manifest.ondisk:
         raise ValueError(f"{path}: an on-disk index cannot be updated in place; rebuild it with the new items")
+    return manifest
+
+
+def _new_version(path: Path, manifest: Manifest, change) -> Manifest:
+    """Copy the index directory, apply ``change(tmp_dir, index, manifest) -> manifest``, swap it in
+    (the caller holds the write lock and has read ``manifest`` with ``_current``)."""
     with atomic_dir(path) as tmp:
         for name in (layout.INDEX_FILE, layout.META_FILE):
             shutil.copy2(path / name, tmp / name)
         index = read_index_file(tmp / layout.INDEX_FILE, False)
+        with MetadataStore(tmp / layout.META_FILE, readonly=True) as store:
+            check_index(path, manifest, index, store)
         manifest = change(tmp, index, manifest)
         write_index_file(index, tmp / layout.INDEX_FILE)
         names = [layout.INDEX_FILE, layout.META_FILE] + ([layout.LEXICAL_DIR] if manifest.lexical else [])
@@ -65,10 +85,11 @@ def add_items(
     payloads: Sequence[dict],
     ids: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Add items (their vectors, text and payload) to an index directory; returns their ids.
+    """Add items (their vectors, text and payload) to an index directory; returns the ids of those
+    added: not the items already in the index (the same text and payload).
 
     Ids default to the manifest's ``next_id`` onwards. The directory is replaced atomically: a crash
-    leaves the previous version.
+    leaves the previous version; while it is written, another writer gets ``IndexBusyError``.
     """
     path = Path(path)
     vectors = as_float32_matrix(vectors, "vectors")
@@ -102,7 +123,21 @@ def add_items(
         )
     if len(vectors) == 0:
         raise ValueError("nothing to add")
-    _new_version(path, change)
+    fps = fingerprints(texts, payloads)
+    with write_lock(path):
+        manifest = _current(path)
+        with MetadataStore(path / layout.META_FILE, readonly=True) as store:
+            if manifest.count and not store.count() and not store.tombstones():
+                raise ValueError(
+                    f"{path}: built from vectors alone (no metadata); rebuild it with items to add items to it"
+                )
+            keep = store.unseen(fps)
+        if not keep:
+            return np.zeros(0, dtype=np.int64)
+        if len(keep) < len(fps):
+            vectors, texts, payloads = vectors[keep], [texts[i] for i in keep], [payloads[i] for i in keep]
+            ids = None if ids is None else as_ids(ids, len(fps))[keep]
+        _new_version(path, manifest, change)
     return assigned[0]
 
 
@@ -127,5 +162,6 @@ def remove_items(path: str | Path, ids: Sequence[int]) -> int:
         removed.append(len(present))
         return manifest
 
-    _new_version(path, change)
+    with write_lock(path):
+        _new_version(path, _current(path), change)
     return removed[0]

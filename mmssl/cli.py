@@ -10,6 +10,7 @@ runs, so ``mmssl --help`` stays fast.
 ``--config FILE`` (TOML, YAML or JSON, any command) supplies values for the config's fields; flags
 given on the command line override them. Unknown keys are an error naming the file and the key.
 
+Every value is checked against its option's range (``mmssl.checks``) before the command runs.
 Errors a user can fix (bad paths, bad values) are ``ValueError``/``FileNotFoundError`` raised by the
 commands; they are printed as one line, ``mmssl CMD: error: ...``, with exit status 2.
 """
@@ -237,10 +238,15 @@ def parse_config(name: str, argv: list[str]):
                 action.required = False
     namespace = parser.parse_args(argv)
     if groups:
-        return config_cls(
+        config = config_cls(
             **{g: t(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(t)}) for g, t in groups.items()}
         )
-    return config_cls(**{f.name: getattr(namespace, f.name) for f in all_fields})
+    else:
+        config = config_cls(**{f.name: getattr(namespace, f.name) for f in all_fields})
+    from mmssl.checks import check_config
+
+    check_config(config)  # ranges, types, NaN: before the command loads or writes anything
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:

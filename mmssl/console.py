@@ -1,4 +1,4 @@
-"""Logging and progress bars, configured once per process.
+"""Logging, progress bars and one-line error texts, configured once per process.
 
 Only rank 0 of a distributed run logs at INFO and draws progress bars; other ranks log warnings.
 """
@@ -33,6 +33,13 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
     root.propagate = False
+
+
+def error_line(e: BaseException) -> str:
+    """The first informative line of an exception's text (libraries' messages run over many lines,
+    and often open with a heading that ends in a colon); the type's name when it has no text."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return next((line for line in lines if not line.endswith(":")), lines[0] if lines else type(e).__name__)
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -81,5 +81,5 @@ def test_mine_negatives_embeds_the_mining_settings(tmp_path):
         "mine-negatives", ["--data", "d.jsonl", "--out", "n.jsonl", "--top-k", "20", "--keep", "5"]
     )
     assert (config.run.data, config.mining.top_k, config.mining.keep) == ("d.jsonl", 20, 5)
-    with pytest.raises(ValueError, match="keep <= top_k"):  # MiningSettings validates itself
+    with pytest.raises(ValueError, match="--keep 5: must be <= --top-k"):  # MiningSettings validates itself
         cli.parse_config("mine-negatives", ["--data", "d", "--out", "o", "--top-k", "2", "--keep", "5"])

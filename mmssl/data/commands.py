@@ -12,7 +12,7 @@ from pathlib import Path
 from mmssl.data.code_search import SHARD_SUFFIXES, write_code_search
 from mmssl.data.images import MAKERS, MakeImagesConfig
 from mmssl.data.mine import PARTITIONS, SplitBy, mine_python
-from mmssl.io import atomic_dir
+from mmssl.io import atomic_dir, check_output
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,14 @@ class MineCodeConfig:
     max_files: int | None = field(
         default=None, metadata={"help": "parse at most this many files (first in sorted order)"}
     )
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out file"})
 
 
 def mine_code(config: MineCodeConfig) -> int:
     """Mine, write ``config.out`` atomically, print a summary. Raises ``ValueError`` if nothing is kept."""
     if not config.out.endswith(SHARD_SUFFIXES):
         raise ValueError(f"--out {config.out!r}: the name must end with .jsonl or .jsonl.gz")
+    check_output(config.out, config.overwrite, "a corpus")
     started = time.perf_counter()
     records, stats = mine_python(
         config.sources,
@@ -81,10 +83,7 @@ def mine_code(config: MineCodeConfig) -> int:
 
 def make_images(config: MakeImagesConfig) -> int:
     out = Path(config.out)
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise ValueError(f"--out {out}: exists and is not empty; pass --overwrite to replace it")
-    if config.size < 8:
-        raise ValueError(f"--size {config.size}: use at least 8 pixels")
+    check_output(out, config.overwrite, "an image set", ("dataset.json", "metadata.jsonl"))
     started = time.perf_counter()
     with atomic_dir(out) as tmp:
         for split in ("train", "test"):

@@ -9,11 +9,13 @@ position, the data's fingerprint, every rank's RNG states, the task's own state)
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 
 import torch
 
+from mmssl.console import error_line
 from mmssl.io import atomic_dir
 from mmssl.runtime import seed_everything
 
@@ -35,7 +37,17 @@ def read_trainer_state(out: Path) -> dict:
     ckpt = checkpoint_dir(out)
     if not (ckpt / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt}")
-    return torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(ckpt / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and containers
+        raise ValueError(
+            f"--resume: {ckpt / STATE_FILE}: refused, not a checkpoint mmssl wrote ({error_line(e)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"--resume: {ckpt / STATE_FILE}: damaged or truncated ({e})") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"--resume: {ckpt / STATE_FILE}: not a trainer state (no step)")
+    return state
 
 
 def rng_state(device: torch.device) -> dict:

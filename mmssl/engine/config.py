@@ -37,6 +37,9 @@ class EngineConfig:
     save_every: int = field(default=200, metadata={"help": "checkpoint every N steps"})
     log_every: int = field(default=10, metadata={"help": "log every N steps"})
     resume: bool = field(default=False, metadata={"help": "continue from OUT/checkpoints/last"})
+    overwrite: bool = field(
+        default=False, metadata={"help": "replace the run already in OUT (its metrics, models and checkpoint)"}
+    )
     workers: int = field(
         default=-1,
         metadata={

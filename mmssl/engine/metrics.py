@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmssl.console import get_logger
 from mmssl.io import Closable, atomic_file
+
+log = get_logger("train")
 
 
 class MetricsLog(Closable):
@@ -41,7 +44,22 @@ def truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop records past the checkpoint so the file reads as one uninterrupted run."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    lines = path.read_text(errors="replace").splitlines()
+    keep = []
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # the last line, torn by a kill mid-write: it is past the checkpoint
+                log.warning("%s:%d: dropping a torn last record", path, number)
+                continue
+            raise ValueError(f"{path}:{number}: not a JSON record; the run's log is damaged") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"{path}:{number}: a record without an integer 'step'; the run's log is damaged")
+        if record["step"] <= step:
+            keep.append(line)
     with atomic_file(path, "w") as f:
         f.write("".join(line + "\n" for line in keep))
 

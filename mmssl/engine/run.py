@@ -1,5 +1,7 @@
-"""A training command's body: ``run_training(engine_config, build)``: the process group (under
-torchrun), logging, seed, device, ``build(device) -> Task``, then ``Trainer.fit``."""
+"""A training command's body: ``run_training(engine_config, build)``: the output directory's
+check (a run already there is continued with ``--resume`` or replaced with ``--overwrite``, never
+silently), the process group (under torchrun), logging, seed, device, ``build(device) -> Task``,
+then ``Trainer.fit``."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from mmssl import distributed as dist
 from mmssl.console import get_logger, setup_logging
 from mmssl.engine.config import EngineConfig
 from mmssl.engine.task import Task
-from mmssl.engine.trainer import Trainer
+from mmssl.engine.trainer import RUN_OUTPUTS, Trainer
+from mmssl.io import check_output
 from mmssl.runtime import enable_tf32, resolve_device, seed_everything
 
 log = get_logger("train")
@@ -21,6 +24,9 @@ log = get_logger("train")
 def run_training(config: EngineConfig, build: Callable[[torch.device], Task], run_config: dict | None = None) -> dict:
     """Set up the process, build the task on its device, train. Returns ``Trainer.fit``'s summary;
     ``run_config`` (the command's whole config, default: the engine's) is recorded in checkpoints."""
+    if not config.resume:  # before anything is loaded or written
+        also = " or --resume to continue it"
+        check_output(config.out, config.overwrite, "a training run", RUN_OUTPUTS, also=also)
     distributed = dist.init_distributed()
     setup_logging()  # ranks other than 0 log warnings only
     seed_everything(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)

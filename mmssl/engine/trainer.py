@@ -13,6 +13,9 @@ Output directory:
     OUT/final/                 the model at the end of training
     OUT/checkpoints/last/      model/ + trainer_state.pt, for --resume
 
+A run already in OUT is continued with ``--resume`` or replaced with ``--overwrite``; without
+either the command refuses before anything is written.
+
 Gradient accumulation sums gradients over micro-batches; it does not add negatives to InfoNCE
 (each micro-batch only sees its own). Larger contrastive batches at fixed memory come from gradient
 caching (``--grad-cache C``, the contrastive task's), which does.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import time
 import warnings
 from dataclasses import asdict
@@ -38,7 +42,7 @@ from pathlib import Path
 import torch
 
 from mmssl import distributed as dist
-from mmssl.console import get_logger
+from mmssl.console import error_line, get_logger
 from mmssl.engine.checkpoint import checkpoint_dir, read_trainer_state, restore_rng, rng_state, write_checkpoint
 from mmssl.engine.config import EngineConfig
 from mmssl.engine.metrics import MetricsLog, plot_curves
@@ -47,6 +51,16 @@ from mmssl.engine.task import Task
 from mmssl.runtime import autocast, check_precision, eval_mode, grad_scaler, resolve_device
 
 log = get_logger("train")
+
+# What a run writes in OUT: what --overwrite replaces, and what marks a directory as a run.
+RUN_OUTPUTS = ("metrics.jsonl", "curves.png", "best", "final", "checkpoints")
+# On --resume the optimizer's state (and with it these values) comes from the checkpoint.
+OPTIMIZER_STATE = frozenset({"lr", "weight_decay", "beta1", "beta2", "eps"})
+# Options a resumed run may change on purpose: how long, how often, where and how fast it runs.
+RUN_CONTROL = frozenset(
+    {"max_steps", "max_minutes", "eval_every", "save_every", "log_every", "workers", "device", "compile", "tf32",
+     "grad_checkpointing", "eval_max_pairs", "eval_max_images", "eval_max_blocks"}
+)  # fmt: skip
 
 
 def param_groups(params, weight_decay: float) -> list[dict]:
@@ -210,6 +224,8 @@ class Trainer:
     def fit(self) -> dict:
         cfg = self.config
         if self.main:
+            if cfg.overwrite and not cfg.resume:  # the task is built: only now is the old run replaced
+                clear_run(self.out)
             self.out.mkdir(parents=True, exist_ok=True)
         dist.barrier()
         if cfg.resume:
@@ -318,7 +334,22 @@ class Trainer:
                 f"--resume: {ckpt} was trained on other data (fingerprint {state['data_fingerprint']}) than "
                 f"this run's (fingerprint {here}, {len(self.task.data):,} examples)"
             )
-        self.task.load_pretrained_state(ckpt / "model")
+        changed = self._changed_options(state.get("config") or {})
+        try:
+            self.task.load_pretrained_state(ckpt / "model")
+        except Exception as e:  # the checkpoint's model and this run's differ (shape, preset, tower)
+            model_options = {k: v for k, v in changed.items() if k not in RUN_CONTROL}
+            what = ", ".join(f"--{k.replace('_', '-')} {a!r} -> {b!r}" for k, (a, b) in model_options.items())
+            raise ValueError(
+                f"--resume: {ckpt / 'model'} does not fit this run's model ({error_line(e)}); options changed since "
+                f"it was saved: {what or 'none recorded'}"
+            ) from None
+        for name, (saved, now) in changed.items():
+            if name in OPTIMIZER_STATE:
+                log.warning("--%s %r is ignored on --resume: the optimizer continues with the checkpoint's %r",
+                            name, now, saved)  # fmt: skip
+            elif name not in RUN_CONTROL:
+                log.warning("--%s changed since the checkpoint (%r -> %r)", name, saved, now)
         if state.get("task"):
             self.task.load_checkpoint_state(state["task"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -331,3 +362,21 @@ class Trainer:
         restore_rng(state, self.rank, self.device, reseed)
         saved = state.get("world_size", 1)
         log.info("resumed from %s at step %d (saved by %d process(es), now %d)", ckpt, self.step, saved, self.world)
+
+    def _changed_options(self, saved: dict) -> dict[str, tuple]:
+        """Options whose value differs from the checkpoint's recorded config (name -> (then, now))."""
+        return {
+            k: (saved[k], v)
+            for k, v in self.run_config.items()
+            if k in saved and saved[k] != v and k not in ("resume", "overwrite")
+        }
+
+
+def clear_run(out: Path) -> None:
+    """Delete what an earlier run wrote in ``out`` (only the files the trainer makes: ``RUN_OUTPUTS``)."""
+    for name in RUN_OUTPUTS:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mmssl.models.image import _register
+from mmssl.models.text import clip_chars
 from mmssl.models.tower import LockableTower, OpenClipSaved, entries_under, load_exact, projection, read_checkpoint
 
 # The CLIP layout keeps the text tower's weights at the top level, beside visual.* and logit_scale.
@@ -130,7 +131,7 @@ class ClipTextPrep:
         self.tokenizer, self.pad_id = tokenizer, pad_id
 
     def __call__(self, texts) -> dict[str, torch.Tensor]:
-        ids = self.tokenizer(list(texts))  # (B, T)
+        ids = self.tokenizer(clip_chars(texts, self.tokenizer.context_length))  # (B, T)
         if self.pad_id is not None and ids.numel():
             used = (ids != self.pad_id).any(0).nonzero()
             ids = ids[:, : int(used.max()) + 1] if len(used) else ids  # (B, T')

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 from mmssl.io import atomic_dir, read_json_object
 from mmssl.models.clip_text import ClipTextConfig, ClipTextTower
 from mmssl.models.image import ImageTower, ImageTowerConfig
-from mmssl.models.text import TextTower, TowerConfig
+from mmssl.models.text import TextTower, TowerConfig, loading
+from mmssl.models.tower import load_safetensors
 from mmssl.runtime import autocast, eval_mode
 
 AnyTowerConfig = TowerConfig | ClipTextConfig | ImageTowerConfig
@@ -249,7 +250,6 @@ class DualEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> DualEncoder:
         """Load a directory written by ``save_pretrained``; clear errors for anything missing."""
-        from safetensors.torch import load_file
         from transformers import AutoTokenizer
 
         path = Path(path)
@@ -257,12 +257,18 @@ class DualEncoder(nn.Module):
         towers: dict[str, nn.Module] = {}
         for modality in cls._own_towers(config):
             tower_dir = path / "towers" / modality
+            if not tower_dir.is_dir():
+                raise FileNotFoundError(f"{tower_dir}: missing (the {modality} tower of {path})")
             saved = config.towers[modality]
             if type(saved) in OPEN_CLIP_TOWERS:
                 towers[modality] = OPEN_CLIP_TOWERS[type(saved)].from_pretrained(tower_dir, saved, config.embed_dim)
                 continue
+            for name in ("config.json", "tokenizer.json"):
+                if not (tower_dir / name).is_file():
+                    raise FileNotFoundError(f"{tower_dir / name}: missing (the {modality} tower of {path})")
             tcfg = TowerConfig(**{**asdict(saved), "init": str(tower_dir)})
-            tokenizer = AutoTokenizer.from_pretrained(tower_dir, trust_remote_code=False)
+            with loading(tower_dir):
+                tokenizer = AutoTokenizer.from_pretrained(tower_dir, trust_remote_code=False)
             tower = TextTower.build(tcfg, config.embed_dim, tokenizer)
             tower.config = config.towers[modality]  # remember where it originally came from
             towers[modality] = tower
@@ -272,7 +278,7 @@ class DualEncoder(nn.Module):
         heads_file = path / HEADS_NAME
         if not heads_file.is_file():
             raise FileNotFoundError(f"{heads_file}: missing (projections and logit_scale)")
-        heads = load_file(str(heads_file))
+        heads = load_safetensors(heads_file)
         with torch.no_grad():
             model.logit_scale.copy_(heads["logit_scale"][0])
             for modality in cls._own_towers(config):

@@ -57,6 +57,7 @@ from mmssl.models.tower import (
     OpenClipSaved,
     entries_under,
     load_exact,
+    load_safetensors,
     projection,
     read_checkpoint,
 )
@@ -245,10 +246,8 @@ class ImageTower(OpenClipSaved, LockableTower):
         else:
             visual, train_tf, val_tf, dim, saved_config = _open_clip_parts(config, local)
         if saved:  # its own layout: visual.* and proj.*; the projection is the new model's own
-            from safetensors.torch import load_file
-
             file = Path(weights) / WEIGHTS
-            state = load_file(str(file))
+            state = load_safetensors(file)
             load_exact(visual, entries_under(state, "visual."), str(file))
         elif local:
             load_exact(visual, _checkpoint_visual(weights, torchvision=spec is not None), f"{weights} ({config.model})")

@@ -12,7 +12,10 @@ directory / hub name), a pooling rule and a linear projection H -> D. Pooling:
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +24,8 @@ import torch
 from torch import Tensor, nn
 from transformers.utils import logging as hf_logging
 
-from mmssl.models.tower import LockableTower
+from mmssl.console import error_line
+from mmssl.models.tower import LockableTower, check_safetensors
 
 # Loading and saving towers draws per-shard progress bars otherwise; mmssl shows its own progress.
 hf_logging.disable_progress_bar()
@@ -69,14 +73,35 @@ def resolve_init(init: str) -> str:
 
         module = importlib.import_module(KNOWN_TOWERS[init])
         return str(module.get_model_path())
+    if not Path(init).exists() and looks_like_path(init):
+        raise FileNotFoundError(f"{init}: no such directory")
     return init
+
+
+def looks_like_path(name: str) -> bool:
+    """A name that can only be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``), never a hub name
+    (``namespace/name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+@contextlib.contextmanager
+def loading(path: str | Path) -> Iterator[None]:
+    """transformers' errors while loading ``path`` (a damaged file, a hub name that cannot be
+    reached: pages of text) as one line naming it."""
+    try:
+        yield
+    except (OSError, json.JSONDecodeError) as e:
+        where = "a local directory that" if Path(path).is_dir() else "not a local directory, and as a hub name it"
+        raise ValueError(f"{path}: {where} does not load ({error_line(e)})") from None
 
 
 def hidden_size(init: str) -> int:
     """The hidden size of a pretrained tower (a directory, hub name or ``minilm``), from its config alone."""
     from transformers import AutoConfig
 
-    return int(AutoConfig.from_pretrained(resolve_init(init), trust_remote_code=False).hidden_size)
+    path = resolve_init(init)
+    with loading(path):
+        return int(AutoConfig.from_pretrained(path, trust_remote_code=False).hidden_size)
 
 
 def backbone_config(cfg: TowerConfig, vocab_size: int, pad_token_id: int, bos: int, eos: int):
@@ -168,8 +193,10 @@ class TextTower(LockableTower):
             if os.path.isdir(path) and not (Path(path) / "config.json").exists():
                 raise FileNotFoundError(f"{path}: not a transformers model directory (no config.json)")
             backbone = _load_backbone(path)
-            tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-            return cls(backbone, tok, config, embed_dim)
+            if tokenizer is None:
+                with loading(path):
+                    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            return cls(backbone, tokenizer, config, embed_dim)
         if tokenizer is None:
             raise ValueError("a tower built from scratch needs a tokenizer (train one on the corpus)")
         bcfg = backbone_config(
@@ -190,6 +217,19 @@ class TextTower(LockableTower):
         return self.backbone
 
 
+# No tokenizer mmssl uses makes a token of more than this many characters in practice (BPE merges
+# stay short; a long run of one character splits), so the first max_length x this characters of a
+# text give the same max_length tokens as the whole text.
+MAX_CHARS_PER_TOKEN = 32
+
+
+def clip_chars(texts, max_tokens: int) -> list[str]:
+    """Each text cut to what its first ``max_tokens`` tokens can span, before tokenizing: a 50 MB
+    record costs what a short one does, not minutes and gigabytes of token ids thrown away."""
+    limit = max_tokens * MAX_CHARS_PER_TOKEN
+    return [t[:limit] for t in texts]
+
+
 class TextPrep:
     """Texts -> {"input_ids", "attention_mask"}: right-padded to the batch's longest, truncated."""
 
@@ -198,7 +238,11 @@ class TextPrep:
 
     def __call__(self, texts) -> dict[str, Tensor]:
         batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            clip_chars(texts, self.max_length),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
         )
         return {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
 
@@ -267,10 +311,12 @@ def _load_backbone(path: str) -> nn.Module:
     log = get_logger("models")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    use_safetensors = _has_safetensors(path)
     try:
-        model, info = AutoModel.from_pretrained(
-            path, use_safetensors=_has_safetensors(path), output_loading_info=True, trust_remote_code=False
-        )
+        with loading(path):
+            model, info = AutoModel.from_pretrained(
+                path, use_safetensors=use_safetensors, output_loading_info=True, trust_remote_code=False
+            )
     finally:
         hf_logging.set_verbosity(verbosity)
     head = [k for k in info.get("unexpected_keys", []) if k.startswith(LM_HEAD_PREFIXES)]
@@ -289,7 +335,10 @@ def _has_safetensors(path: str) -> bool | None:
     """True for a local directory with safetensors weights (never unpickle); None lets a hub name decide."""
     p = Path(path)
     if p.is_dir():
-        if any(p.glob("*.safetensors")):
+        files = sorted(p.glob("*.safetensors"))
+        if files:
+            for file in files:  # a header read: a truncated file is named here, not deep in transformers
+                check_safetensors(file)
             return True
         raise FileNotFoundError(
             f"{path}: no *.safetensors weights. mmssl loads no pickled weights; convert with "

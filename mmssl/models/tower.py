@@ -1,4 +1,6 @@
-"""What every tower kind shares: LiT locking, and the saved layout of the open_clip towers.
+"""What every tower kind shares: LiT locking, the saved layout of the open_clip towers, and
+reading weight files (``load_safetensors``, ``read_checkpoint``: a damaged or foreign file is a
+one-line error naming it, never a traceback, and nothing is unpickled).
 
 A tower names its main module with ``body()`` (a transformers backbone, an open_clip visual or text
 transformer); its projection to the shared size (``proj``) lives beside it.
@@ -11,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
+
+from mmssl.console import error_line
 
 NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -93,15 +97,13 @@ class OpenClipSaved:
     def from_pretrained(cls, path: str | Path, config, embed_dim: int):
         """The tower saved in ``path``; ``config`` (what it was built from) is kept on it, so that its
         training choices (augmentation) and origin are remembered."""
-        from safetensors.torch import load_file
-
         path = Path(path)
         weights = path / WEIGHTS
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: missing (the tower's weights)")
         saved = replace(config, model=f"local-dir:{path}", weights=None, **cls.SAVED_OVERRIDES)
         tower = cls.build(saved, embed_dim)
-        load_exact(tower, load_file(str(weights)), str(weights))
+        load_exact(tower, load_safetensors(weights), str(weights))
         tower.config = config
         return tower
 
@@ -112,6 +114,31 @@ def projection(dim: int, embed_dim: int | None) -> nn.Module:
     return nn.Identity() if embed_dim == dim else nn.Linear(dim, embed_dim, bias=False)
 
 
+def load_safetensors(path: str | Path) -> dict:
+    """The tensors of a safetensors file; ``FileNotFoundError`` / ``ValueError`` naming it if it is
+    missing, truncated or not safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: damaged or truncated safetensors file ({e})") from None
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Read a safetensors file's header only (cheap): ``ValueError`` naming it if it is damaged."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: damaged or truncated safetensors file ({e})") from None
+
+
 def read_checkpoint(path: str) -> dict:
     """The state dict in a local checkpoint file (safetensors, or a ``torch.load`` file read with
     ``weights_only``), unwrapped from a ``state_dict`` or ``model`` entry, a ``module.`` (DDP) prefix
@@ -119,11 +146,18 @@ def read_checkpoint(path: str) -> dict:
     import torch
 
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
+        state = load_safetensors(path)
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        import pickle
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only: only tensors and containers are read
+            raise ValueError(f"{path}: refused, holds more than weights ({error_line(e)})") from None
+        except (RuntimeError, EOFError) as e:
+            raise ValueError(f"{path}: damaged or truncated checkpoint ({e})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a state dict")
     for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             state = state[key]

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from mmssl.data.pairs import Pairs
+from mmssl.io import check_output
 from mmssl.negatives.mine import _text_of, mine_negatives
 from mmssl.negatives.table import MiningSettings
 from mmssl.options import GroupedConfig
@@ -68,8 +69,7 @@ def main(config: MineNegativesConfig) -> int:
     if not run.data or not run.out:
         raise ValueError("--data and --out are required")
     out = Path(run.out)
-    if out.exists() and not run.overwrite:
-        raise ValueError(f"{out} exists: pass --overwrite to replace it")
+    check_output(out, run.overwrite, "a negatives table")
     model = None
     task = run.task
     if run.model:

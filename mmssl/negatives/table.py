@@ -60,16 +60,11 @@ class MiningSettings:
     )
 
     def __post_init__(self) -> None:
-        if self.source not in ("model", "bm25", "both"):
-            raise ValueError(f"source must be model, bm25 or both; got {self.source!r}")
-        if self.pick not in ("top", "random"):
-            raise ValueError(f"pick must be top or random; got {self.pick!r}")
-        if not 1 <= self.keep <= self.top_k:
-            raise ValueError(f"need 1 <= keep <= top_k; got keep={self.keep}, top_k={self.top_k}")
-        if self.max_score_ratio is not None and not 0.0 < self.max_score_ratio:
-            raise ValueError(f"max_score_ratio must be > 0; got {self.max_score_ratio}")
-        if not 0.0 < self.near_duplicate <= 1.0:
-            raise ValueError(f"near_duplicate must be in (0, 1]; got {self.near_duplicate}")
+        from mmssl.checks import check_config
+
+        check_config(self)  # also when read back from a table's file
+        if self.keep > self.top_k:
+            raise ValueError(f"--keep {self.keep}: must be <= --top-k ({self.top_k})")
 
     @classmethod
     def from_dict(cls, d: dict) -> MiningSettings:

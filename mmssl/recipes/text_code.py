@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from mmssl.console import get_logger
 from mmssl.data.code_search import read_code_search
 from mmssl.data.pairs import Pairs
 from mmssl.evaluate import codesearchnet_mrr_embeddings, recall_at_k
 from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
-from mmssl.models.text import hidden_size
+from mmssl.models.text import clip_chars, hidden_size
 from mmssl.models.tokenizer import train_bpe_tokenizer
 from mmssl.recipes.base import KS, Recipe
 from mmssl.recipes.config import DualModelConfig, PairDataConfig, TextCodeConfig
@@ -24,6 +25,8 @@ from mmssl.recipes.text_code_eval import eval_command, score_row
 TOKENIZER_SAMPLE = 50_000  # texts the BPE tokenizer is trained on (enough for a stable vocabulary)
 TOKEN_FIELDS = ("code_tokens", "docstring_tokens")
 DEFAULT_TEXT_FIELD = {"code": "code", "text": "docstring"}
+
+log = get_logger("recipes")
 
 
 def retrieval_scores(queries: torch.Tensor, codes: torch.Tensor, chunk_size: int = 1000, seed: int = 0) -> dict:
@@ -39,7 +42,15 @@ class TextCodeRecipe(Recipe):
         self, source: str, partition: str | None, data: PairDataConfig | None = None, max_pairs: int | None = None
     ) -> Pairs:
         corpus = read_code_search(source, partition=partition)
-        return Pairs.from_texts(corpus.docstrings(), corpus.codes()).sample(max_pairs, seed=0)
+        kept = [(d, c) for d, c in zip(corpus.docstrings(), corpus.codes()) if d.strip() and c.strip()]
+        where = f"{source} (partition {partition!r})" if partition else source
+        if corpus.records and not kept:  # every query alike: training learns nothing, MRR reads H_n/n
+            raise ValueError(f"{where}: every record has an empty docstring or code; nothing to train or score on")
+        if len(kept) < len(corpus.records):
+            dropped = len(corpus.records) - len(kept)
+            log.warning("%s: %d record(s) with an empty docstring or code left out", where, dropped)
+        queries, codes = [d for d, _ in kept], [c for _, c in kept]
+        return Pairs.from_texts(queries, codes).sample(max_pairs, seed=0)
 
     def evaluate(
         self, model: DualEncoder, pairs: Pairs, batch_size: int = 128, chunk_size: int = 1000, seed: int = 0
@@ -72,9 +83,9 @@ class TextCodeRecipe(Recipe):
         sample = slice(0, TOKENIZER_SAMPLE)
         split = options.split_identifiers
         if options.shared and not model.text_init:
-            tok = train_bpe_tokenizer(
-                train.queries[sample] + train.candidates[sample], options.vocab_size, split_identifiers=split
-            )
+            longest = max(model.max_text_length, options.max_code_length)
+            texts = clip_chars(train.queries[sample] + train.candidates[sample], longest)
+            tok = train_bpe_tokenizer(texts, options.vocab_size, split_identifiers=split)
             tokenizers = {"text": tok, "code": tok}
         else:
             for side, texts, max_length, init in (
@@ -83,7 +94,10 @@ class TextCodeRecipe(Recipe):
             ):
                 if not init:
                     tokenizers[side] = train_bpe_tokenizer(
-                        texts[sample], options.vocab_size, max_length=max_length, split_identifiers=split
+                        clip_chars(texts[sample], max_length),
+                        options.vocab_size,
+                        max_length=max_length,
+                        split_identifiers=split,
                     )
         dual = DualEncoderConfig(
             modalities=self.modalities,

@@ -12,6 +12,7 @@ import re
 import sysconfig
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -587,7 +588,9 @@ def test_command_writes_a_corpus_that_reads_back_identically(src, tmp_path, caps
     records, _ = mine_python(src, split_by="file", seed=1)
     assert read_code_search(out).records == records
     first = out.read_bytes()
-    assert main(config) == 0 and out.read_bytes() == first
+    with pytest.raises(ValueError, match="already holds a corpus; pass --overwrite to replace it"):
+        main(config)  # never replaced silently
+    assert main(replace(config, overwrite=True)) == 0 and out.read_bytes() == first
 
 
 def test_command_refuses_to_write_an_empty_corpus(tmp_path):

@@ -33,6 +33,12 @@ def test_shapes_hold_out_colour_shape_pairs_from_training(tmp_path):
     assert rows_of(again) == rows  # seeded: the same set every time
     assert cli.main(["data", "make-images", "--kind", "shapes", "--out", str(out), "--count", "10"]) == 2
     assert len(rows_of(out)) == 300  # refused without --overwrite, nothing lost
+    mine = tmp_path / "photos"
+    mine.mkdir()
+    (mine / "holiday.jpg").write_bytes(b"jpeg")
+    argv = ["data", "make-images", "--kind", "shapes", "--out", str(mine), "--count", "10", "--overwrite"]
+    assert cli.main(argv) == 2  # --overwrite replaces an image set, never a folder of the user's
+    assert sorted(p.name for p in mine.iterdir()) == ["holiday.jpg"]
 
 
 def test_digits_are_the_scikit_learn_set(tmp_path):

@@ -168,8 +168,11 @@ def test_train_command_end_to_end_and_eval_json(code_corpus, tmp_path, capsys):
     assert {"mrr", "recall@1", "recall@10", "n"} <= set(report) and report["n"] == 100
     assert 0 < report["baselines"]["bm25"]["mrr"] <= 1
     assert len(report["chunk_mrrs"]) == 1 and report["chunk_mrrs"][0] == pytest.approx(report["mrr"])
-    assert cli.main(["train", "--train", code_corpus, "--batch-size", "100000", "--out", str(out)]) == 2
+    before = (out / "metrics.jsonl").read_text()
+    argv = ["train", "--train", code_corpus, "--batch-size", "100000", "--out", str(out), "--overwrite"]
+    assert cli.main(argv) == 2
     assert "fewer than --batch-size" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == before  # a refused run replaces nothing
 
 
 def test_towers_train_with_dropout_from_the_first_step_to_the_last(code_corpus, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import shutil
 
@@ -175,7 +176,7 @@ def test_damaged_or_mismatched_directories_fail_with_the_file_named(small_index,
     flipped[len(good) // 2] ^= 0xFF
     faiss_file.write_bytes(bytes(flipped))
     with pytest.raises(IndexDirError, match=r"index\.faiss.*sha256"):
-        SearchIndex.load(path)
+        SearchIndex.load(path, verify=True)  # the full check; by default only sizes and structure
     faiss_file.write_bytes(good)
     manifest = json.loads((path / "manifest.json").read_text())
     (path / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
@@ -195,12 +196,12 @@ def test_damaged_or_mismatched_directories_fail_with_the_file_named(small_index,
 def test_build_refuses_to_clobber(small_index, tmp_path):
     path, xb = small_index
     before = (path / "manifest.json").read_text()
-    with pytest.raises(ValueError, match="already there"):
+    with pytest.raises(ValueError, match="already holds an index; pass --overwrite"):
         build_index_dir(path, ArrayShards(xb))
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not an index"):
+    with pytest.raises(ValueError, match="does not hold an index; choose another path"):
         build_index_dir(other, ArrayShards(xb))
     assert (path / "manifest.json").read_text() == before and (other / "todo.txt").read_text() == "mine"
     build_index_dir(path, ArrayShards(xb[:100]), overwrite=True)
@@ -381,8 +382,19 @@ def test_index_commands_end_to_end(tiny_model, code_corpus, tmp_path, capsys):
     assert {h["payload"]["repo"] for h in json.loads(capsys.readouterr().out)[0]} == {"repo4"}
     assert cli.main(["index", "remove", "--index", idx, "--where", "repo=repo4"]) == 0
     assert "removed 40 items" in capsys.readouterr().out
+    # records already indexed are skipped (a retry); the same records moved to another repo are new
     assert cli.main(["index", "add", "--index", idx, "--data", code_corpus, "--partition", "test"]) == 0
+    assert "added 0 items; skipped 100 already in the index" in capsys.readouterr().out
+    with gzip.open(code_corpus, "rt") as f:
+        moved = [{**r, "repo": "moved"} for r in map(json.loads, f) if r["partition"] == "test"]
+    more = tmp_path / "more.jsonl"
+    more.write_text("".join(json.dumps(r) + "\n" for r in moved))
+    assert cli.main(["index", "add", "--index", idx, "--data", str(more)]) == 0
     assert "added 100 items (ids 1000..1099)" in capsys.readouterr().out
+    assert cli.main(["index", "add", "--index", idx, "--data", str(more)]) == 0  # the retry adds nothing
+    assert "added 0 items; skipped 100 already in the index" in capsys.readouterr().out
+    with SearchIndex.load(idx) as index:
+        assert len(index) == 1060 and len(index.filter_ids({"repo": "moved"})) == 100
     assert cli.main(["index", "search", "--index", idx, "--query", query]) == 0
     assert "1. " in capsys.readouterr().out
     # the model changed since the index was built: refuse to embed queries with it

@@ -195,13 +195,11 @@ class ImageSSLTask(Task):
         (path / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
     def load_pretrained_state(self, path) -> None:
-        from safetensors.torch import load_file
-
-        from mmssl.models.tower import WEIGHTS, load_exact
+        from mmssl.models.tower import WEIGHTS, load_exact, load_safetensors
 
         path = Path(path)
-        heads = load_file(str(path / HEADS))
+        heads = load_safetensors(path / HEADS)
         extra = {k: heads.pop(k) for k in [k for k in heads if k.startswith("_")]}
-        tower = {f"tower.{k}": v for k, v in load_file(str(path / WEIGHTS)).items()}
+        tower = {f"tower.{k}": v for k, v in load_safetensors(path / WEIGHTS).items()}
         load_exact(self.model, {**tower, **heads}, str(path))  # tower, heads and target in one exact load
         self.load_extra_heads(extra)
