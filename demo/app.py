@@ -20,27 +20,39 @@ Every search is a named API endpoint (``/text_to_code``, ``/code_to_text``, ``/t
                                                       api_name="/text_to_code")
 
 Safe defaults: binds 127.0.0.1 unless told otherwise; a bounded queue (``max_size``) and
-concurrency; queries limited in length (images in pixels); a failed search shows the user a one-line
-message, never a stack trace; the app serves no file from disk: result images are read by the app
-from the paths their index records, downsized and sent as images, and nothing else outside the
-index directories is read.
+concurrency; queries limited in length; query images limited in bytes (Gradio refuses larger
+uploads), pixels and aspect ratio, checked from the file's header before it is decoded
+(``demo.uploads``); a failed search shows the user a one-line message, never a stack trace; the app
+serves no file from disk but its own: result and example images are read by the app from the paths
+their index records, downsized and sent as images, and nothing else outside the index directories
+is read; those images and the uploaded query images live in a folder made for the run
+(``serving``, ``launch``), uploads are deleted after an hour, and the folder when the app stops.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from demo.uploads import (
+    DELETE_CACHE,
+    MAX_UPLOAD_BYTES,
+    SearchError,
+    open_query_image,
+    private_temp_dir,
+    release_memory,
+    upload_path,
+)
 from mmssl.console import get_logger
 
 log = get_logger("demo")
 
 MAX_K = 20  # result slots on the page (and the most results an API call returns)
 MAX_QUERY_CHARS = {"text": 1_000, "code": 20_000}
-MAX_QUERY_PIXELS = 40_000_000  # an uploaded query image
 THUMB = 256  # result and example images are sent at most this many pixels a side
 QUEUE_SIZE = 64
 CONCURRENCY = 2  # searches in flight at once; each already uses every core (torch, FAISS)
@@ -72,10 +84,6 @@ EXAMPLE_FIELD = {
     ("text", "image"): "caption",
     ("image", "text"): "path",
 }
-
-
-class SearchError(ValueError):
-    """A problem with the query or the request, shown to the user as it is."""
 
 
 @dataclass
@@ -128,15 +136,7 @@ def open_indexes(paths: list[str | Path], lexical_weight: float = 1.0) -> dict[s
 
 def check_query(query, kind: str):
     if kind == "image":
-        from PIL import Image
-
-        if query is None:
-            raise SearchError("upload or pick an image first")
-        if not isinstance(query, Image.Image):
-            raise SearchError(f"the query must be an image, got {type(query).__name__}")
-        if query.width * query.height > MAX_QUERY_PIXELS:
-            raise SearchError(f"the image has {query.width} x {query.height} pixels; the limit is {MAX_QUERY_PIXELS:,}")
-        return query
+        return open_query_image(upload_path(query))
     if not isinstance(query, str) or not query.strip():
         raise SearchError("type a query first")
     limit = MAX_QUERY_CHARS[kind]
@@ -145,10 +145,10 @@ def check_query(query, kind: str):
     return query
 
 
-def run_search(indexes: dict[str, LoadedIndex], spec: TabSpec, query: str, index_name: str, k: int, mode: str):
-    """The hits of one query as JSON-ready dicts (rank, id, score, text, payload)."""
-    query = check_query(query, spec.query_kind)
-    item = indexes.get(index_name)
+def run_search(indexes: dict[str, LoadedIndex], spec: TabSpec, query, index_name: str, k: int, mode: str):
+    """The hits of one query as JSON-ready dicts (rank, id, score, text, payload). The cheap
+    arguments are checked first, the query (an image is decoded) last."""
+    item = indexes.get(index_name) if isinstance(index_name, str) else None
     if item is None or TABS.get(item.pair) != spec:
         raise SearchError(f"no {spec.label} index named {index_name!r}")
     try:
@@ -159,8 +159,14 @@ def run_search(indexes: dict[str, LoadedIndex], spec: TabSpec, query: str, index
         raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
     if mode not in item.modes:
         raise SearchError(f"mode {mode!r}: this index offers {', '.join(item.modes)}")
-    with item.lock:
-        hits = item.index.search([query], k=k, mode=mode, lexical_weight=item.lexical_weight)[0]
+    try:
+        query = check_query(query, spec.query_kind)
+        with item.lock:
+            hits = item.index.search([query], k=k, mode=mode, lexical_weight=item.lexical_weight)[0]
+    finally:
+        if spec.query_kind == "image":
+            query = None
+            release_memory()  # the decoded query image is gone by now
     return [api_hit(h.to_dict()) for h in hits]
 
 
@@ -243,7 +249,7 @@ def build_app(indexes: dict[str, LoadedIndex]):
             try:
                 return fn(*args)
             except SearchError as e:
-                raise gr.Error(str(e)) from None
+                raise gr.Error(str(e), print_exception=False) from None  # the user's mistake, not the app's
             except Exception as e:  # the user sees one line; the log keeps the trace
                 log.exception("search failed")
                 raise gr.Error(f"search failed: {type(e).__name__}: {str(e)[:300]}") from None
@@ -251,7 +257,7 @@ def build_app(indexes: dict[str, LoadedIndex]):
         call.__name__ = getattr(fn, "__name__", "search")
         return call
 
-    with gr.Blocks(title="mmssl search") as app:
+    with gr.Blocks(title="mmssl search", delete_cache=DELETE_CACHE) as app:
         gr.Markdown("# mmssl cross-modal search")
         for pair, spec in TABS.items():
             served = [item for item in indexes.values() if item.pair == pair]
@@ -273,7 +279,10 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
     if spec.query_kind == "code":
         query = gr.Code(language="python", label="query (code)", lines=8, interactive=True)
     elif spec.query_kind == "image":
-        query = gr.Image(type="pil", label="query image", sources=["upload", "clipboard"], height=224)
+        # a path, not decoded: the search opens it itself, with caps (demo.uploads)
+        query = gr.Image(
+            type="filepath", image_mode=None, label="query image", sources=["upload", "clipboard"], height=224
+        )
     else:
         query = gr.Textbox(label="query", placeholder=spec.placeholder, lines=2, max_length=MAX_QUERY_CHARS["text"])
     button = gr.Button("Search", variant="primary")
@@ -327,13 +336,40 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
     triggers = [(button.click, spec.api_name, "public")]
     if spec.query_kind == "text":
         triggers.append((query.submit, None, "private"))
+    # An image query is passed unprocessed (Gradio's FileData, its path checked by Gradio to be an
+    # upload): gr.Image's own preprocessing opens the file and reports Pillow's errors as a
+    # developer's message naming server paths; run_search opens it with caps and says what is wrong.
+    preprocess = spec.query_kind != "image"
     for trigger, api_name, visibility in triggers:
-        event = trigger(guarded(search), inputs, hits_json, api_name=api_name, api_visibility=visibility)
+        event = trigger(
+            guarded(search), inputs, hits_json, api_name=api_name, api_visibility=visibility, preprocess=preprocess
+        )
         event.then(render, hits_json, outputs, api_visibility="private")
     picker.change(switch, picker, [mode, about_md], api_visibility="private")
 
 
-def launch(indexes: dict[str, LoadedIndex], host: str, port: int, **launch_kwargs):
-    app = build_app(indexes)
-    app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
-    return app.launch(server_name=host, server_port=port, show_error=True, **launch_kwargs)
+@contextmanager
+def serving(indexes: dict[str, LoadedIndex], host: str, port: int | None, **launch_kwargs) -> Iterator[Any]:
+    """The app running in the background with the demo's settings (queue, upload cap), Gradio's
+    files in a folder of this run's own (``private_temp_dir``); closed, and the folder removed, on exit."""
+    with private_temp_dir():
+        app = build_app(indexes)
+        app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+        app.launch(
+            server_name=host,
+            server_port=port,
+            show_error=True,
+            max_file_size=MAX_UPLOAD_BYTES,
+            prevent_thread_lock=True,
+            **launch_kwargs,
+        )
+        try:
+            yield app
+        finally:
+            app.close()
+
+
+def launch(indexes: dict[str, LoadedIndex], host: str, port: int) -> None:
+    """Serve the app until Ctrl-C or SIGTERM (``serving``)."""
+    with serving(indexes, host, port) as app:
+        app.block_thread()
