@@ -87,78 +87,81 @@ def build_index_dir(
         raise ValueError("a lexical index needs the items' text")
     if model_path and not model_sha256:
         model_sha256 = model_fingerprint(model_path)
-    plan = choose_index(
-        shards.count, shards.dim, memory_budget, index_type=index_type, factory=factory, opq=opq, ondisk=ondisk
-    )
-    log.info("index for %s vectors of dim %d: %s (%s)", f"{shards.count:,}", shards.dim, plan.factory, plan.reason)
-    started = time.perf_counter()
-    # over an index: hold its write lock, so that an add or remove meanwhile fails instead of vanishing
-    lock = write_lock(out) if (out / MANIFEST).is_file() else contextlib.nullcontext()
-    with lock, atomic_dir(out) as tmp:
-        if plan.ondisk:
-            index = build_ondisk(plan, shards, tmp, tmp / ONDISK_FILE, seed=seed)
-        else:
-            index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
-        if index.ntotal != shards.count:
-            raise RuntimeError(f"index holds {index.ntotal} vectors, expected {shards.count}")
-        reference = None if plan.index_type == "flat" else _tune_reference(shards, tune_queries, n_tune, seed)
-        tuning = tune(index, *reference, target_recall) if reference else Tuning(target=target_recall)
-        if not tuning.reached and plan.index_type == "ivf_fastscan" and index_type == "auto" and not factory:
-            # 4-bit codes too coarse for this data even with 64 x K candidates re-ranked: the
-            # exact vectors fit, so scan them instead (slower, but it reaches the target)
-            log.warning("%s: recall@10 %.3f at best; building IVF-Flat instead", plan.factory, tuning.recall)
-            plan = replace(
-                choose_index(shards.count, shards.dim, memory_budget, index_type="ivf_flat"),
-                reason=f"fast-scan codes reached recall@10 {tuning.recall:.3f} < {target_recall}: exact vectors",
-            )
-            del index
-            index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
-            tuning = tune(index, *reference, target_recall)
-        if not tuning.reached:
-            log.warning(
-                "%s reaches recall@10 %.3f at best (target %.2f): more memory (exact vectors) would be needed",
-                plan.factory,
-                tuning.recall,
-                target_recall,
-            )
-        build_seconds = time.perf_counter() - started
-        write_index_file(index, tmp / INDEX_FILE)
-        names = [INDEX_FILE, META_FILE] + ([ONDISK_FILE] if plan.ondisk else [])
-        shard_ids = shards.all_ids()
-        next_id = int(shard_ids.max()) + 1
-        with MetadataStore(tmp / META_FILE) as store:
-            if items is not None:
-                ids, texts, payloads = items
-                ids = as_ids(ids, len(texts))
-                if len(shard_ids) != len(ids) or not np.array_equal(np.sort(shard_ids), np.sort(ids)):
-                    raise ValueError("the items' ids are not the embeddings' ids")
-                store.insert(ids, texts, payloads)
-        lex_info = None
-        if lexical:
-            LexicalIndex.build(items[0], items[1]).save(tmp / LEXICAL_DIR)
-            names.append(LEXICAL_DIR)
-            lex_info = _lexical_info()
-        manifest = Manifest(
-            dim=shards.dim,
-            count=int(index.ntotal),
-            index_type=plan.index_type,
-            factory=plan.factory,
-            search_params=tuning.params,
-            tuning={**tuning.to_dict(), "build_seconds": round(build_seconds, 2), "reason": plan.reason},
-            ondisk=plan.ondisk,
-            model_path=str(Path(model_path).resolve()) if model_path else None,
-            model_sha256=model_sha256,
-            modality=modality,
-            query_modality=query_modality,
-            lexical=lex_info,
-            files=record_files(tmp, names),
-            next_id=next_id,
-            created=now(),
-            updated=now(),
-            versions=_versions(),
+    with contextlib.ExitStack() as held:
+        if (out / MANIFEST).is_file():  # over an index: an add or remove meanwhile fails instead of vanishing
+            held.enter_context(write_lock(out))  # taken first: a busy index is refused before any work
+        plan = choose_index(
+            shards.count, shards.dim, memory_budget, index_type=index_type, factory=factory, opq=opq, ondisk=ondisk
         )
-        (tmp / MANIFEST).write_text(manifest.to_json())
-    log.info("wrote %s: %s items, %s, %s", out, f"{manifest.count:,}", plan.factory, tuning.params or "exact search")
+        log.info("index for %s vectors of dim %d: %s (%s)", f"{shards.count:,}", shards.dim, plan.factory, plan.reason)
+        started = time.perf_counter()
+        with atomic_dir(out) as tmp:
+            if plan.ondisk:
+                index = build_ondisk(plan, shards, tmp, tmp / ONDISK_FILE, seed=seed)
+            else:
+                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
+            if index.ntotal != shards.count:
+                raise RuntimeError(f"index holds {index.ntotal} vectors, expected {shards.count}")
+            reference = None if plan.index_type == "flat" else _tune_reference(shards, tune_queries, n_tune, seed)
+            tuning = tune(index, *reference, target_recall) if reference else Tuning(target=target_recall)
+            if not tuning.reached and plan.index_type == "ivf_fastscan" and index_type == "auto" and not factory:
+                # 4-bit codes too coarse for this data even with 64 x K candidates re-ranked: the
+                # exact vectors fit, so scan them instead (slower, but it reaches the target)
+                log.warning("%s: recall@10 %.3f at best; building IVF-Flat instead", plan.factory, tuning.recall)
+                plan = replace(
+                    choose_index(shards.count, shards.dim, memory_budget, index_type="ivf_flat"),
+                    reason=f"fast-scan codes reached recall@10 {tuning.recall:.3f} < {target_recall}: exact vectors",
+                )
+                del index
+                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
+                tuning = tune(index, *reference, target_recall)
+            if not tuning.reached:
+                log.warning(
+                    "%s reaches recall@10 %.3f at best (target %.2f): more memory (exact vectors) would be needed",
+                    plan.factory,
+                    tuning.recall,
+                    target_recall,
+                )
+            build_seconds = time.perf_counter() - started
+            write_index_file(index, tmp / INDEX_FILE)
+            names = [INDEX_FILE, META_FILE] + ([ONDISK_FILE] if plan.ondisk else [])
+            shard_ids = shards.all_ids()
+            next_id = int(shard_ids.max()) + 1
+            with MetadataStore(tmp / META_FILE) as store:
+                if items is not None:
+                    ids, texts, payloads = items
+                    ids = as_ids(ids, len(texts))
+                    if len(shard_ids) != len(ids) or not np.array_equal(np.sort(shard_ids), np.sort(ids)):
+                        raise ValueError("the items' ids are not the embeddings' ids")
+                    store.insert(ids, texts, payloads)
+            lex_info = None
+            if lexical:
+                LexicalIndex.build(items[0], items[1]).save(tmp / LEXICAL_DIR)
+                names.append(LEXICAL_DIR)
+                lex_info = _lexical_info()
+            manifest = Manifest(
+                dim=shards.dim,
+                count=int(index.ntotal),
+                index_type=plan.index_type,
+                factory=plan.factory,
+                search_params=tuning.params,
+                tuning={**tuning.to_dict(), "build_seconds": round(build_seconds, 2), "reason": plan.reason},
+                ondisk=plan.ondisk,
+                model_path=str(Path(model_path).resolve()) if model_path else None,
+                model_sha256=model_sha256,
+                modality=modality,
+                query_modality=query_modality,
+                lexical=lex_info,
+                files=record_files(tmp, names),
+                next_id=next_id,
+                created=now(),
+                updated=now(),
+                versions=_versions(),
+            )
+            (tmp / MANIFEST).write_text(manifest.to_json())
+        log.info(
+            "wrote %s: %s items, %s, %s", out, f"{manifest.count:,}", plan.factory, tuning.params or "exact search"
+        )
     return manifest
 
 
