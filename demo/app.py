@@ -43,6 +43,7 @@ from demo.uploads import (
     MAX_UPLOAD_BYTES,
     SearchError,
     open_query_image,
+    pin_mmap_threshold,
     private_temp_dir,
     release_memory,
     upload_path,
@@ -352,6 +353,7 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
 def serving(indexes: dict[str, LoadedIndex], host: str, port: int | None, **launch_kwargs) -> Iterator[Any]:
     """The app running in the background with the demo's settings (queue, upload cap), Gradio's
     files in a folder of this run's own (``private_temp_dir``); closed, and the folder removed, on exit."""
+    pin_mmap_threshold()  # large request buffers go back to the system when freed
     with private_temp_dir():
         app = build_app(indexes)
         app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)

@@ -4,8 +4,8 @@
 caller) as RGB, checked from its header before anything is decoded: at most ``MAX_UPLOAD_BYTES``
 on disk, one of ``IMAGE_FORMATS``, at most ``MAX_QUERY_PIXELS`` pixels and ``MAX_ASPECT``:1 (the
 image towers resize the shortest side, so a 600000 x 1 strip would become gigabytes). Anything else
-is a ``SearchError`` with a one-line message for the user. ``release_memory()`` after each image
-search gives the freed image buffers back to the system.
+is a ``SearchError`` with a one-line message for the user. ``pin_mmap_threshold()`` at start and
+``release_memory()`` after each image search give freed buffers back to the system.
 
 ``private_temp_dir()``: a folder made for one run of the app (``mkdtemp``: only its user can read
 it) that Gradio keeps its uploads and cache in (``GRADIO_TEMP_DIR``), removed when the app stops
@@ -81,7 +81,7 @@ def open_query_image(query):
             image = Image.open(f, formats=IMAGE_FORMATS)  # lazy: reads the header only
         except UnidentifiedImageError:
             raise SearchError(f"the file is not an image ({', '.join(IMAGE_FORMATS)})") from None
-        except Image.DecompressionBombError:  # Pillow's own guard at twice its MAX_IMAGE_PIXELS
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # Pillow's own guard
             raise SearchError(f"the image has too many pixels; the limit is {MAX_QUERY_PIXELS:,}") from None
         except (OSError, SyntaxError, ValueError):
             raise SearchError("the image is corrupt: its header cannot be read") from None
@@ -106,6 +106,33 @@ def _decoded(image):
 
 
 _libc = None
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+
+
+def _glibc():
+    """The C library when it is glibc (its ``malloc_trim`` / ``mallopt``), else None."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc = lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else False
+        except OSError:
+            _libc = False
+    return _libc or None
+
+
+def pin_mmap_threshold() -> None:
+    """Keep allocations over 128 KiB in their own mappings, returned to the system when freed
+    (glibc; a no-op elsewhere). glibc raises that threshold each time such a block is freed, so after
+    a few 20 MB uploads every large buffer lands in the heap and is never given back: the server grew
+    ~215 KB per hostile query, 16 % in 960 of them, and 2.6 % with the threshold pinned
+    (benchmarks/soak_demo.py). Neither Python nor Gradio sets it."""
+    libc = _glibc()
+    if libc:
+        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
 
 
 def release_memory() -> None:
@@ -113,17 +140,9 @@ def release_memory() -> None:
     nor Gradio offers it: glibc keeps an image's freed buffers (tens of MB) in the arena of the
     thread that decoded it, so the server grew ~100 MB per 600 mixed queries without it
     (benchmarks/soak_demo.py); a trim takes about 5 ms."""
-    global _libc
-    if _libc is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _libc = False
-    if _libc:
-        _libc(0)
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
 
 
 @contextmanager

@@ -180,7 +180,13 @@ def add_main(config: IndexAddConfig) -> int:
         keep = index.store.unseen(fingerprints(texts, payloads))  # a retry embeds only what did not land
         items, texts, payloads = [items[i] for i in keep], [texts[i] for i in keep], [payloads[i] for i in keep]
         vectors = embed_texts(model, modality, items, config.batch_size) if keep else None
-    ids = add_items(config.index, vectors, texts, payloads) if keep else np.zeros(0, dtype=np.int64)
+    if keep:
+        ids = add_items(config.index, vectors, texts, payloads)
+    else:  # nothing new (a retry of an add that landed): the lock still clears what a killed writer left
+        from indexing.lock import write_lock
+
+        with write_lock(config.index):
+            ids = np.zeros(0, dtype=np.int64)
     skipped = given - len(ids)
     dup = f"; skipped {skipped:,} already in the index" if skipped else ""
     span = f" (ids {ids.min()}..{ids.max()})" if len(ids) else ""

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,24 +136,23 @@ def read_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"--config {path}: no such file")
-    text = p.read_text()
+    if p.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"--config {path}: use a .toml, .yaml/.yml or .json file")
     try:
+        text = p.read_text(encoding="utf-8")
         if p.suffix == ".toml":
             import tomllib
 
             values = tomllib.loads(text)
-        elif p.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text) or {}
         elif p.suffix == ".json":
             values = json.loads(text)
         else:
-            raise ValueError(f"--config {path}: use a .toml, .yaml/.yml or .json file")
-    except ValueError:
-        raise
-    except Exception as e:  # the parsers' own error types, with their line numbers
-        raise ValueError(f"--config {path}: {e}") from None
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+    except Exception as e:  # the parsers' own error types (with their line numbers), bad UTF-8
+        message = " ".join(str(e).split())
+        raise ValueError(f"--config {path}: {message}") from None
     if not isinstance(values, dict):
         raise ValueError(f"--config {path}: expected a table of option = value")
     return {k.replace("-", "_"): v for k, v in values.items()}
@@ -219,6 +219,7 @@ def parse_config(name: str, argv: list[str]):
     list_flags = {f"--{f.name}" for f in all_fields if str(f.type).startswith("list")}
     argv = merge_repeated(argv, list_flags)
     parser = HfArgumentParser(parts, prog=f"mmssl {name}", description=config_cls.__doc__)
+    parser.error = _one_line_error  # argparse prints its whole usage first; the message names the option
     parser.add_argument("--config", default=None, help="TOML/YAML/JSON file of option values (flags override)")
     pre_parser = argparse.ArgumentParser(add_help=False)
     pre_parser.add_argument("--config", default=None)
@@ -247,6 +248,12 @@ def parse_config(name: str, argv: list[str]):
 
     check_config(config)  # ranges, types, NaN: before the command loads or writes anything
     return config
+
+
+def _one_line_error(message: str):
+    """argparse's error (a bad or missing flag) as the one-line error every other mistake gets."""
+    message = re.sub(r"^argument (?:--[\w]+/)?(--[\w-]+)", r"\1", message)  # HfArgumentParser's two spellings
+    raise ValueError(f"{message} (--help lists the options)")
 
 
 def main(argv: list[str] | None = None) -> int:

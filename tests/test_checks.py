@@ -120,3 +120,24 @@ def test_ranges_read_as_written():
     assert str(RANGES["beta2"]) == ">= 0 and < 1"
     assert RANGES["temperature"].holds(1e-9) and not RANGES["temperature"].holds(0.0)
     check_value("dropout", None, float | None)  # None where the type allows it
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--batch-size", "2.5"], "mmssl train: error: --batch-size: invalid int value: '2.5'"),
+    (["train", "--lr", "many"], "mmssl train: error: --lr: invalid float value: 'many'"),
+    (["index", "search", "--index", "x"], "mmssl index search: error: the following arguments are required: --query"),
+])  # fmt: skip
+def test_a_value_argparse_cannot_read_is_one_line_too(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_file_that_does_not_parse_is_named(tmp_path, capsys):
+    for name, text in (("run.toml", "lr = [1,\n"), ("run.json", "{"), ("run.yaml", "a: [")):
+        (tmp_path / name).write_text(text)
+        assert cli.main(["train", "--config", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mmssl train: error: --config {tmp_path / name}: ") and err.count("\n") == 1, err

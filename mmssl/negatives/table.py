@@ -157,7 +157,7 @@ class NegativeTable:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"hard negatives: no file {path}")
-        with path.open() as f:
+        with path.open(encoding="utf-8", errors="replace") as f:  # bad bytes fail as bad JSON, with the line
             try:
                 head = json.loads(f.readline())
             except json.JSONDecodeError as e:

@@ -98,3 +98,23 @@ def test_bad_images_are_skipped_with_their_path_or_raise(shapes, tmp_path):
         strict.get(1)
     with pytest.raises(BadImage, match="over the limit"):
         strict.get(7)
+
+
+def test_decoding_leaves_the_process_warning_filters_alone(tmp_path, monkeypatch):
+    """Threads decode at once (the app, data-loader threads): a warnings filter set around one
+    decode turns another thread's warning into an exception, so decoding sets none."""
+    import warnings
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), "red").save(path)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("open_image changed the process-wide warning filters")
+
+    monkeypatch.setattr(warnings, "simplefilter", forbidden)
+    monkeypatch.setattr(warnings, "catch_warnings", forbidden)
+    assert open_image(str(path)).size == (8, 8)
+    big = tmp_path / "big.png"
+    Image.new("1", (12_000, 12_000)).save(big)  # 144 MP: refused from its header, before decoding
+    with pytest.raises(BadImage, match="over the limit"):
+        open_image(str(big))

@@ -6,6 +6,9 @@ import dataclasses
 import gzip
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -391,8 +394,13 @@ def test_index_commands_end_to_end(tiny_model, code_corpus, tmp_path, capsys):
     more.write_text("".join(json.dumps(r) + "\n" for r in moved))
     assert cli.main(["index", "add", "--index", idx, "--data", str(more)]) == 0
     assert "added 100 items (ids 1000..1099)" in capsys.readouterr().out
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = Path(f"{Path(idx).parent}/.{Path(idx).name}.{dead.pid}.abcdefgh.tmp")  # a writer killed after its swap
+    left.mkdir()
     assert cli.main(["index", "add", "--index", idx, "--data", str(more)]) == 0  # the retry adds nothing
     assert "added 0 items; skipped 100 already in the index" in capsys.readouterr().out
+    assert not left.exists()  # and clears what the killed writer left
     with SearchIndex.load(idx) as index:
         assert len(index) == 1060 and len(index.filter_ids({"repo": "moved"})) == 100
     assert cli.main(["index", "search", "--index", idx, "--query", query]) == 0

@@ -160,6 +160,9 @@ def test_table_file_roundtrip_and_clear_errors(planted, tmp_path):
     (tmp_path / "other.jsonl").write_text('{"docstring": "x"}\n')
     with pytest.raises(ValueError, match="not an `mmssl mine-negatives` file"):
         NegativeTable.load(tmp_path / "other.jsonl")
+    (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(ValueError, match=r"binary\.jsonl:1: not JSON"):
+        NegativeTable.load(tmp_path / "binary.jsonl")
 
 
 def tiny_config(corpus, out, **overrides) -> TrainConfig:
