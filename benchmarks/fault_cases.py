@@ -33,8 +33,7 @@ import sys
 import tempfile
 import time
 import traceback
-import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -567,68 +566,3 @@ def write_jsonl(records: list[dict], path: Path) -> Path:
         for r in records:
             f.write(json.dumps(r) + "\n")
     return path
-
-
-# ---- the options of every command (as tests/test_checks.py enumerates them) -----------------------------
-
-
-def config_class(name: str) -> type:
-    import importlib
-
-    from mmssl import cli
-
-    spec = cli.COMMANDS[name]
-    return getattr(importlib.import_module(spec.module), spec.config)
-
-
-def config_fields(config_cls: type) -> list[tuple[dataclasses.Field, typing.Any]]:
-    from mmssl.options import GroupedConfig
-
-    parts = list(config_cls.group_types().values()) if issubclass(config_cls, GroupedConfig) else [config_cls]
-    return [(f, typing.get_type_hints(p)[f.name]) for p in parts for f in dataclasses.fields(p)]
-
-
-def required_argv(name: str) -> list[str]:
-    """Placeholder values for a command's required options (relative paths: under the cwd)."""
-    from mmssl import cli
-    from mmssl.checks import _kinds
-
-    spec, argv = cli.COMMANDS[name], []
-    for f, tp in config_fields(config_class(name)):
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            choices = _kinds(tp)[2]
-            if f.name == spec.positional:
-                argv = ["src", *argv]
-            else:
-                argv += [f"--{f.name}", choices[0] if choices else "out.jsonl" if f.name == "out" else "x"]
-    if "--out" not in argv and "out" in {f.name for f, _ in config_fields(config_class(name))}:
-        argv += ["--out", "out"]
-    return argv
-
-
-def bad_values(name: str) -> Iterator[tuple[str, str, str]]:
-    """(option, bad value as typed, kind) for every numeric option of command ``name``: each side of
-    its range (just past it), NaN and infinity for a float, a fraction and a word for a whole number."""
-    from mmssl.checks import RANGES, _kinds
-
-    for f, tp in config_fields(config_class(name)):
-        numbers = _kinds(tp)[0]
-        if not numbers:
-            continue
-        is_int = float not in numbers
-        rng = RANGES.get(f.name)
-        if rng is None:
-            yield f.name, "", "no range declared"
-            continue
-        step = 1 if is_int else 0.5
-        if rng.low is not None:
-            yield f.name, str(type(step)(rng.low if rng.open_low else rng.low - step)), "range"
-        if rng.high is not None:
-            yield f.name, str(type(step)(rng.high if rng.open_high else rng.high + step)), "range"
-        if is_int:
-            yield f.name, "2.5", "type"
-            yield f.name, "many", "type"
-        else:
-            yield f.name, "nan", "range"
-            yield f.name, "inf", "range"
-            yield f.name, "many", "type"

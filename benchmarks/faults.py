@@ -563,14 +563,16 @@ def _check_bad_values(names: list[str]) -> list[list]:
     import contextlib
     import io
 
-    from fault_cases import bad_values, required_argv
-
     from mmssl import cli
+    from mmssl.checks import bad_values, placeholder_argv, unchecked_options
 
     results = []
     for name in names:
         try:
-            values, required = list(bad_values(name)), required_argv(name)
+            config_cls = cli.config_class(name)
+            values = [(o, "", "no range declared") for o in unchecked_options(config_cls)]
+            values += list(bad_values(config_cls))
+            required = placeholder_argv(name)
         except Exception as e:  # noqa: BLE001 - a command whose config cannot be imported
             results.append([name, "", "", "range", False, f"cannot read its options: {type(e).__name__}: {e}"])
             continue

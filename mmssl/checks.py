@@ -5,7 +5,8 @@ choices) in one line naming the option, before it loads or writes anything.
 An option name means the same thing in every command (``--batch-size`` is a count of examples
 everywhere), so the ranges are one table, ``RANGES``, keyed by name; ``check_config(config)``
 applies it to a command's config (flat, or a ``GroupedConfig``'s groups). A numeric option without
-an entry is a programming error the test suite catches (``unchecked_options``).
+an entry is a programming error the test suite catches (``unchecked_options``); ``bad_values``
+and ``placeholder_argv`` are what the tests and the fault-injection benchmark probe commands with.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -141,7 +143,7 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _kinds(tp: Any) -> tuple[set[type], bool, tuple | None]:
+def field_kinds(tp: Any) -> tuple[set[type], bool, tuple | None]:
     """(number types, None allowed, Literal choices) of a field's annotation."""
     numbers: set[type] = set()
     optional, choices = False, None
@@ -166,7 +168,7 @@ def _parts(config: Any) -> list[Any]:
 
 def check_value(name: str, value: Any, tp: Any) -> None:
     """``ValueError`` naming ``--NAME`` if ``value`` is not a valid value of a field typed ``tp``."""
-    numbers, optional, choices = _kinds(tp)
+    numbers, optional, choices = field_kinds(tp)
     if value is None and optional:
         return
     if choices is not None:
@@ -195,15 +197,55 @@ def check_config(config: Any) -> None:
             check_value(f.name, getattr(part, f.name), hints[f.name])
 
 
-def unchecked_options(config_cls: type) -> list[str]:
-    """The numeric fields of a config class that have no entry in ``RANGES``."""
+def option_fields(config_cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, type) of every option of a command's config class (each group's, for a ``GroupedConfig``)."""
     from mmssl.options import GroupedConfig
 
     parts = list(config_cls.group_types().values()) if issubclass(config_cls, GroupedConfig) else [config_cls]
-    missing = []
-    for part in parts:
-        hints = typing.get_type_hints(part)
-        for f in dataclasses.fields(part):
-            if _kinds(hints[f.name])[0] and f.name not in RANGES:
-                missing.append(f"{part.__name__}.{f.name}")
-    return missing
+    return [(f, typing.get_type_hints(p)[f.name]) for p in parts for f in dataclasses.fields(p)]
+
+
+def unchecked_options(config_cls: type) -> list[str]:
+    """The numeric options of a config class that have no entry in ``RANGES``."""
+    return [f.name for f, tp in option_fields(config_cls) if field_kinds(tp)[0] and f.name not in RANGES]
+
+
+def bad_values(config_cls: type) -> Iterator[tuple[str, str, str]]:
+    """(option, a bad value as typed, "range" or "type") for every numeric option of a config class:
+    just past each end of its range, NaN and infinity for a float, a fraction and a word for a whole
+    number (what the tests and ``benchmarks/faults.py`` try on every command)."""
+    for f, tp in option_fields(config_cls):
+        numbers = field_kinds(tp)[0]
+        if not numbers or f.name not in RANGES:
+            continue
+        bounds, is_int = RANGES[f.name], float not in numbers
+        step = 1 if is_int else 0.5
+        if bounds.low is not None:
+            yield f.name, str(type(step)(bounds.low if bounds.open_low else bounds.low - step)), "range"
+        if bounds.high is not None:
+            yield f.name, str(type(step)(bounds.high if bounds.open_high else bounds.high + step)), "range"
+        if is_int:
+            yield f.name, "2.5", "type"
+        else:
+            yield f.name, "nan", "range"
+            yield f.name, "inf", "range"
+        yield f.name, "many", "type"
+
+
+def placeholder_argv(name: str) -> list[str]:
+    """Arguments that fill command ``name``'s required options with placeholders (relative paths, a
+    choice's first value), so that a probe of one option's check reaches it."""
+    from mmssl import cli
+
+    spec, argv = cli.COMMANDS[name], []
+    fields = option_fields(cli.config_class(name))
+    for f, tp in fields:
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            choices = field_kinds(tp)[2]
+            if f.name == spec.positional:
+                argv = ["src", *argv]
+            else:
+                argv += [f"--{f.name}", choices[0] if choices else "out.jsonl" if f.name == "out" else "x"]
+    if "--out" not in argv and "out" in {f.name for f, _ in fields}:
+        argv += ["--out", "out"]
+    return argv

@@ -195,13 +195,19 @@ def _group_types(config_cls) -> dict[str, type] | None:
     return config_cls.group_types() if issubclass(config_cls, GroupedConfig) else None
 
 
+def config_class(name: str) -> type:
+    """The config class of command ``name`` (its module imported)."""
+    spec = COMMANDS[name]
+    return getattr(importlib.import_module(spec.module), spec.config)
+
+
 def parse_config(name: str, argv: list[str]):
     """The command's config object from its arguments (and ``--config FILE``), without running it.
 
     A flat config is one dataclass; a ``GroupedConfig`` is parsed as its groups (each shown as a
     section of ``--help``) and assembled from them."""
     spec = COMMANDS[name]
-    config_cls = getattr(importlib.import_module(spec.module), spec.config)
+    config_cls = config_class(name)
     from transformers import HfArgumentParser
 
     groups = _group_types(config_cls)

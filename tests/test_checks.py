@@ -4,73 +4,30 @@ bad value (out of range, NaN, wrong type, not a choice) in one line naming it, b
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
-import typing
 
 import pytest
 
 from mmssl import cli
-from mmssl.checks import RANGES, Range, _kinds, check_value, unchecked_options
-from mmssl.options import GroupedConfig
-
-
-def _config_cls(name: str) -> type:
-    spec = cli.COMMANDS[name]
-    return getattr(importlib.import_module(spec.module), spec.config)
-
-
-def _fields(config_cls: type) -> list[tuple[dataclasses.Field, typing.Any]]:
-    parts = list(config_cls.group_types().values()) if issubclass(config_cls, GroupedConfig) else [config_cls]
-    return [(f, typing.get_type_hints(p)[f.name]) for p in parts for f in dataclasses.fields(p)]
+from mmssl.checks import RANGES, bad_values, check_value, option_fields, placeholder_argv, unchecked_options
 
 
 @pytest.mark.parametrize("name", sorted(cli.COMMANDS))
 def test_every_numeric_option_has_a_range_and_its_default_is_in_it(name):
-    cls = _config_cls(name)
+    cls = cli.config_class(name)
     assert unchecked_options(cls) == []
-    for f, tp in _fields(cls):
+    for f, tp in option_fields(cls):
         if f.default is not dataclasses.MISSING:
             check_value(f.name, f.default, tp)
-
-
-def _bad_values(rng: Range, is_int: bool) -> list:
-    bad = []
-    step = 1 if is_int else 0.5
-    if rng.low is not None:
-        bad.append(type(step)(rng.low) if rng.open_low else type(step)(rng.low - step))
-    if rng.high is not None:
-        bad.append(type(step)(rng.high) if rng.open_high else type(step)(rng.high + step))
-    if not is_int:
-        bad.append(math.nan)
-    return bad
 
 
 def _cases():
     seen = set()
     for name in sorted(cli.COMMANDS):
-        for f, tp in _fields(_config_cls(name)):
-            numbers = _kinds(tp)[0]
-            if not numbers or f.name not in RANGES:
-                continue
-            for bad in _bad_values(RANGES[f.name], float not in numbers):
-                key = (name, f.name, str(bad))
-                if key not in seen:
-                    seen.add(key)
-                    yield pytest.param(name, f.name, bad, id=f"{name}--{f.name}={bad}")
-
-
-def _required_argv(name: str) -> list[str]:
-    """Placeholder values for the command's required options (paths under the test's cwd)."""
-    spec, argv = cli.COMMANDS[name], []
-    for f, tp in _fields(_config_cls(name)):
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            choices = _kinds(tp)[2]
-            if f.name == spec.positional:
-                argv = ["src", *argv]
-            else:
-                argv += [f"--{f.name}", choices[0] if choices else "out.jsonl" if f.name == "out" else "x"]
-    return argv
+        for option, bad, kind in bad_values(cli.config_class(name)):
+            if kind == "range" and (name, option, bad) not in seen:
+                seen.add((name, option, bad))
+                yield pytest.param(name, option, bad, id=f"{name}--{option}={bad}")
 
 
 @pytest.mark.parametrize("name,option,bad", list(_cases()))
@@ -79,9 +36,7 @@ def test_a_bad_value_is_one_line_naming_the_option_before_anything_is_written(
 ):
     monkeypatch.chdir(tmp_path)
     flag = "--" + option.replace("_", "-")
-    argv = [*name.split(), *_required_argv(name), flag, str(bad)]
-    if "--out" not in argv and "out" in {f.name for f, _ in _fields(_config_cls(name))}:
-        argv += ["--out", "out"]
+    argv = [*name.split(), *placeholder_argv(name), flag, bad]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"mmssl {name}: error: {flag} ") and len(err.splitlines()) == 1, err
