@@ -564,7 +564,7 @@ def _check_bad_values(names: list[str]) -> list[list]:
     import io
 
     from mmssl import cli
-    from mmssl.checks import bad_values, placeholder_argv, unchecked_options
+    from mmssl.checks import bad_values, unchecked_options
 
     results = []
     for name in names:
@@ -572,7 +572,7 @@ def _check_bad_values(names: list[str]) -> list[list]:
             config_cls = cli.config_class(name)
             values = [(o, "", "no range declared") for o in unchecked_options(config_cls)]
             values += list(bad_values(config_cls))
-            required = placeholder_argv(name)
+            required = cli.placeholder_argv(name)
         except Exception as e:  # noqa: BLE001 - a command whose config cannot be imported
             results.append([name, "", "", "range", False, f"cannot read its options: {type(e).__name__}: {e}"])
             continue

@@ -6,7 +6,7 @@ An option name means the same thing in every command (``--batch-size`` is a coun
 everywhere), so the ranges are one table, ``RANGES``, keyed by name; ``check_config(config)``
 applies it to a command's config (flat, or a ``GroupedConfig``'s groups). A numeric option without
 an entry is a programming error the test suite catches (``unchecked_options``); ``bad_values``
-and ``placeholder_argv`` are what the tests and the fault-injection benchmark probe commands with.
+is what the tests and the fault-injection benchmark probe every command with.
 """
 
 from __future__ import annotations
@@ -230,22 +230,3 @@ def bad_values(config_cls: type) -> Iterator[tuple[str, str, str]]:
             yield f.name, "nan", "range"
             yield f.name, "inf", "range"
         yield f.name, "many", "type"
-
-
-def placeholder_argv(name: str) -> list[str]:
-    """Arguments that fill command ``name``'s required options with placeholders (relative paths, a
-    choice's first value), so that a probe of one option's check reaches it."""
-    from mmssl import cli
-
-    spec, argv = cli.COMMANDS[name], []
-    fields = option_fields(cli.config_class(name))
-    for f, tp in fields:
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            choices = field_kinds(tp)[2]
-            if f.name == spec.positional:
-                argv = ["src", *argv]
-            else:
-                argv += [f"--{f.name}", choices[0] if choices else "out.jsonl" if f.name == "out" else "x"]
-    if "--out" not in argv and "out" in {f.name for f, _ in fields}:
-        argv += ["--out", "out"]
-    return argv

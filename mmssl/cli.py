@@ -201,6 +201,25 @@ def config_class(name: str) -> type:
     return getattr(importlib.import_module(spec.module), spec.config)
 
 
+def placeholder_argv(name: str) -> list[str]:
+    """Arguments that fill command ``name``'s required options with placeholders (relative paths, a
+    choice's first value), so that a probe of one option's check (``mmssl.checks.bad_values``) reaches it."""
+    from mmssl.checks import field_kinds, option_fields
+
+    spec, argv = COMMANDS[name], []
+    fields = option_fields(config_class(name))
+    for f, tp in fields:
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            choices = field_kinds(tp)[2]
+            if f.name == spec.positional:
+                argv = ["src", *argv]
+            else:
+                argv += [f"--{f.name}", choices[0] if choices else "out.jsonl" if f.name == "out" else "x"]
+    if "--out" not in argv and "out" in {f.name for f, _ in fields}:
+        argv += ["--out", "out"]
+    return argv
+
+
 def parse_config(name: str, argv: list[str]):
     """The command's config object from its arguments (and ``--config FILE``), without running it.
 

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from mmssl import cli
-from mmssl.checks import RANGES, bad_values, check_value, option_fields, placeholder_argv, unchecked_options
+from mmssl.checks import RANGES, bad_values, check_value, option_fields, unchecked_options
 
 
 @pytest.mark.parametrize("name", sorted(cli.COMMANDS))
@@ -36,7 +36,7 @@ def test_a_bad_value_is_one_line_naming_the_option_before_anything_is_written(
 ):
     monkeypatch.chdir(tmp_path)
     flag = "--" + option.replace("_", "-")
-    argv = [*name.split(), *placeholder_argv(name), flag, bad]
+    argv = [*name.split(), *cli.placeholder_argv(name), flag, bad]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"mmssl {name}: error: {flag} ") and len(err.splitlines()) == 1, err
