@@ -105,23 +105,15 @@ def _decoded(image):
         raise SearchError("the image is truncated or corrupt and cannot be decoded") from None
 
 
-_libc = None
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 
 def _glibc():
-    """The C library when it is glibc (its ``malloc_trim`` / ``mallopt``), else None."""
-    global _libc
-    if _libc is None:
-        import ctypes
-        import ctypes.util
+    """The C library when it is glibc (it has ``malloc_trim`` and ``mallopt``), else None."""
+    from mmssl.io import c_library
 
-        try:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _libc = lib if hasattr(lib, "malloc_trim") and hasattr(lib, "mallopt") else False
-        except OSError:
-            _libc = False
-    return _libc or None
+    libc = c_library()
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
 
 
 def pin_mmap_threshold() -> None:

@@ -7,7 +7,7 @@ target. ``atomic_dir``: built in a temporary sibling, then swapped in (one atomi
 Linux; elsewhere the old directory is moved aside first) and the parent directory fsynced. Both
 give what they make the permissions of the user's umask, like ``open``/``mkdir`` do, and remove the
 temporaries that killed writers left beside the same target. ``check_output`` is the one rule every
-command that writes applies to its ``--out``.
+command that writes applies to its ``--out``. ``c_library()`` is the C library, loaded once.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import re
@@ -132,15 +133,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 _RENAME_EXCHANGE = 2
 
 
+@functools.cache
+def c_library() -> ctypes.CDLL | None:
+    """The C library, loaded once (``find_library`` runs ``ldconfig``); None where it cannot be."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``, which the standard library
     does not wrap); False where the system or filesystem cannot."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
+    renameat2 = getattr(c_library(), "renameat2", None) if sys.platform.startswith("linux") else None
+    if renameat2 is None:
         return False
     at_fdcwd = -100
     done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
