@@ -63,7 +63,8 @@ def main() -> None:
     app = None
     url = args.url
     if url is None:
-        from demo.app import CONCURRENCY, QUEUE_SIZE, build_app, open_indexes
+        from demo.app import CONCURRENCY, QUEUE_SIZE, build_app
+        from demo.search import open_indexes
 
         app = build_app(open_indexes(args.index))
         app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)

@@ -46,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from demo.app import EXAMPLE_FIELD, MAX_QUERY_CHARS, TABS  # noqa: E402  (no torch, no gradio)
+from demo.search import EXAMPLE_FIELD, MAX_QUERY_CHARS, TABS  # noqa: E402  no torch, no gradio
 from demo.uploads import MAX_UPLOAD_BYTES  # noqa: E402
 from tests.demo.hostile import hostile_images, normal_images  # noqa: E402
 

@@ -3,13 +3,17 @@
     mmssl demo --index runs/demo/code-index --index runs/demo/doc-index [--host 127.0.0.1 --port 7860]
 
 Each index directory says what it holds (``modality``) and what queries it (``query_modality``);
-the app groups the indexes by that pair and gives each pair a tab (``TABS``: text→code, code→text,
-text→image, image→text). A tab has an index picker (when more than one index serves it), the query
-input (a text box, a code box, or an image to upload or pick from the examples), a ``k`` slider,
-the search mode (dense, and lexical / hybrid when the index has a BM25 side and the query is text),
-example queries taken from the index itself, and an "about this index" panel from its manifest.
-Results show rank, score and payload: code in ``gr.Code`` with syntax highlighting and where it
-comes from (repository, path, function, url); images in a gallery with their captions and scores.
+the app groups the indexes by that pair and gives each pair a tab (``demo.search.TABS``: text→code,
+code→text, text→image, image→text). A tab has an index picker (when more than one index serves
+it), the query input (a text box, a code box, or an image to upload or pick from the examples), a
+``k`` slider, the search mode (dense, and lexical / hybrid when the index has a BM25 side and the
+query is text; it starts on the index's own default, chosen on validation queries), example
+queries taken from the index itself, and an "about this index" panel from its manifest (what the
+collection holds, its licences, the model, how the default mode was chosen). A tab whose model
+stopped before its steps says so above the query. Results show rank, score and payload: code in
+``gr.Code`` with syntax highlighting and where it comes from (repository, path, function, url);
+images in a gallery captioned with their names and scores; captions found by image beside the
+thumbnail of the image they belong to.
 
 Every search is a named API endpoint (``/text_to_code``, ``/code_to_text``, ``/text_to_image``,
 ``/image_to_text``) returning the hits as JSON (rank, id, score, text, payload; the payload's
@@ -31,153 +35,26 @@ is read; those images and the uploaded query images live in a folder made for th
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from demo.search import EXAMPLE_FIELD, MAX_K, MAX_QUERY_CHARS, TABS, LoadedIndex, TabSpec, run_search
 from demo.uploads import (
     DELETE_CACHE,
     MAX_UPLOAD_BYTES,
     SearchError,
-    open_query_image,
     pin_mmap_threshold,
     private_temp_dir,
-    release_memory,
-    upload_path,
 )
 from mmssl.console import get_logger
 
 log = get_logger("demo")
 
-MAX_K = 20  # result slots on the page (and the most results an API call returns)
-MAX_QUERY_CHARS = {"text": 1_000, "code": 20_000}
 THUMB = 256  # result and example images are sent at most this many pixels a side
 QUEUE_SIZE = 64
 CONCURRENCY = 2  # searches in flight at once; each already uses every core (torch, FAISS)
-
-
-@dataclass(frozen=True)
-class TabSpec:
-    """One query→result direction: its label, API name and how queries and results look."""
-
-    label: str
-    api_name: str
-    query_kind: str  # text | code | image (upload) — the input component
-    result_kind: str  # code | text | image (gallery) — the result renderer
-    placeholder: str = ""
-
-
-TABS: dict[tuple[str, str], TabSpec] = {
-    ("text", "code"): TabSpec(
-        "text → code", "text_to_code", "text", "code", "describe what the code does, e.g. 'read a csv file'"
-    ),
-    ("code", "text"): TabSpec("code → text", "code_to_text", "code", "text", "paste a function"),
-    ("text", "image"): TabSpec("text → image", "text_to_image", "text", "image", "describe the image, e.g. 'fruit'"),
-    ("image", "text"): TabSpec("image → text", "image_to_text", "image", "text", "upload an image"),
-}
-# The payload field that holds a query for the other side of an indexed pair (example queries).
-EXAMPLE_FIELD = {
-    ("text", "code"): "docstring",
-    ("code", "text"): "code",
-    ("text", "image"): "caption",
-    ("image", "text"): "path",
-}
-
-
-@dataclass
-class LoadedIndex:
-    """An index directory opened for the app, with a lock: SQLite, FAISS and torch in one thread at a time."""
-
-    name: str
-    path: Path
-    index: Any  # indexing.SearchIndex
-    lexical_weight: float = 1.0  # BM25's weight in hybrid fusion (benchmarks/RESULTS.md: 0.1 for MiniLM)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    @property
-    def pair(self) -> tuple[str, str]:
-        m = self.index.manifest
-        return (m.query_modality or "text", m.modality or "code")
-
-    @property
-    def modes(self) -> list[str]:
-        text_query = self.pair[0] != "image"
-        return ["dense", "lexical", "hybrid"] if self.index.lexical is not None and text_query else ["dense"]
-
-
-def open_indexes(paths: list[str | Path], lexical_weight: float = 1.0) -> dict[str, LoadedIndex]:
-    """Each directory loaded and checked (manifest, files, model hash); names must be distinct."""
-    if lexical_weight < 0:
-        raise ValueError(f"--lexical-weight {lexical_weight}: must be >= 0")
-    from indexing import SearchIndex
-
-    loaded: dict[str, LoadedIndex] = {}
-    for p in paths:
-        path = Path(p).resolve()
-        name = path.name
-        if name in loaded:
-            raise ValueError(f"two indexes are named {name!r} ({loaded[name].path} and {path}): rename one")
-        index = SearchIndex.load(path)
-        index.model()  # load (and hash-check) the query model now, not on the first query
-        item = LoadedIndex(name, path, index, lexical_weight)
-        if item.pair not in TABS:
-            raise ValueError(
-                f"{path}: {item.pair[0]}→{item.pair[1]} search has no tab yet (supported: "
-                + ", ".join(f"{q}→{m}" for q, m in TABS)
-                + ")"
-            )
-        loaded[name] = item
-    if not loaded:
-        raise ValueError("give at least one --index DIR")
-    return loaded
-
-
-def check_query(query, kind: str):
-    if kind == "image":
-        return open_query_image(upload_path(query))
-    if not isinstance(query, str) or not query.strip():
-        raise SearchError("type a query first")
-    limit = MAX_QUERY_CHARS[kind]
-    if len(query) > limit:
-        raise SearchError(f"the query has {len(query):,} characters; the limit is {limit:,}")
-    return query
-
-
-def run_search(indexes: dict[str, LoadedIndex], spec: TabSpec, query, index_name: str, k: int, mode: str):
-    """The hits of one query as JSON-ready dicts (rank, id, score, text, payload). The cheap
-    arguments are checked first, the query (an image is decoded) last."""
-    item = indexes.get(index_name) if isinstance(index_name, str) else None
-    if item is None or TABS.get(item.pair) != spec:
-        raise SearchError(f"no {spec.label} index named {index_name!r}")
-    try:
-        k = int(k)
-    except (TypeError, ValueError):
-        raise SearchError(f"k must be a whole number, got {k!r}") from None
-    if not 1 <= k <= MAX_K:
-        raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
-    if mode not in item.modes:
-        raise SearchError(f"mode {mode!r}: this index offers {', '.join(item.modes)}")
-    try:
-        query = check_query(query, spec.query_kind)
-        with item.lock:
-            hits = item.index.search([query], k=k, mode=mode, lexical_weight=item.lexical_weight)[0]
-    finally:
-        if spec.query_kind == "image":
-            query = None
-            release_memory()  # the decoded query image is gone by now
-    return [api_hit(h.to_dict()) for h in hits]
-
-
-def api_hit(hit: dict) -> dict:
-    """A hit as the API returns it. The payload's ``path`` goes out as ``file_path``: gradio_client
-    takes any dict with a string ``path`` for a file to download, and the app serves no files."""
-    payload = dict(hit["payload"])
-    if "path" in payload:
-        payload["file_path"] = payload.pop("path")
-    return {**hit, "payload": payload}
 
 
 def about(item: LoadedIndex) -> str:
@@ -186,12 +63,52 @@ def about(item: LoadedIndex) -> str:
     recall = m.tuning.get("recall")
     lines = [
         f"**{item.name}**: {len(item.index):,} {m.modality or 'item'} items, searched with {m.query_modality} queries",
+    ]
+    card = m.collection
+    if card.get("holds"):
+        lines.append(f"- holds: {card['holds']}" + (f" (`{Path(card['data']).name}`)" if card.get("data") else ""))
+    licences = card.get("licences")
+    if licences:
+        listed = licences.items() if isinstance(licences, dict) else [("", licences)]
+        lines.append("- licences: " + "; ".join(f"{k}: {v}" if k else str(v) for k, v in listed))
+    lines += [
         f"- model: `{Path(m.model_path).name if m.model_path else '?'}` (sha256 {(m.model_sha256 or '?')[:12]}…)",
         f"- index: `{m.factory}` ({m.index_type}), {m.dim}-d inner product, search parameters {params}"
         + (f", tuned recall@10 {recall:.3f}" if recall is not None and m.search_params else ""),
         f"- lexical side (BM25): {'yes' if m.lexical else 'no'}; built {m.created[:19].replace('T', ' ')}",
     ]
+    chosen = m.search_defaults
+    if chosen.get("mrr"):
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in chosen["mrr"].items())
+        lines.append(
+            f"- starts in **{item.default_mode}** mode (BM25 weight {item.lexical_weight:g}), chosen on "
+            f"{chosen.get('queries', '?')} validation queries ({chosen.get('chosen_on', '?')}); MRR {scores}"
+        )
     return "\n".join(lines)
+
+
+def notice_of(item: LoadedIndex) -> str:
+    """A warning for the tab when the index's model stopped before the steps it was asked for (its
+    ``training.json``, written by the trainer), else ""."""
+    from mmssl.engine.trainer import TRAINING_FILE
+    from mmssl.io import read_json_object
+
+    model = item.index.manifest.model_path
+    path = Path(model) / TRAINING_FILE if model else None
+    if path is None or not path.is_file():
+        return ""
+    try:
+        done = read_json_object(path)
+        step, asked = int(done["step"]), int(done["max_steps"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+    if step >= asked:
+        return ""
+    why = done.get("stopped_by", "stopped early")
+    return (
+        f"⚠️ The model of **{item.name}** was trained {step:,} of its {asked:,} steps ({why}): its results are "
+        "weaker than the finished model's would be."
+    )
 
 
 def thumbnail(path: str):
@@ -237,6 +154,13 @@ def _header(hit: dict, result_kind: str) -> str:
     return line
 
 
+def shown_name(hit: dict) -> str:
+    """What a result is called on the page: its payload's ``label`` (an emoji's CLDR name, an icon's
+    caption), else its text."""
+    label = hit["payload"].get("label")
+    return label if isinstance(label, str) and label else hit["text"]
+
+
 def _escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -271,12 +195,13 @@ def build_app(indexes: dict[str, LoadedIndex]):
 
 def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None:
     first = served[0]
+    notice = gr.Markdown(notice_of(first))
     with gr.Row():
         picker = gr.Dropdown(
             [i.name for i in served], value=first.name, label="index", visible=len(served) > 1, scale=2
         )
         k = gr.Slider(1, MAX_K, value=5, step=1, label="results (k)", scale=2)
-        mode = gr.Radio(first.modes, value="dense", label="mode", scale=2)
+        mode = gr.Radio(first.modes, value=first.default_mode, label="mode", scale=2)
     if spec.query_kind == "code":
         query = gr.Code(language="python", label="query (code)", lines=8, interactive=True)
     elif spec.query_kind == "image":
@@ -298,14 +223,19 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
     gallery = None
     if spec.result_kind == "image":
         gallery = gr.Gallery(label="results", columns=5, height="auto", object_fit="contain", preview=False)
+    pictured = spec.query_kind == "image"  # image → text: each caption beside its own image
     for _ in range(MAX_K if gallery is None else 0):
         with gr.Column(visible=False) as col:
             head = gr.Markdown()
-            if spec.result_kind == "code":
-                body = gr.Code(language="python", interactive=False, lines=1, max_lines=30)
-            else:
-                body = gr.Textbox(show_label=False, interactive=False, lines=1, max_lines=12)
-        slots.append((col, head, body))
+            with gr.Row(equal_height=True):
+                slot = [col, head]
+                if pictured:
+                    slot.append(gr.Image(show_label=False, interactive=False, height=72, width=72, scale=0))
+                if spec.result_kind == "code":
+                    slot.append(gr.Code(language="python", interactive=False, lines=1, max_lines=30))
+                else:
+                    slot.append(gr.Textbox(show_label=False, interactive=False, lines=1, max_lines=12, scale=4))
+        slots.append(slot)
 
     def search(q, name, kk, m):
         return run_search(indexes, spec, q, name, kk, m)
@@ -317,19 +247,20 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
         updates = [f"{len(hits)} result{'s' * (len(hits) != 1)}" if hits else "no results"]
         if gallery is not None:
             shown = [(thumbnail(h["payload"].get("file_path", "")), h) for h in hits]
-            caption = "{rank}. {score:.3f} — {text}"
-            return updates + [[(im, caption.format(**h)) for im, h in shown if im is not None]]
+            captions = [(im, f"{h['rank']}. {shown_name(h)} ({h['score']:.3f})") for im, h in shown if im is not None]
+            return updates + [captions]
         for i in range(MAX_K):
             if i < len(hits):
                 h = hits[i]
-                updates += [gr.Column(visible=True), _header(h, spec.result_kind), h["text"]]
+                picture = [thumbnail(h["payload"].get("file_path", ""))] if pictured else []
+                updates += [gr.Column(visible=True), _header(h, spec.result_kind), *picture, h["text"]]
             else:
-                updates += [gr.Column(visible=False), "", ""]
+                updates += [gr.Column(visible=False), "", *([None] if pictured else []), ""]
         return updates
 
     def switch(name):
         item = indexes[name]
-        return gr.Radio(choices=item.modes, value="dense"), about(item)
+        return gr.Radio(choices=item.modes, value=item.default_mode), about(item), notice_of(item)
 
     outputs = [status] + ([gallery] if gallery is not None else [c for slot in slots for c in slot])
     inputs = [query, picker, k, mode]
@@ -346,7 +277,7 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
             guarded(search), inputs, hits_json, api_name=api_name, api_visibility=visibility, preprocess=preprocess
         )
         event.then(render, hits_json, outputs, api_visibility="private")
-    picker.change(switch, picker, [mode, about_md], api_visibility="private")
+    picker.change(switch, picker, [mode, about_md, notice], api_visibility="private")
 
 
 @contextmanager

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from demo.default import (
     DEFAULT_ITEMS,
-    LEXICAL_WEIGHT,
     DemoDefaultConfig,
     corpus_path,
     image_paths,
@@ -28,13 +27,15 @@ class DemoConfig:
     index: list[str] = field(metadata={"help": "index directory (mmssl index build); give --index several times"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0 exposes it to the network)"})
     port: int = field(default=7860, metadata={"help": "port to listen on"})
-    lexical_weight: float = field(
-        default=1.0, metadata={"help": "BM25's weight in hybrid mode (dense: 1); 0.1 suits MiniLM-class models"}
+    lexical_weight: float | None = field(
+        default=None,
+        metadata={"help": "BM25's weight in hybrid mode (dense: 1; default: each index's own, chosen on validation)"},
     )
 
 
 def main(config: DemoConfig) -> int:
-    from demo.app import launch, open_indexes
+    from demo.app import launch
+    from demo.search import open_indexes
 
     setup_logging()
     indexes = open_indexes(config.index, config.lexical_weight)
@@ -63,17 +64,19 @@ def demo_default(config: DemoDefaultConfig) -> int:
     print(f"   {time.monotonic() - t:.0f} s")
     if config.images == "emoji":
         t = step(
-            "4/5 images: the emoji set, an image tower trained against MiniLM (LiT), text → image and image → text"
+            "4/5 images: the emoji and icon sets, an image tower trained against MiniLM (LiT), "
+            "text → image and image → text"
         )
         paths += image_paths(out, config)
         print(f"   {time.monotonic() - t:.0f} s")
     print(f"\nready in {time.monotonic() - started:.0f} s")
     if not config.launch:
         return 0
-    from demo.app import launch, open_indexes
+    from demo.app import launch
+    from demo.search import open_indexes
 
     step("5/5 the search app")
-    indexes = open_indexes(paths, LEXICAL_WEIGHT[config.model])
+    indexes = open_indexes(paths)
     print(f"open http://{config.host}:{config.port}/ in a browser (Ctrl+C stops it)", flush=True)
     launch(indexes, config.host, config.port)
     return 0

@@ -34,6 +34,24 @@ def read_items(model, data: str, modality: str, text_field: str | None, partitio
     return recipe_for_model(model).index_items(model, data, modality, text_field, partition, max_items)
 
 
+def collection_card(data: str, partition: str | None) -> dict:
+    """What an index holds, for its manifest: the data's path and partition and, from a dataset card
+    (``dataset.json`` in the data folder, as ``mmssl data make-images`` writes), its kind, what it
+    holds and its licences; a card that is not a JSON object is left out, with a warning."""
+    from mmssl.io import read_json_object
+
+    card = {"data": data, "partition": partition}
+    path = Path(data) / "dataset.json"
+    if path.is_file():
+        try:
+            info = read_json_object(path)
+        except ValueError as e:
+            log.warning("%s", e)
+            return card
+        card.update({k: info[k] for k in ("kind", "holds", "licences") if k in info})
+    return card
+
+
 def _where(pairs: list[str] | None) -> dict[str, str] | None:
     if not pairs:
         return None
@@ -145,6 +163,7 @@ def build_main(config: IndexBuildConfig) -> int:
         model_sha256=sha,
         modality=modality,
         query_modality=query_modality,
+        collection=collection_card(config.data, config.partition),
         overwrite=config.overwrite,
         seed=config.seed,
     )
@@ -228,11 +247,11 @@ class IndexSearchConfig:
         metadata={"help": "query text (repeat for several); an image file for an index searched by image"}
     )
     k: int = field(default=10, metadata={"aliases": ["-k"], "help": "results per query"})
-    mode: Literal["dense", "lexical", "hybrid"] = field(
-        default="dense", metadata={"help": "dense, BM25, or both (RRF)"}
+    mode: Literal["dense", "lexical", "hybrid"] | None = field(
+        default=None, metadata={"help": "dense, BM25, or both (RRF); default: the index's own (else dense)"}
     )
-    lexical_weight: float = field(
-        default=1.0, metadata={"help": "BM25's weight in hybrid fusion (dense: 1); below 1 for strong models"}
+    lexical_weight: float | None = field(
+        default=None, metadata={"help": "BM25's weight in hybrid fusion (dense: 1); default: the index's own (else 1)"}
     )
     where: list[str] | None = field(default=None, metadata={"help": "FIELD=VALUE payload filters, e.g. repo=json"})
     json: bool = field(default=False, metadata={"help": "print JSON (one list per query)"})
@@ -244,9 +263,10 @@ def search_main(config: IndexSearchConfig) -> int:
 
     setup_logging("WARNING")
     with SearchIndex.load(config.index, verify=config.verify) as index:
-        results = index.search(
-            config.query, config.k, mode=config.mode, where=_where(config.where), lexical_weight=config.lexical_weight
-        )
+        chosen = index.manifest.search_defaults  # chosen on validation queries (indexing.modes), or {}
+        mode = config.mode or chosen.get("mode", "dense")
+        weight = config.lexical_weight if config.lexical_weight is not None else chosen.get("lexical_weight", 1.0)
+        results = index.search(config.query, config.k, mode=mode, where=_where(config.where), lexical_weight=weight)
     if config.json:
         print(json.dumps([[h.to_dict() for h in hits] for hits in results], ensure_ascii=False, indent=1))
         return 0

@@ -94,6 +94,10 @@ class Manifest:
     modality: str | None = None  # what the items are (code, text, image)
     query_modality: str | None = None  # what queries are embedded as
     lexical: dict[str, Any] | None = None  # {"library": "bm25s", "k1": ..., "b": ..., "tokenizer": ...}
+    # what was indexed: the data's path and partition, and its dataset card's kind, holds, licences
+    collection: dict[str, Any] = field(default_factory=dict)
+    # the default search mode and BM25 weight chosen on validation queries (indexing.modes), or {}
+    search_defaults: dict[str, Any] = field(default_factory=dict)
     files: dict[str, FileRecord] = field(default_factory=dict)
     next_id: int = 0  # the id ``add`` gives the next item when none is given
     created: str = ""

@@ -72,6 +72,8 @@ RANGES: dict[str, Range] = {
     "warmup_steps": NON_NEGATIVE,
     "max_steps": NON_NEGATIVE,  # 0: the initialization is saved untrained
     "max_minutes": POSITIVE,
+    "image_minutes": POSITIVE,
+    "first_caption_p": fraction(),
     "clip_grad": NON_NEGATIVE,  # 0: off
     "seed": NON_NEGATIVE,
     "eval_every": NON_NEGATIVE,  # 0: only at the end

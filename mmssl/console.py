@@ -6,6 +6,7 @@ Only rank 0 of a distributed run logs at INFO and draws progress bars; other ran
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -66,3 +67,14 @@ def progress(items: Iterable[T], total: int | None = None, description: str = ""
         for item in items:
             yield item
             bar.advance(task)
+
+
+def format_eta(seconds: float) -> str:
+    """A remaining time as people read it: "45 s", "12 min", "2.5 h"."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

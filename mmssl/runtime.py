@@ -138,3 +138,18 @@ def seeded_subset(n: int, k: int | None, seed: int = 0) -> torch.Tensor:
     if k is None or k >= n:
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
+def counter_uniform(seed: int, rows: np.ndarray, n: int) -> torch.Tensor:
+    """(B, n) floats in [0, 1), a hash (SplitMix64's finalizer) of (seed, row, column): a counter-based
+    draw, the same for a row whichever batch slice it is in."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64, as the hash wants
+        x = np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
+        x = x + rows.astype(np.uint64)[:, None] * np.uint64(0xD1B54A32D192ED03)
+        x = x + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0x8CB92BA72F3D8DD7)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return torch.from_numpy((x >> np.uint64(11)).astype(np.float64) / 2.0**53)

@@ -1,25 +1,21 @@
-"""``mmssl data make-images --kind emoji|shapes|digits --out DIR``: image-caption sets made offline.
+"""``mmssl data make-images --kind emoji|icons|stamps|shapes|digits --out DIR``: image-caption sets
+made offline.
 
 Every kind writes one folder in the ``datasets`` imagefolder layout, atomically (a crash leaves no
 half folder):
 
     DIR/metadata.jsonl   one row per image: file_name (relative path), text (the caption), split
-                         (train | test), label, and kind-specific fields
+                         (train | test), label, and kind-specific fields (emoji, icons, stamps:
+                         ``captions``, the captions training draws from for the image)
     DIR/train/*.png, DIR/test/*.png
-    DIR/dataset.json     kind, counts, how the split and captions were made, sources and licences
+    DIR/dataset.json     kind, counts, how the split and captions were made, sources; emoji, icons,
+                         stamps also what the set holds and the Debian packages' licences
 
 Kinds:
-  emoji   real images with real captions: the emoji of Debian's ``fonts-noto-color-emoji``
-          (Noto Color Emoji, SIL Open Font License 1.1) rendered with Pillow at size 109
-          (``embedded_color=True``) and resized, captioned from Debian's ``unicode-cldr-core``
-          (CLDR annotations, ``common/annotations/en.xml``, Unicode licence): the short name ("red
-          apple") and the keywords ("apple | fruit | red"); the group and subgroup of Debian's
-          ``unicode-data`` (``emoji/emoji-test.txt``: "Food & Drink", "food-fruit") as
-          ``group``/``subgroup`` fields, for zero-shot classification. A fixed split by code point hash (1 in
-          5 to test). Training captions are the names; a test image's caption is built from its
-          keywords that are not any training caption and not its own name, joined (and neither the
-          name nor a training caption once joined), so that a model must generalize beyond
-          memorized names (test images without such keywords are left out, and counted).
+  emoji   the emoji of Debian's emoji font captioned with their CLDR names and keywords,
+  icons   the named icons of Debian's icon themes captioned with their names' words, and
+  stamps  Tux Paint's clip art captioned with its descriptions: real images with real captions,
+          split by image and by caption words (``mmssl.data.symbols``).
   shapes  a generated compositional set: two shapes per image (circle, square, triangle; red,
           green, blue, yellow; small, large), captioned "a small red circle left of a large blue
           square"; the (colour, shape) pairs ``HELD_OUT`` never appear in training images, and
@@ -30,18 +26,12 @@ Kinds:
 
 from __future__ import annotations
 
-import hashlib
 import random
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
-CLDR_ANNOTATIONS = Path("/usr/share/unicode/cldr/common/annotations/en.xml")
-EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")  # Debian unicode-data: groups, subgroups
-DEBIAN_PACKAGES = {"emoji": ("fonts-noto-color-emoji", "unicode-cldr-core", "unicode-data")}
-EMOJI_SIZE = 109  # the one bitmap size Noto Color Emoji ships
+from mmssl.data.symbols import make_emoji, make_icons, make_stamps, split_of
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
@@ -51,125 +41,14 @@ HELD_OUT = (("red", "triangle"), ("blue", "circle"), ("green", "square"))
 
 @dataclass(frozen=True)
 class MakeImagesConfig:
-    """Make an image-caption data set offline (emoji, generated shapes, or handwritten digits)."""
+    """Make an image-caption data set offline (emoji, icons, stamps, generated shapes, handwritten digits)."""
 
-    kind: Literal["emoji", "shapes", "digits"] = field(metadata={"help": "which set to make"})
+    kind: Literal["emoji", "icons", "stamps", "shapes", "digits"] = field(metadata={"help": "which set to make"})
     out: str = field(metadata={"help": "folder to write (replaced atomically)"})
     size: int = field(default=64, metadata={"help": "image side in pixels"})
     count: int = field(default=3000, metadata={"help": "shapes: how many images (1 in 5 to test)"})
     seed: int = field(default=0, metadata={"help": "shapes: the generator's seed"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing folder"})
-
-
-def _split(key: str, test_every: int = 5) -> str:
-    """A fixed split from a stable hash of ``key`` (not Python's salted ``hash``)."""
-    return "test" if int(hashlib.sha1(key.encode()).hexdigest(), 16) % test_every == 0 else "train"
-
-
-# ---- emoji ---------------------------------------------------------------------------------------
-
-
-def cldr_annotations(path: Path = CLDR_ANNOTATIONS) -> dict[str, tuple[str, list[str]]]:
-    """code point sequence -> (short name, keywords) from a CLDR annotations file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; install the Debian package unicode-cldr-core")
-    names: dict[str, str] = {}
-    keywords: dict[str, list[str]] = {}
-    for node in ET.parse(path).getroot().iter("annotation"):
-        cp, text = node.get("cp"), (node.text or "").strip()
-        if not cp or not text:
-            continue
-        if node.get("type") == "tts":
-            names[cp] = text
-        else:
-            keywords[cp] = [k.strip() for k in text.split("|") if k.strip()]
-    return {cp: (name, keywords.get(cp, [])) for cp, name in names.items()}
-
-
-def emoji_groups(path: Path = EMOJI_TEST) -> dict[str, tuple[str, str]]:
-    """code point sequence (without U+FE0F) -> (group, subgroup) from Unicode's ``emoji-test.txt``
-    ("Animals & Nature", "animal-mammal"): the categories of zero-shot classification."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; install the Debian package unicode-data")
-    groups: dict[str, tuple[str, str]] = {}
-    group = subgroup = ""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("# group:"):
-            group = line.split(":", 1)[1].strip()
-        elif line.startswith("# subgroup:"):
-            subgroup = line.split(":", 1)[1].strip()
-        elif line and not line.startswith("#") and ";" in line:
-            cps = line.split(";", 1)[0].split()
-            key = "".join(chr(int(c, 16)) for c in cps).replace("\ufe0f", "")
-            groups.setdefault(key, (group, subgroup))
-    return groups
-
-
-def render_emoji(font, cp: str, size: int):
-    """The emoji as a (size, size) RGB image on white, or None when the font has no colour glyph."""
-    from PIL import Image, ImageDraw
-
-    canvas = Image.new("RGBA", (160, 160), (255, 255, 255, 0))
-    ImageDraw.Draw(canvas).text((8, 8), cp, font=font, embedded_color=True)
-    box = canvas.getbbox()
-    if box is None:
-        return None
-    glyph = canvas.crop(box)
-    rgb = glyph.convert("RGB")
-    if max(hi - lo for lo, hi in rgb.getextrema()) < 30:  # no colour: a blank or monochrome stand-in
-        return None
-    side = max(glyph.size)
-    square = Image.new("RGBA", (side, side), (255, 255, 255, 255))
-    square.alpha_composite(glyph, ((side - glyph.width) // 2, (side - glyph.height) // 2))
-    return square.convert("RGB").resize((size, size), Image.LANCZOS)
-
-
-def make_emoji(tmp: Path, config: MakeImagesConfig) -> dict:
-    from PIL import ImageFont
-
-    if not EMOJI_FONT.is_file():
-        raise FileNotFoundError(f"{EMOJI_FONT}: missing; install the Debian package fonts-noto-color-emoji")
-    font = ImageFont.truetype(str(EMOJI_FONT), EMOJI_SIZE)
-    annotations = cldr_annotations()
-    groups = emoji_groups()
-    rows, images = [], {}
-    for cp, (name, kws) in sorted(annotations.items()):
-        image = render_emoji(font, cp, config.size)
-        if image is not None:
-            images[cp] = image
-            group, subgroup = groups.get(cp.replace("\ufe0f", ""), ("", ""))
-            row = {"cp": cp, "name": name, "keywords": kws, "split": _split(cp), "group": group}
-            rows.append({**row, "subgroup": subgroup})
-    train_captions = {r["name"].lower() for r in rows if r["split"] == "train"}
-    kept, dropped = [], 0
-    for r in rows:
-        if r["split"] == "train":
-            r["text"] = r["name"]
-        else:
-            fresh = [k for k in r["keywords"] if k.lower() not in train_captions and k.lower() != r["name"].lower()]
-            text = " ".join(fresh)
-            if not fresh or text.lower() == r["name"].lower() or text.lower() in train_captions:
-                dropped += 1  # e.g. "department store" from the keywords "department", "store"
-                continue
-            r["text"] = text
-        codepoints = "-".join(f"{ord(ch):04x}" for ch in r["cp"])
-        r["file_name"] = f"{r['split']}/{codepoints}.png"
-        r["label"] = r["name"]
-        images[r["cp"]].save(tmp / r["file_name"])
-        kept.append(r)
-    return {
-        "rows": kept,
-        "notes": {
-            "split": "sha1(code points) % 5 == 0 -> test",
-            "captions": "train: the CLDR short name; test: the keywords that are no training caption",
-            "test_without_fresh_keywords_dropped": dropped,
-            "sources": {
-                "images": f"{EMOJI_FONT} (Debian fonts-noto-color-emoji), SIL Open Font License 1.1",
-                "captions": f"{CLDR_ANNOTATIONS} (Debian unicode-cldr-core), Unicode License",
-                "groups": f"{EMOJI_TEST} (Debian unicode-data), Unicode License",
-            },
-        },
-    }
 
 
 # ---- shapes --------------------------------------------------------------------------------------
@@ -242,7 +121,7 @@ def make_digits(tmp: Path, config: MakeImagesConfig) -> dict:
     digits = load_digits()
     rows = []
     for i, (pixels, label) in enumerate(zip(digits.images, digits.target)):
-        split = _split(f"digit-{i}")
+        split = split_of(f"digit-{i}")
         gray = (255 - pixels / 16.0 * 255).astype(np.uint8)  # dark ink on white, like the other sets
         image = Image.fromarray(gray, mode="L").resize((config.size, config.size), Image.NEAREST).convert("RGB")
         name = f"{split}/{i:04d}.png"
@@ -258,4 +137,10 @@ def make_digits(tmp: Path, config: MakeImagesConfig) -> dict:
     }
 
 
-MAKERS = {"emoji": make_emoji, "shapes": make_shapes, "digits": make_digits}
+MAKERS = {
+    "emoji": lambda tmp, config: make_emoji(tmp, config.size),
+    "icons": lambda tmp, config: make_icons(tmp, config.size),
+    "stamps": lambda tmp, config: make_stamps(tmp, config.size),
+    "shapes": make_shapes,
+    "digits": make_digits,
+}

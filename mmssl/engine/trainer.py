@@ -31,6 +31,7 @@ Rank 0 alone validates and writes metrics, models and checkpoints (with every ra
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -42,18 +43,21 @@ from pathlib import Path
 import torch
 
 from mmssl import distributed as dist
-from mmssl.console import error_line, get_logger
+from mmssl.console import error_line, format_eta, get_logger
 from mmssl.engine.checkpoint import checkpoint_dir, read_trainer_state, restore_rng, rng_state, write_checkpoint
 from mmssl.engine.config import EngineConfig
 from mmssl.engine.metrics import MetricsLog, plot_curves
 from mmssl.engine.sampling import EpochSampler, SeededBatches, resolve_workers, to_device
 from mmssl.engine.task import Task
+from mmssl.io import atomic_file
 from mmssl.runtime import autocast, check_precision, eval_mode, grad_scaler, resolve_device
 
 log = get_logger("train")
 
 # What a run writes in OUT: what --overwrite replaces, and what marks a directory as a run.
 RUN_OUTPUTS = ("metrics.jsonl", "curves.png", "best", "final", "checkpoints")
+# final/training.json: the steps trained of those asked for, the minutes, and what stopped it early
+TRAINING_FILE = "training.json"
 # On --resume the optimizer's state (and with it these values) comes from the checkpoint.
 OPTIMIZER_STATE = frozenset({"lr", "weight_decay", "beta1", "beta2", "eps"})
 # Options a resumed run may change on purpose: how long, how often, where and how fast it runs.
@@ -246,9 +250,11 @@ class Trainer:
                     record["skipped"] = self.skipped
                     samples, t_last = 0, now
                     metrics.write(record)
+                    left_s = (cfg.max_steps - self.step) * per_step / max(record["samples_per_s"], 1e-9)
                     log.info(
-                        "step %d/%d  loss %.4f  lr %.2e  %.1f samples/s",
+                        "step %d/%d loss %.4f lr %.2e %.1f samples/s ETA %s",  # one 80-column line
                         self.step, cfg.max_steps, record["loss"], record["lr"], record["samples_per_s"],
+                        format_eta(left_s),
                     )  # fmt: skip
                 out_of_time = cfg.max_minutes is not None and (time.monotonic() - start) / 60 >= cfg.max_minutes
                 out_of_time = dist.any_rank(out_of_time)  # every rank stops at the same step
@@ -268,6 +274,12 @@ class Trainer:
         self.task.close()  # e.g. a hard-negative refresh still running (a --max-minutes stop)
         if self.main:
             self.task.save_pretrained(self.out / "final")
+            minutes = round((time.monotonic() - start) / 60, 2)  # this process's (a resumed run: since resuming)
+            stopped = {"step": self.step, "max_steps": cfg.max_steps, "minutes": minutes}
+            if self.step < cfg.max_steps:
+                stopped["stopped_by"] = f"--max-minutes {cfg.max_minutes:g}"
+            with atomic_file(self.out / "final" / TRAINING_FILE, "w") as f:
+                json.dump(stopped, f)
             self.plot()
         dist.barrier()
         return {

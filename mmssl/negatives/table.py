@@ -28,6 +28,7 @@ from torch import Tensor
 
 from mmssl.data.pairs import Pairs
 from mmssl.io import atomic_file
+from mmssl.runtime import counter_uniform
 
 FORMAT, VERSION = "mmssl-negatives", 1
 
@@ -109,7 +110,7 @@ class NegativeTable:
         without, the global torch RNG draws."""
         table = torch.from_numpy(self.indices[rows.numpy()])  # (B, n)
         valid = table >= 0
-        keys = torch.rand(table.shape) if seed is None else _uniform(seed, rows.numpy(), table.shape[1])
+        keys = torch.rand(table.shape) if seed is None else counter_uniform(seed, rows.numpy(), table.shape[1])
         keys = keys.masked_fill_(~valid, 2.0)  # invalid ones sort last
         order = keys.argsort(dim=1)[:, :h]  # (B, min(h, n))
         picked = table.gather(1, order)
@@ -224,21 +225,6 @@ class NegativeTable:
             state["positive_scores"].numpy(), head["fingerprint"], MiningSettings.from_dict(head["settings"]),
             head["stats"], head["false_negative_sample"],
         )  # fmt: skip
-
-
-def _uniform(seed: int, rows: np.ndarray, n: int) -> Tensor:
-    """(B, n) floats in [0, 1), a hash (SplitMix64's finalizer) of (seed, row, column): a counter-based
-    draw, the same for a row whichever batch slice it is in."""
-    with np.errstate(over="ignore"):  # uint64 arithmetic wraps modulo 2**64, as the hash wants
-        x = np.uint64(seed % 2**64) * np.uint64(0x9E3779B97F4A7C15)
-        x = x + rows.astype(np.uint64)[:, None] * np.uint64(0xD1B54A32D192ED03)
-        x = x + np.arange(n, dtype=np.uint64)[None, :] * np.uint64(0x8CB92BA72F3D8DD7)
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return torch.from_numpy((x >> np.uint64(11)).astype(np.float64) / 2.0**53)
 
 
 def _finite_or_none(x) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ class Recipe(ABC):
 
         self.check(config)
         data = config.data
-        train = self.load_pairs(data.train, data.train_partition, data)
+        train = self.load_pairs(data.train, data.train_partition or None, data)  # '': every record
         if len(train) < config.engine.batch_size:
             raise ValueError(
                 f"{data.train}: {len(train)} usable training pairs (partition {data.train_partition!r}), "
@@ -103,6 +104,8 @@ class Recipe(ABC):
                 "no validation pairs in %s (partition %r): no best-model selection, only the final model is saved",
                 data.valid or data.train, data.valid_partition,
             )  # fmt: skip
+        if train.captions is not None and data.first_caption_p is not None:
+            train = replace(train, captions=replace(train.captions, first_p=data.first_caption_p))
         loss = self.loss(config.model)
         return ContrastiveTask(
             model, loss, train, validation, self.metric, grad_cache=config.model.grad_cache, **negatives

@@ -29,11 +29,16 @@ class PairDataConfig:
         "training data: text-code: CodeSearchNet .jsonl[.gz] file or folder; image-text: CSV/TSV, "
         "JSONL, imagefolder (metadata.jsonl), saved datasets dir, or WebDataset .tar shards",
     )
-    train_partition: str | None = option("train", "keep records with this partition")
+    train_partition: str | None = option("train", "keep records with this partition ('': every record)")
     valid: str | None = option(None, "validation data (default: the training source)")
     valid_partition: str | None = option("valid", "partition of the validation records")
     eval_max_pairs: int = option(2000, "validation pairs used")
     on_bad: Literal["skip", "raise"] = option("skip", "image-text: bad images are skipped and counted, or stop the run")
+    first_caption_p: float | None = option(
+        None,
+        "image-text, several captions per image: the share of steps that draw each image's first "
+        "caption (an emoji's name); the others share the rest (default: every caption alike)",
+    )
     cache_images_mb: float = option(2048.0, "image-text: decoded images kept in memory up to this size")
 
 

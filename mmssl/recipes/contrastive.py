@@ -42,6 +42,10 @@ class PairBatcher:
     candidates side then holds B + B h items, the batch's own candidates first, and the batch gains
     ``neg_ids`` (B h,) (the pair ids of the negatives) and ``neg_valid`` (B h,) (False: a placeholder,
     for a pair with fewer than h negatives).
+
+    With several captions per pair (``data.captions``), each pair's query is one of them, drawn
+    from the batch's seed; ``ids`` are then the drawn captions' ids (two pairs that drew the same
+    text are masked; a pair whose image would also fit another's drawn keyword is not).
     """
 
     def __init__(self, prep_a, prep_b, data: Pairs, negatives=None, hard_negatives: int = 0) -> None:
@@ -56,10 +60,16 @@ class PairBatcher:
             neg, valid = self.negatives.sample(indices, self.hard_negatives, seed)  # (B, h) each
             cand = torch.cat([indices, neg.reshape(-1)])  # (B + B h,)
             extra = {"neg_ids": self.data.ids[neg.reshape(-1)], "neg_valid": valid.reshape(-1)}
-        # A side whose embeddings are cached (prep None) needs only the pairs' positions.
-        a = self.prep_a([self.data.queries[i] for i in idx]) if self.prep_a else {"index": indices}
+        # A side whose embeddings are cached (prep None) needs only the positions of its items.
+        captions, ids = self.data.captions, self.data.ids[indices]
+        if captions is None:
+            queries, where = [self.data.queries[i] for i in idx], indices
+        else:
+            where = captions.draw(indices, self.data.ids[indices], seed)  # (B,) positions in captions.texts
+            queries, ids = [captions.texts[t] for t in where.tolist()], captions.ids[where]
+        a = self.prep_a(queries) if self.prep_a else {"index": where}
         b = self.prep_b([self.data.candidates[i] for i in cand.tolist()]) if self.prep_b else {"index": cand}
-        return {"a": a, "b": b, "ids": self.data.ids[indices], **extra}
+        return {"a": a, "b": b, "ids": ids, **extra}
 
 
 class ContrastiveTask(Task):
@@ -106,7 +116,8 @@ class ContrastiveTask(Task):
         self.cached: dict[str, Tensor] = {}  # side ("a" | "b") -> (N, D) embeddings of a locked text tower
         preps = {}
         a, b = model.config.modalities
-        for side, modality, items in (("a", a, data.queries), ("b", b, data.candidates)):
+        queries = data.captions.texts if data.captions is not None else data.queries  # what batches look up
+        for side, modality, items in (("a", a, queries), ("b", b, data.candidates)):
             if cache_locked and self._cacheable(modality, len(items)):
                 self.cached[side] = model.embed(modality, items).to(model.device)  # (N, D), normalized
                 preps[side] = None

@@ -6,6 +6,11 @@ Shape legend: N images, U distinct captions, D embedding size.
 
 Bad images are skipped and counted with their path (``on_bad="skip"``) or stop the run before any
 step (``on_bad="raise"``); decoded images stay in memory up to ``cache_mb``.
+
+``source`` may name several sources, comma-separated (``runs/emoji,runs/icons``): their pairs are
+read in that order. A record's ``captions`` field (a list of strings, as ``mmssl data make-images``
+writes) lists the captions training draws from, one per step (``Pairs.captions``); its caption
+field stays what evaluation and indexes use.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 import torch
 
 from mmssl.console import get_logger
-from mmssl.data.image_text import ImageTextData, ImageTextRecord, read_image_text
+from mmssl.data.image_text import ImageDataError, ImageTextData, ImageTextRecord, read_image_text
 from mmssl.data.pairs import Pairs
 from mmssl.evaluate import recall_at_k_groups
 from mmssl.models import DualEncoder
@@ -35,7 +40,7 @@ def load_image_pairs(
     Bad images are skipped and counted (or raise, ``on_bad="raise"``); decoded images are kept in the
     records (``record.image`` becomes the RGB image) while their total stays under ``cache_mb``.
     """
-    records = read_image_text(source, split=split)
+    records = [r for one in split_sources(source) for r in read_image_text(one, split=split)]
     records = [records[i] for i in seeded_subset(len(records), max_pairs, seed=0).tolist()]
     data = ImageTextData(records, on_bad=on_bad)
     kept: list[ImageTextRecord] = []
@@ -55,7 +60,27 @@ def load_image_pairs(
         log.warning(
             "%s: skipped %d bad images (%s); first: %s", source, sum(data.skipped.values()), counts, data.bad[0]
         )
-    return Pairs.from_texts([r.text for r in kept], kept)
+    lists = [further_captions(r) for r in kept]
+    return Pairs.from_texts([r.text for r in kept], kept, lists if any(lists) else None)  # [] draws the caption
+
+
+def split_sources(source: str) -> list[str]:
+    """``A,B`` -> [A, B]; one source that exists (a path with a comma in its name) stays whole."""
+    from pathlib import Path
+
+    if "," not in source or Path(source).exists():
+        return [source]
+    return [s for s in (part.strip() for part in source.split(",")) if s]
+
+
+def further_captions(record: ImageTextRecord) -> list[str]:
+    """The record's ``captions`` field (a list of strings), or []; anything else is an error naming it."""
+    captions = record.meta.get("captions")
+    if captions is None:
+        return []
+    if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+        raise ImageDataError(f"{record.where}: field 'captions' must be a list of strings")
+    return captions
 
 
 def embed_pairs(

@@ -14,6 +14,7 @@ before training) and scored by ``retrieval_scores`` there.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from mmssl.data.pairs import Pairs
@@ -23,7 +24,7 @@ from mmssl.models.image import TORCHVISION, ImageTowerConfig
 from mmssl.models.text import hidden_size, resolve_init, sentence_pooling
 from mmssl.recipes.base import Recipe
 from mmssl.recipes.config import DualModelConfig, ImageTextConfig, PairDataConfig, TrainConfig
-from mmssl.recipes.image_pairs import METRIC, embed_pairs, load_image_pairs, retrieval_scores
+from mmssl.recipes.image_pairs import METRIC, embed_pairs, further_captions, load_image_pairs, retrieval_scores
 
 
 def text_tower_config(model: DualModelConfig, options: ImageTextConfig) -> TowerConfig | ClipTextConfig:
@@ -94,11 +95,17 @@ class ImageTextRecipe(Recipe):
         return dual_encoder
 
     def index_items(self, model, data, modality, text_field, partition, max_items):
-        """Image-caption pairs: images (payload: absolute path, caption, metadata) or their captions."""
+        """Image-caption pairs: images (payload: absolute path, caption, metadata) or their captions.
+        ``text_field``: the record field that is the caption (e.g. an emoji's ``name``; default ``text``)."""
         pairs = load_image_pairs(data, partition or None, cache_mb=0)
         records = pairs.candidates[:max_items] if max_items else pairs.candidates
         if not records:
             raise ValueError(f"{data}: no usable images" + (f" in split {partition!r}" if partition else ""))
+        if text_field and text_field != "text":
+            missing = next((r for r in records if not isinstance(r.meta.get(text_field), str)), None)
+            if missing is not None:
+                raise ValueError(f"{missing.where}: no text field {text_field!r} (--text-field)")
+            records = [replace(r, text=r.meta[text_field]) for r in records]
         texts = [r.text for r in records]
         payloads = [
             {
@@ -110,7 +117,9 @@ class ImageTextRecipe(Recipe):
             for r in records
         ]
         if model.is_image(modality):
-            return records, texts, payloads, texts
+            # the store's text (BM25's too): every caption of the image ("red apple · apple · fruit · red")
+            shown = [" · ".join(dict.fromkeys([r.text, *further_captions(r)])) for r in records]
+            return records, shown, payloads, texts
         return texts, texts, payloads, records
 
     def eval_command(self, config) -> int:

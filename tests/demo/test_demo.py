@@ -3,6 +3,8 @@ and uploads included), where its files go, and a real browser."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import resource
@@ -68,7 +70,8 @@ def image_index(tmp_path_factory) -> str:
 def app_url(indexes, image_index):
     """The app as ``mmssl demo`` runs it (``demo.app.serving``), over text → code, code → text and
     image → text indexes."""
-    from demo.app import open_indexes, serving
+    from demo.app import serving
+    from demo.search import open_indexes
 
     with serving(open_indexes([*indexes, image_index]), "127.0.0.1", free_port(), quiet=True) as app:
         yield app.local_url
@@ -118,7 +121,8 @@ def test_bad_requests_get_messages_not_tracebacks(app_url):
 
 def test_search_checks_its_arguments_itself(indexes):
     """What the components check in the page, run_search checks again for any other caller."""
-    from demo.app import TABS, SearchError, open_indexes, run_search
+    from demo.search import TABS, open_indexes, run_search
+    from demo.uploads import SearchError
 
     loaded = open_indexes(indexes)
     spec = TABS[("text", "code")]
@@ -174,7 +178,7 @@ def test_query_images_are_refused_from_their_header_before_decoding(image_index,
     ``run_search`` with a PIL image get the same checks."""
     from PIL import Image, ImageFile
 
-    from demo.app import TABS, open_indexes, run_search
+    from demo.search import TABS, open_indexes, run_search
     from demo.uploads import MAX_UPLOAD_BYTES, SearchError, open_query_image
 
     loaded, spec = open_indexes([image_index]), TABS[("image", "text")]
@@ -205,7 +209,8 @@ def test_uploads_are_capped_kept_in_the_apps_own_folder_and_removed_with_it(imag
     not the shared /tmp/gradio; the folder goes when the app stops."""
     import httpx
 
-    from demo.app import open_indexes, serving
+    from demo.app import serving
+    from demo.search import open_indexes
     from demo.uploads import MAX_UPLOAD_BYTES
 
     before = os.environ.get("GRADIO_TEMP_DIR")
@@ -231,7 +236,8 @@ def test_launch_deletes_its_files_when_stopped(image_index, tmp_path, monkeypatc
 
     import httpx
 
-    from demo.app import launch, open_indexes
+    from demo.app import launch
+    from demo.search import open_indexes
 
     temp = tmp_path / "gradio"
     temp.mkdir()
@@ -270,7 +276,7 @@ def test_launch_deletes_its_files_when_stopped(image_index, tmp_path, monkeypatc
 
 
 def test_open_indexes_refuses_what_it_cannot_serve(indexes, tmp_path):
-    from demo.app import open_indexes
+    from demo.search import open_indexes
 
     with pytest.raises(ValueError, match="two indexes are named"):
         open_indexes([indexes[0], indexes[0]])
@@ -345,31 +351,107 @@ def test_browser_searches_by_an_example_image_and_sees_the_refusal_of_a_strip(ap
         driver.quit()
 
 
-def test_default_pipeline_builds_once_then_reuses(tmp_path, capsys):
-    """`make demo`'s pipeline on a slice of the standard library: corpus, model, two indexes, and
-    the emoji set with its LiT model and two image indexes; the second run rebuilds nothing."""
-    from mmssl.data.images import CLDR_ANNOTATIONS, EMOJI_FONT, EMOJI_TEST
+def demo_run(argv: list[str]) -> str:
+    """``mmssl demo default ARGV``'s printed output (it must succeed)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cli.main(["demo", "default", *argv]) == 0
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def default_demo(tmp_path_factory):
+    """`make demo`'s pipeline on a slice of the standard library, run three times: first with the
+    image tower stopped after its first step (``--image-minutes``), then to the end of its steps,
+    then once more. Returns (out, whether the emoji set could be made here, the three outputs)."""
+    from mmssl.data.symbols import CLDR_ANNOTATIONS, EMOJI_FONT, EMOJI_TEST
 
     emoji = all(p.is_file() for p in (EMOJI_FONT, CLDR_ANNOTATIONS, EMOJI_TEST))
     assert emoji or not os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"), "the emoji packages are required here"
-    out = tmp_path / "demo"
-    argv = ["demo", "default", "--out", str(out), "--model", "scratch", "--steps", "3", "--max-files", "300"]
-    argv += ["--max-items", "400", "--image-steps", "2", "--no_launch"]
-    assert cli.main(argv) == 0
-    first = capsys.readouterr().out
+    out = tmp_path_factory.mktemp("default") / "demo"
+    argv = ["--out", str(out), "--model", "scratch", "--steps", "3", "--max-files", "300"]
+    argv += ["--max-items", "400", "--image-steps", "3", "--no_launch"]
+    stopped = demo_run([*argv, "--image-minutes", "1e-6"])
+    notice = None
+    if emoji:
+        from demo.app import notice_of
+        from demo.search import open_indexes
+
+        notice = notice_of(open_indexes([out / "emoji" / "image-index"])["image-index"])
+    return out, emoji, [stopped, demo_run(argv), demo_run(argv)], notice
+
+
+def test_default_pipeline_builds_once_then_finishes_a_stopped_image_tower_then_reuses(default_demo):
+    """Corpus, model, two code indexes, the emoji and icon sets with their LiT model and two image
+    indexes; a stopped image tower is said so, and trained to its end by the next run."""
+    out, emoji, (first, second, third), notice = default_demo
     assert "reusing" not in first and "ready in" in first
     paths = [out / "scratch" / "code-index", out / "scratch" / "doc-index"]
     if emoji:
         paths += [out / "emoji" / "image-index", out / "emoji" / "caption-index"]
+        assert "stopped early" in first and "trained 1 of its 3 steps (--max-minutes 1e-06)" in notice
+        assert second.count("reusing") == 4 and "stopped early" not in second  # the image part is redone
     else:
         assert "no image tabs" in first
     assert all((p / "manifest.json").is_file() for p in paths)
     assert (out / "scratch" / "model" / "dual_encoder.json").is_file()
-    assert cli.main(argv) == 0
     # corpus, model, both indexes; and the image model and both image indexes
-    assert capsys.readouterr().out.count("reusing") == (7 if emoji else 4)
-    from demo.app import open_indexes
+    assert third.count("reusing") == (7 if emoji else 4)
+    from demo.app import about, notice_of
+    from demo.search import open_indexes
 
     loaded = open_indexes(paths)
     pairs = {("text", "code"), ("code", "text")} | ({("text", "image"), ("image", "text")} if emoji else set())
     assert {item.pair for item in loaded.values()} == pairs
+    for item in loaded.values():  # each index starts on the mode its validation queries chose
+        chosen = item.index.manifest.search_defaults
+        if item.pair[0] != "image":
+            assert chosen["mode"] == item.default_mode and max(chosen["mrr"].values()) > 0
+    if emoji:
+        images = loaded["image-index"]
+        assert notice_of(images) == "" and "flags" in about(images) and "starts in" in about(images)
+        hits = images.index.search(["pizza"], k=3, mode=images.default_mode, lexical_weight=images.lexical_weight)[0]
+        assert "pizza" in [h.payload["name"] for h in hits]
+        names = {t for _, texts in loaded["caption-index"].index.store.iter_items() for t in texts}
+        assert "red apple" in names and "pizza" in names  # the caption index holds the names
+
+
+@pytest.mark.skipif(
+    chromium() is None and not os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"),
+    reason="headless Chromium not installed (.ci/run installs the Debian packages chromium, chromium-driver)",
+)
+def test_browser_types_pizza_into_text_to_image_and_sees_the_pizza_emoji_among_the_first_three(default_demo):
+    """Headless Chromium on the default pipeline's app: "pizza" in the text → image tab, in the mode
+    the tab starts in, shows the pizza emoji among the first three results; a screenshot is kept."""
+    out, emoji, _, _ = default_demo
+    if not emoji:
+        pytest.skip("the emoji set cannot be made here")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from demo.app import serving
+    from demo.search import open_indexes
+
+    paths = [out / "emoji" / "image-index", out / "emoji" / "caption-index"]
+    with serving(open_indexes(paths), "127.0.0.1", free_port(), quiet=True) as app:
+        driver, artifacts = headless_browser(height=1400)
+        try:
+            driver.get(app.local_url)
+            wait = WebDriverWait(driver, 60)
+
+            def shown(xpath):
+                return next((e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed()), None)
+
+            box = wait.until(lambda d: shown("//textarea[starts-with(@placeholder, 'describe the image')]"))
+            box.send_keys("pizza")
+            shown("//button[normalize-space()='Search']").click()
+            wait.until(lambda d: re.search(r"\b\d+ results?\b", d.find_element(By.TAG_NAME, "body").text))
+            wait.until(lambda d: shown("//*[starts-with(normalize-space(text()), '1. ')]"))
+            first_three = []
+            for n in (1, 2, 3):
+                ranked = f"//*[starts-with(normalize-space(text()), '{n}. ')]"
+                first_three += [e.text for e in driver.find_elements(By.XPATH, ranked) if e.is_displayed()][:1]
+            assert any(t.split(". ", 1)[1].startswith("pizza (") for t in first_three), first_three
+        finally:
+            driver.save_screenshot(str(artifacts / "demo-pizza.png"))
+            driver.quit()

@@ -250,3 +250,16 @@ def test_optimizer_is_fused_adamw_with_the_configured_betas_and_matches_the_refe
         for p, q in zip(a.parameters(), b.parameters()):
             assert torch.allclose(p, q, atol=1e-6)
     assert (layers[0].weight - start).abs().max() > 1e-2  # the steps did move the weights
+
+
+def test_the_final_model_records_the_steps_it_trained_and_what_stopped_it(code_corpus, tmp_path):
+    from mmssl.engine.trainer import TRAINING_FILE
+
+    config = tiny_config(code_corpus, tmp_path / "short", max_steps=40, max_minutes=1e-6)
+    Trainer(TEXT_CODE.build_task(config, CPU), config.engine, CPU).fit()
+    stopped = json.loads((tmp_path / "short" / "final" / TRAINING_FILE).read_text())
+    assert stopped["step"] == 1 and stopped["max_steps"] == 40 and stopped["stopped_by"] == "--max-minutes 1e-06"
+    config = tiny_config(code_corpus, tmp_path / "whole", max_steps=2)
+    Trainer(TEXT_CODE.build_task(config, CPU), config.engine, CPU).fit()
+    done = json.loads((tmp_path / "whole" / "final" / TRAINING_FILE).read_text())
+    assert done["step"] == done["max_steps"] == 2 and "stopped_by" not in done and done["minutes"] >= 0

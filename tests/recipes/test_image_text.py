@@ -323,7 +323,8 @@ def test_image_index_is_searched_by_text_and_caption_index_by_image(image_indexe
 def test_demo_serves_text_to_image_and_image_to_text(image_indexes, shapes, tmp_path):
     from gradio_client import Client, handle_file
 
-    from demo.app import TABS, build_app, example_queries, open_indexes, run_search
+    from demo.app import build_app, example_queries
+    from demo.search import TABS, open_indexes, run_search
 
     indexes = open_indexes([image_indexes / "images", image_indexes / "captions"])
     assert {item.pair for item in indexes.values()} == {("text", "image"), ("image", "text")}
@@ -388,6 +389,45 @@ def test_locked_text_embeddings_are_cached_and_give_the_loss_of_running_the_towe
     torch.testing.assert_close(fast_loss, slow_loss, atol=1e-5, rtol=1e-5)
 
 
+def with_captions(shapes, out):
+    """The shapes set with a ``captions`` field: each image's caption and a second one of its own."""
+    out.mkdir()
+    rows = [json.loads(line) for line in (shapes / "metadata.jsonl").read_text().splitlines()]
+    with (out / "metadata.jsonl").open("w") as f:
+        for r in rows:
+            r["file_name"] = str((shapes / r["file_name"]).resolve())
+            r["captions"] = [r["text"], f"picture number {r['file_name'][-9:-4]}"]
+            f.write(json.dumps(r) + "\n")
+    return out
+
+
+def test_several_captions_are_drawn_per_pair_and_cached_lit_gives_the_loss_of_running_the_tower(shapes, tmp_path):
+    from mmssl.recipes.contrastive import ContrastiveTask
+    from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
+
+    data = with_captions(shapes, tmp_path / "captioned")
+    config = train_config(data, tmp_path / "lit", text_init="minilm", lock_text=True, augment="none")
+    task = IMAGE_TEXT.build_task(config, torch.device("cpu"))
+    captions = task.data.captions
+    assert len(captions.texts) == 2 * len(task.data) and task.cached["a"].shape == (len(captions.texts), 384)
+    indices = torch.arange(16)
+    batch = task.batcher(indices, seed=7)
+    drawn = batch["a"]["index"]
+    assert torch.equal(drawn, task.batcher(indices, seed=7)["a"]["index"])  # the batch's seed decides
+    assert ((drawn == captions.starts[indices]) | (drawn == captions.starts[indices] + 1)).all()
+    seeds = torch.stack([task.batcher(indices, seed=s)["a"]["index"] for s in range(20)])
+    assert (seeds != captions.starts[indices]).any() and (seeds == captions.starts[indices]).any()  # both drawn
+    assert torch.equal(batch["ids"], captions.ids[drawn])
+    slow = ContrastiveTask(task.model, task.loss, task.data, cache_locked=False)
+    slow_batch = slow.batcher(indices, seed=7)  # the same draw, run through the tower
+    assert slow.batcher.prep_a is not None and "input_ids" in slow_batch["a"]
+    slow_batch["b"] = batch["b"]
+    task.model.eval()
+    fast_loss = task.training_forward(batch)[0]["contrastive_loss"]
+    slow_loss = slow.training_forward(slow_batch)[0]["contrastive_loss"]
+    torch.testing.assert_close(fast_loss, slow_loss, atol=1e-5, rtol=1e-5)
+
+
 def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_path):
     """Headless Chromium: type a caption in the text → image tab, click Search, the gallery shows
     images with their captions; a screenshot is kept."""
@@ -403,7 +443,8 @@ def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_p
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from demo.app import build_app, example_queries, open_indexes
+    from demo.app import build_app, example_queries
+    from demo.search import open_indexes
 
     indexes = open_indexes([image_indexes / "images", image_indexes / "captions"])
     caption = example_queries(indexes["images"])[0]
@@ -424,7 +465,7 @@ def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_p
         wait.until(
             lambda d: len([i for i in d.find_elements(By.CSS_SELECTOR, ".gallery img, img") if i.is_displayed()]) >= 5
         )
-        ranked = "//*[starts-with(normalize-space(text()), '1. ') and contains(text(), ' — ')]"
+        ranked = "//*[starts-with(normalize-space(text()), '1. ') and contains(text(), ' (')]"
         wait.until(lambda d: any(e.is_displayed() for e in d.find_elements(By.XPATH, ranked)))  # captions shown
     finally:
         driver.save_screenshot(str(artifacts / "demo-image-search.png"))
