@@ -23,6 +23,8 @@ Rows (``ROWS``; the steps are chosen so that each trains in about 4 minutes on 2
   shufflenet-long  the ShuffleNet row at 2.5x the steps
   stamps           the ShuffleNet row with Tux Paint's clip art as more training images
   stamps-long      ... at 2.5x the steps
+  demo-recipe      what the demo trains: the ShuffleNet on the emoji alone, open_clip's crop only,
+                   lr 2e-3, the name drawn half the time, 600 steps (and -300: half the steps)
 
 Needs the Debian packages of the three sets (`make-images` names a missing one): apt-get install
 fonts-noto-color-emoji unicode-cldr-core unicode-data adwaita-icon-theme gnome-icon-theme
@@ -66,6 +68,9 @@ ROWS: dict[str, tuple[str, int, str, float]] = {
     "shufflenet-long": ("emoji,icons", 1000, f"{SHUFFLE} --augment heavy", 0),
     "stamps": ("emoji,icons,stamps", 400, f"{SHUFFLE} --augment heavy", 0),
     "stamps-long": ("emoji,icons,stamps", 1000, f"{SHUFFLE} --augment heavy", 0),
+    # the demo's recipe (demo.default.IMAGE_TRAIN), here on the train split alone
+    "demo-recipe": ("emoji", 600, f"{SHUFFLE} --augment none --lr 2e-3 --first-caption-p 0.5", 0),
+    "demo-recipe-300": ("emoji", 300, f"{SHUFFLE} --augment none --lr 2e-3 --first-caption-p 0.5", 0),
 }
 
 
@@ -138,7 +143,7 @@ def train(out: Path, data: Path, name: str) -> dict:
     sources = ",".join(str(data / s) for s in sets.split(","))
     seconds, init = 0.0, []
     if ssl_minutes:
-        ssl = run / "simclr"
+        ssl = run.parent / f"{name}.simclr"  # beside the LiT run: its --out holds only a training run
         argv = ["pretrain", "simclr", "--data", sources, "--out", str(ssl), *SHUFFLE.split(), "--batch-size", "128"]
         argv += ["--max-steps", "100000", "--max-minutes", str(ssl_minutes), "--warmup-steps", "20"]
         argv += ["--eval-every", "0", "--save-every", "0", "--log-every", "10", "--overwrite"]

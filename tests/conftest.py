@@ -8,6 +8,7 @@ import json
 import os
 import random
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,12 @@ def fit_or_crash(trainer, monkeypatch, crash_at: int | None = None) -> None:
     monkeypatch.setattr(trainer, "train_step", crashing)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def chromium() -> tuple[str, str] | None:

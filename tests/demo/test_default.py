@@ -1,0 +1,120 @@
+"""``mmssl demo default`` (what ``make demo`` runs): the pipeline built, finished and reused, its
+indexes' default modes, the warning of a stopped image tower, and "pizza" typed in a real browser."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+
+import pytest
+
+from mmssl import cli
+from tests.conftest import chromium, free_port, headless_browser
+
+
+def demo_run(argv: list[str]) -> str:
+    """``mmssl demo default ARGV``'s printed output (it must succeed)."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cli.main(["demo", "default", *argv]) == 0
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def default_demo(tmp_path_factory):
+    """`make demo`'s pipeline on a slice of the standard library, run three times: first with the
+    image tower stopped after its first step (``--image-minutes``), then to the end of its steps,
+    then once more. Returns (out, whether the emoji set could be made here, the three outputs)."""
+    from mmssl.data.symbols import CLDR_ANNOTATIONS, EMOJI_FONT, EMOJI_TEST
+
+    emoji = all(p.is_file() for p in (EMOJI_FONT, CLDR_ANNOTATIONS, EMOJI_TEST))
+    assert emoji or not os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"), "the emoji packages are required here"
+    out = tmp_path_factory.mktemp("default") / "demo"
+    argv = ["--out", str(out), "--model", "scratch", "--steps", "3", "--max-files", "300"]
+    argv += ["--max-items", "400", "--image-steps", "3", "--no_launch"]
+    stopped = demo_run([*argv, "--image-minutes", "1e-6"])
+    notice = None
+    if emoji:
+        from demo.app import notice_of
+        from demo.search import open_indexes
+
+        notice = notice_of(open_indexes([out / "emoji" / "image-index"])["image-index"])
+    return out, emoji, [stopped, demo_run(argv), demo_run(argv)], notice
+
+
+def test_default_pipeline_builds_once_then_finishes_a_stopped_image_tower_then_reuses(default_demo):
+    """Corpus, model, two code indexes, the emoji and icon sets with their LiT model and two image
+    indexes; a stopped image tower is said so, and trained to its end by the next run."""
+    out, emoji, (first, second, third), notice = default_demo
+    assert "reusing" not in first and "ready in" in first
+    paths = [out / "scratch" / "code-index", out / "scratch" / "doc-index"]
+    if emoji:
+        paths += [out / "emoji" / "image-index", out / "emoji" / "caption-index"]
+        assert "stopped early" in first and "trained 1 of its 3 steps (--max-minutes 1e-06)" in notice
+        assert second.count("reusing") == 4 and "stopped early" not in second  # the image part is redone
+    else:
+        assert "no image tabs" in first
+    assert all((p / "manifest.json").is_file() for p in paths)
+    assert (out / "scratch" / "model" / "dual_encoder.json").is_file()
+    # corpus, model, both indexes; and the image model and both image indexes
+    assert third.count("reusing") == (7 if emoji else 4)
+    from demo.app import about, notice_of
+    from demo.search import open_indexes
+
+    loaded = open_indexes(paths)
+    pairs = {("text", "code"), ("code", "text")} | ({("text", "image"), ("image", "text")} if emoji else set())
+    assert {item.pair for item in loaded.values()} == pairs
+    for item in loaded.values():  # each index starts on the mode its validation queries chose
+        chosen = item.index.manifest.search_defaults
+        if item.pair[0] != "image":
+            assert chosen["mode"] == item.default_mode and max(chosen["mrr"].values()) > 0
+    if emoji:
+        images = loaded["image-index"]
+        assert notice_of(images) == "" and "flags" in about(images) and "starts in" in about(images)
+        hits = images.index.search(["pizza"], k=3, mode=images.default_mode, lexical_weight=images.lexical_weight)[0]
+        assert "pizza" in [h.payload["name"] for h in hits]
+        names = {t for _, texts in loaded["caption-index"].index.store.iter_items() for t in texts}
+        assert "red apple" in names and "pizza" in names  # the caption index holds the names
+
+
+@pytest.mark.skipif(
+    chromium() is None and not os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"),
+    reason="headless Chromium not installed (.ci/run installs the Debian packages chromium, chromium-driver)",
+)
+def test_browser_types_pizza_into_text_to_image_and_sees_the_pizza_emoji_among_the_first_three(default_demo):
+    """Headless Chromium on the default pipeline's app: "pizza" in the text → image tab, in the mode
+    the tab starts in, shows the pizza emoji among the first three results; a screenshot is kept."""
+    out, emoji, _, _ = default_demo
+    if not emoji:
+        pytest.skip("the emoji set cannot be made here")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from demo.app import serving
+    from demo.search import open_indexes
+
+    paths = [out / "emoji" / "image-index", out / "emoji" / "caption-index"]
+    with serving(open_indexes(paths), "127.0.0.1", free_port(), quiet=True) as app:
+        driver, artifacts = headless_browser(height=1400)
+        try:
+            driver.get(app.local_url)
+            wait = WebDriverWait(driver, 60)
+
+            def shown(xpath):
+                return next((e for e in driver.find_elements(By.XPATH, xpath) if e.is_displayed()), None)
+
+            box = wait.until(lambda d: shown("//textarea[starts-with(@placeholder, 'describe the image')]"))
+            box.send_keys("pizza")
+            shown("//button[normalize-space()='Search']").click()
+            wait.until(lambda d: re.search(r"\b\d+ results?\b", d.find_element(By.TAG_NAME, "body").text))
+            wait.until(lambda d: shown("//*[starts-with(normalize-space(text()), '1. ')]"))
+            first_three = []
+            for n in (1, 2, 3):
+                ranked = f"//*[starts-with(normalize-space(text()), '{n}. ')]"
+                first_three += [e.text for e in driver.find_elements(By.XPATH, ranked) if e.is_displayed()][:1]
+            assert any(t.split(". ", 1)[1].startswith("pizza (") for t in first_three), first_three
+        finally:
+            driver.save_screenshot(str(artifacts / "demo-pizza.png"))
+            driver.quit()
