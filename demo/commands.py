@@ -64,8 +64,7 @@ def demo_default(config: DemoDefaultConfig) -> int:
     print(f"   {time.monotonic() - t:.0f} s")
     if config.images == "emoji":
         t = step(
-            "4/5 images: the emoji set, an image tower trained against MiniLM (LiT), "
-            "text → image and image → text"
+            "4/5 images: the emoji set, an image tower trained against MiniLM (LiT), text → image and image → text"
         )
         paths += image_paths(out, config)
         print(f"   {time.monotonic() - t:.0f} s")
