@@ -225,6 +225,7 @@ def test_launch_deletes_its_files_when_stopped(image_index, tmp_path, monkeypatc
     nothing of it is left."""
     import threading
 
+    import gradio  # before GRADIO_TEMP_DIR is set: at import Gradio makes a folder of its own there
     import httpx
 
     from demo.app import launch
@@ -252,8 +253,17 @@ def test_launch_deletes_its_files_when_stopped(image_index, tmp_path, monkeypatc
         except Exception as e:
             seen["error"] = e
         finally:
+            blocked.wait(60)  # a signal during Gradio's own start-up may be swallowed there
             os.kill(os.getpid(), stop)  # arrives in the main thread, blocked in launch
 
+    blocked = threading.Event()
+    block_thread = gradio.Blocks.block_thread
+
+    def block_thread_marked(self):
+        blocked.set()
+        return block_thread(self)
+
+    monkeypatch.setattr(gradio.Blocks, "block_thread", block_thread_marked)
     handler = signal.getsignal(signal.SIGTERM)
     thread = threading.Thread(target=client)
     thread.start()
