@@ -28,17 +28,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from demo.default import items_by_path  # noqa: E402
 from indexing import SearchIndex  # noqa: E402
 from mmssl.data.image_text import read_image_text  # noqa: E402
 from mmssl.runtime import cpu_name  # noqa: E402
-
-
-def items_by_path(index) -> dict[str, int]:
-    out = {}
-    for ids, _ in index.store.iter_items():
-        for i, (_, payload) in index.store.get(ids).items():
-            out[payload["path"]] = i
-    return out
 
 
 def rank_of(hits, right: int) -> int | None:

@@ -254,6 +254,15 @@ def image_paths(out: Path, config: DemoDefaultConfig) -> list[Path]:
     ]
 
 
+def items_by_path(index) -> dict[str, int]:
+    """An image index's item ids by their image's path (the payload's ``path``)."""
+    out = {}
+    for ids, _ in index.store.iter_items():
+        for i, (_, payload) in index.store.get(ids).items():
+            out[payload.get("path")] = i
+    return out
+
+
 def choose_on_emoji(index_path: Path, data: Path) -> None:
     """The image index's default mode and BM25 weight, chosen on the emoji test split: each test
     emoji's query (keywords no training caption uses) and its own image."""
@@ -261,10 +270,7 @@ def choose_on_emoji(index_path: Path, data: Path) -> None:
     from mmssl.data.image_text import read_image_text
 
     with SearchIndex.load(index_path) as index:
-        by_path = {}
-        for ids, _ in index.store.iter_items():
-            for i, (_, payload) in index.store.get(ids).items():
-                by_path[payload.get("path")] = i
+        by_path = items_by_path(index)
         pairs = [(r.text, by_path.get(str(Path(r.image).resolve()))) for r in read_image_text(data, split="test")]
         pairs = [(q, i) for q, i in pairs if i is not None][:VALIDATION_QUERIES]
         choose_and_save(index, pairs, f"the test split of {data}: unseen keywords -> their emoji")
