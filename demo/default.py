@@ -166,6 +166,7 @@ IMAGE_TRAIN = (
 ).split()
 IMAGE_WARMUP = 30
 VALIDATION_QUERIES = 500  # per index: the queries its default mode and BM25 weight are chosen on
+CHOOSE_ON = ("valid", "test", "train")  # a code index's partitions to choose on, the first it holds
 
 
 def emoji_data(root: Path) -> Path | None:
@@ -276,17 +277,22 @@ def choose_on_emoji(index_path: Path, data: Path) -> None:
         choose_and_save(index, pairs, f"the test split of {data}: unseen keywords -> their emoji")
 
 
-def choose_on_partition(index_path: Path, query_field: str, partition: str = "valid") -> None:
-    """A code index's default mode and BM25 weight, chosen on its items of ``partition``: each
-    item's ``query_field`` (its docstring, or its code) as the query, the item as the answer."""
+def choose_on_partition(index_path: Path, query_field: str, partitions: tuple[str, ...] = CHOOSE_ON) -> None:
+    """A code index's default mode and BM25 weight, chosen on its items of the first of
+    ``partitions`` it holds any of (a capped index may hold no valid item): each item's
+    ``query_field`` (its docstring, or its code) as the query, the item as the answer."""
     from indexing import SearchIndex
 
     with SearchIndex.load(index_path) as index:
-        ids = index.store.ids_where({"partition": partition})[:VALIDATION_QUERIES]
-        rows = index.store.get(ids)
-        pairs = [(rows[i][1].get(query_field), i) for i in ids if i in rows]
-        pairs = [(q, i) for q, i in pairs if isinstance(q, str) and q.strip()]
-        choose_and_save(index, pairs, f"its {partition} items: {query_field} -> the item")
+        for partition in partitions:
+            ids = index.store.ids_where({"partition": partition})[:VALIDATION_QUERIES]
+            rows = index.store.get(ids)
+            pairs = [(rows[i][1].get(query_field), i) for i in ids if i in rows]
+            pairs = [(q, i) for q, i in pairs if isinstance(q, str) and q.strip()]
+            if pairs:
+                seen = "" if partition != "train" else " (no held-out item here: trained on, so dense is favoured)"
+                return choose_and_save(index, pairs, f"its {partition} items: {query_field} -> the item{seen}")
+        choose_and_save(index, [], "")
 
 
 def choose_and_save(index, pairs: list[tuple[str, int]], chosen_on: str) -> None:

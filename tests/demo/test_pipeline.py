@@ -118,3 +118,28 @@ def test_browser_types_pizza_into_text_to_image_and_sees_the_pizza_emoji_among_t
         finally:
             driver.save_screenshot(str(artifacts / "demo-pizza.png"))
             driver.quit()
+
+
+def test_a_capped_index_without_held_out_items_chooses_its_mode_on_the_next_partition_and_says_so(
+    tiny_model, code_corpus, tmp_path
+):
+    """``--max-items`` can leave a code index with no valid item: its mode is then chosen on its
+    test items, and with none of those either, on training items, with the bias said."""
+    import gzip
+    import json
+
+    from demo.default import choose_on_partition
+    from indexing import Manifest
+
+    records = [json.loads(line) for line in gzip.open(code_corpus, "rt")]
+    for held_out, expected in ((("valid",), "test"), (("valid", "test"), "train")):
+        data = tmp_path / f"{expected}.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in records if r["partition"] not in held_out))
+        out = tmp_path / f"{expected}-index"
+        argv = ["index", "build", "--model", str(tiny_model), "--data", str(data), "--lexical", "--out", str(out)]
+        assert cli.main([*argv, "--max-items", "200"]) == 0
+        choose_on_partition(out, "docstring")
+        chosen = Manifest.from_file(out / "manifest.json").search_defaults
+        assert chosen["chosen_on"].startswith(f"its {expected} items: docstring -> the item")
+        assert ("dense is favoured" in chosen["chosen_on"]) == (expected == "train")
+        assert chosen["queries"] > 0 and chosen["mode"] in ("dense", "lexical", "hybrid")
