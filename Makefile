@@ -18,7 +18,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing mmssl and its dependencies into $(VENV) (first time: a few minutes)"
-	$(PY) -m pip install -q -e '.[test]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	$(PY) -m pip install -q -e '.[test,onnx]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	rm -f $(VENV)/.installed-* && touch $@
 
 test: $(STAMP)
@@ -33,7 +33,7 @@ bench: $(STAMP)
 
 # The peer trainer of benchmarks/bench_openclip_train.py (open_clip_train) needs open_clip's training extra.
 bench-deps: $(STAMP)
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test,onnx,bench]'
 
 # Debian packages of the demo's emoji image set (installed when missing and apt-get can; without
 # them the demo opens without its image tabs and says so).

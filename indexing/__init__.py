@@ -8,8 +8,9 @@ from indexing.create import build_index_dir
 from indexing.index import Hit, SearchIndex
 from indexing.lock import IndexBusyError
 from indexing.plan import IndexPlan, choose_index, parse_budget
-from indexing.store import IndexDirError, Manifest, MetadataStore, model_fingerprint
+from indexing.store import IndexDirError, Manifest, MetadataStore
 from indexing.update import add_items, remove_items
+from mmssl.io import model_fingerprint
 
 __all__ = [
     "ArrayShards",

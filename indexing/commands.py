@@ -68,7 +68,9 @@ def _where(pairs: list[str] | None) -> dict[str, str] | None:
 class IndexBuildConfig:
     """Embed a collection with a dual encoder and build a search index directory from it."""
 
-    model: str = field(metadata={"help": "dual encoder directory (mmssl train output)"})
+    model: str = field(
+        metadata={"help": "dual encoder directory (mmssl train output), or its ONNX export (mmssl export)"}
+    )
     data: str = field(metadata={"help": "collection: JSONL(.gz) file or folder (CodeSearchNet format or any records)"})
     out: str = field(metadata={"help": "index directory to write (atomically)"})
     modality: str | None = field(default=None, metadata={"help": "what the items are (default: the model's 2nd side)"})
@@ -95,26 +97,21 @@ class IndexBuildConfig:
     seed: int = field(default=0, metadata={"help": "seed of training and tuning samples"})
 
 
-def _load_model(path: str, device: str):
-    from mmssl.models import DualEncoder
-    from mmssl.runtime import resolve_device
-
-    return DualEncoder.from_pretrained(path, device=resolve_device(device)).eval()
-
-
 def build_main(config: IndexBuildConfig) -> int:
     from indexing.create import build_index_dir, check_target
     from indexing.embed import ShardDir, embed_collection, embed_texts
     from indexing.plan import parse_budget
-    from indexing.store import model_fingerprint
     from mmssl.distributed import get_rank, init_distributed
+    from mmssl.io import model_fingerprint
 
     setup_logging()
     budget = parse_budget(config.memory_budget)
     out = Path(config.out)
     check_target(out, config.overwrite)  # before minutes of embedding, not after
     init_distributed()
-    model = _load_model(config.model, config.device)
+    from mmssl.export.onnx_encoder import load_encoder
+
+    model = load_encoder(config.model, config.device)
     first, second = model.config.modalities
     modality = config.modality or second
     if modality not in (first, second):

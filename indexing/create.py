@@ -25,14 +25,13 @@ from indexing.store import (
     ONDISK_FILE,
     Manifest,
     MetadataStore,
-    model_fingerprint,
     now,
     record_files,
     write_index_file,
 )
 from indexing.tune import Tuning, exact_neighbours, tune
 from mmssl.console import get_logger
-from mmssl.io import atomic_dir, check_output
+from mmssl.io import atomic_dir, check_output, model_fingerprint
 
 log = get_logger("index")
 

@@ -28,7 +28,6 @@ import numpy as np
 
 from indexing.build import sample_rows
 from mmssl.console import get_logger, progress
-from mmssl.distributed import barrier, get_rank, get_world_size
 from mmssl.io import atomic_file
 
 log = get_logger("index.embed")
@@ -129,10 +128,11 @@ class ShardDir:
 
 
 def embed_texts(model, modality: str, texts: Sequence, batch_size: int = 128, bar=None) -> np.ndarray:
-    """(len(texts), D) float32 L2-normalized embeddings by ``DualEncoder.embed``, in bf16 on a GPU
+    """(len(texts), D) float32 L2-normalized embeddings by the model's ``embed`` (a ``DualEncoder``, or
+    an ONNX export's ``OnnxEncoder``), in bf16 on a GPU
     (indexing's precision: fp32 elsewhere); an image modality's items are images."""
-    precision = "bf16" if model.device.type == "cuda" else "fp32"
-    return model.embed(modality, list(texts), batch_size, precision=precision, progress=bar).numpy()
+    precision = "bf16" if str(model.device).startswith("cuda") else "fp32"
+    return np.asarray(model.embed(modality, list(texts), batch_size, precision=precision, progress=bar))
 
 
 def embed_collection(
@@ -154,6 +154,8 @@ def embed_collection(
     collection's content) are an error, or with ``replace_stale`` deleted and made again. Under
     torchrun each rank embeds its own shards and the call returns on every rank once all are written.
     """
+    from mmssl.distributed import barrier, get_rank, get_world_size  # torch: not on the query path
+
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose float32 or float16")
     if len(texts) != len(ids):

@@ -38,7 +38,6 @@ from indexing.store import (
     IndexDirError,
     Manifest,
     MetadataStore,
-    model_fingerprint,
     read_index_file,
 )
 from indexing.tune import search_parameters
@@ -127,19 +126,20 @@ class SearchIndex(Closable):
     # ---- the model ------------------------------------------------------------------------------
 
     def model(self, path: str | None = None, device: str = "cpu"):
-        """The dual encoder that embeds queries: the manifest's model, checked by hash."""
+        """The encoder of queries: the manifest's model (or ``path``), checked by hash; an fp32 ONNX
+        export of the index's model stands for it (equal to 1e-4: ``mmssl.export.onnx``)."""
         if self._model is None:
-            from mmssl.models import DualEncoder
+            from mmssl.export.onnx_encoder import load_encoder, same_model
 
             path = path or self.manifest.model_path
             if not path:
                 raise ValueError(f"{self.path}: the index records no model; search with vectors or mode=lexical")
-            if self.manifest.model_sha256 and model_fingerprint(path) != self.manifest.model_sha256:
+            if self.manifest.model_sha256 and not same_model(path, self.manifest.model_sha256):
                 raise IndexDirError(
                     f"{path}: not the model this index was built with ({MANIFEST} records another hash); "
                     "rebuild the index with this model"
                 )
-            model = DualEncoder.from_pretrained(path, device=device)
+            model = load_encoder(path, device)
             for name in ("modality", "query_modality"):
                 value = getattr(self.manifest, name)
                 if value is not None and value not in model.config.modalities:
@@ -151,7 +151,7 @@ class SearchIndex(Closable):
                 raise IndexDirError(
                     f"{path}: embeds in dim {model.config.embed_dim}, the index holds {self.manifest.dim}"
                 )
-            self._model = model.eval()
+            self._model = model
         return self._model
 
     def embed_queries(self, queries: Sequence) -> np.ndarray:

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mmssl.io import Closable, read_json_object
+from mmssl.io import Closable, read_json_object, sha256_file
 
 FORMAT_VERSION = 1
 STORE_VERSION = 1  # meta.sqlite's PRAGMA user_version: 1 adds items.fingerprint
@@ -44,30 +44,6 @@ LEXICAL_DIR = "lexical"
 
 class IndexDirError(ValueError):
     """A malformed, mismatched or damaged index directory (a ``ValueError``: the CLI prints it as one line)."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 over a model directory's files (relative path and bytes, in sorted order).
-
-    Two directories with the same weights, configs and tokenizer files have the same fingerprint
-    wherever they are; retraining, or swapping a tokenizer, changes it.
-    """
-    root = Path(model_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{model_dir}: no such model directory")
-    h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        h.update(str(path.relative_to(root)).encode() + b"\0")
-        h.update(sha256_file(path).encode())
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -15,17 +16,25 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from mmssl.distributed import is_main_process
-
 T = TypeVar("T")
 console = Console(stderr=True)
+
+
+def main_process() -> bool:
+    """Rank 0 or alone: by torch's process group once torch is loaded, else by torchrun's ``RANK``
+    (a search, which runs without torch, does not import it to ask)."""
+    if "torch" in sys.modules:
+        from mmssl.distributed import is_main_process
+
+        return is_main_process()
+    return os.environ.get("RANK", "0") == "0"
 
 
 def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
     """Route the ``mmssl`` loggers to a rich stderr handler (and a plain file, if given)."""
     root = logging.getLogger("mmssl")
     root.handlers.clear()
-    root.setLevel(level if is_main_process() else "WARNING")
+    root.setLevel(level if main_process() else "WARNING")
     handler = RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)
     handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
     root.addHandler(handler)
@@ -50,7 +59,7 @@ def get_logger(name: str) -> logging.Logger:
 
 def progress(items: Iterable[T], total: int | None = None, description: str = "", disable: bool = False) -> Iterator[T]:
     """Iterate with a progress bar on rank 0 when stderr is a terminal; plain iteration otherwise."""
-    if disable or not is_main_process() or not sys.stderr.isatty():
+    if disable or not main_process() or not sys.stderr.isatty():
         yield from items
         return
     if total is None and hasattr(items, "__len__"):

@@ -8,6 +8,7 @@ Linux; elsewhere the old directory is moved aside first) and the parent director
 give what they make the permissions of the user's umask, like ``open``/``mkdir`` do, and remove the
 temporaries that killed writers left beside the same target. ``check_output`` is the one rule every
 command that writes applies to its ``--out``. ``c_library()`` is the C library, loaded once.
+``model_fingerprint(dir)``: the sha256 that names a model directory's content (indexes record it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import hashlib
 import json
 import os
 import re
@@ -206,3 +208,27 @@ class Closable:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over a model directory's files (relative path and bytes, in sorted order).
+
+    Two directories with the same weights, configs and tokenizer files have the same fingerprint
+    wherever they are; retraining, or swapping a tokenizer, changes it.
+    """
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{model_dir}: no such model directory")
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(str(path.relative_to(root)).encode() + b"\0")
+        h.update(sha256_file(path).encode())
+    return h.hexdigest()

@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from mmssl.models.image import _register
-from mmssl.models.text import clip_chars
 from mmssl.models.tower import LockableTower, OpenClipSaved, entries_under, load_exact, projection, read_checkpoint
+from mmssl.tokens import clip_chars
 
 # The CLIP layout keeps the text tower's weights at the top level, beside visual.* and logit_scale.
 CLIP_TEXT_PREFIXES = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")

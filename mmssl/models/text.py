@@ -26,6 +26,7 @@ from transformers.utils import logging as hf_logging
 
 from mmssl.console import error_line
 from mmssl.models.tower import LockableTower, check_safetensors
+from mmssl.tokens import clip_chars
 
 # Loading and saving towers draws per-shard progress bars otherwise; mmssl shows its own progress.
 hf_logging.disable_progress_bar()
@@ -215,19 +216,6 @@ class TextTower(LockableTower):
 
     def body(self) -> nn.Module:
         return self.backbone
-
-
-# No tokenizer mmssl uses makes a token of more than this many characters in practice (BPE merges
-# stay short; a long run of one character splits), so the first max_length x this characters of a
-# text give the same max_length tokens as the whole text.
-MAX_CHARS_PER_TOKEN = 32
-
-
-def clip_chars(texts, max_tokens: int) -> list[str]:
-    """Each text cut to what its first ``max_tokens`` tokens can span, before tokenizing: a 50 MB
-    record costs what a short one does, not minutes and gigabytes of token ids thrown away."""
-    limit = max_tokens * MAX_CHARS_PER_TOKEN
-    return [t[:limit] for t in texts]
 
 
 class TextPrep:

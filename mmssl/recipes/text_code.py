@@ -16,11 +16,12 @@ from mmssl.data.code_search import read_code_search
 from mmssl.data.pairs import Pairs
 from mmssl.evaluate import codesearchnet_mrr_embeddings, recall_at_k
 from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
-from mmssl.models.text import clip_chars, hidden_size
+from mmssl.models.text import hidden_size
 from mmssl.models.tokenizer import train_bpe_tokenizer
 from mmssl.recipes.base import KS, Recipe
 from mmssl.recipes.config import DualModelConfig, PairDataConfig, TextCodeConfig
 from mmssl.recipes.text_code_eval import eval_command, score_row
+from mmssl.tokens import clip_chars
 
 TOKENIZER_SAMPLE = 50_000  # texts the BPE tokenizer is trained on (enough for a stable vocabulary)
 TOKEN_FIELDS = ("code_tokens", "docstring_tokens")
@@ -56,8 +57,8 @@ class TextCodeRecipe(Recipe):
         self, model: DualEncoder, pairs: Pairs, batch_size: int = 128, chunk_size: int = 1000, seed: int = 0
     ) -> dict:
         """Docstring -> code retrieval over ``pairs`` (see ``retrieval_scores``)."""
-        q = model.embed(self.modalities[0], pairs.queries, batch_size)  # (N, D)
-        c = model.embed(self.modalities[1], pairs.candidates, batch_size)  # (N, D)
+        q = torch.as_tensor(model.embed(self.modalities[0], pairs.queries, batch_size))  # (N, D)
+        c = torch.as_tensor(model.embed(self.modalities[1], pairs.candidates, batch_size))  # (N, D)
         return retrieval_scores(q, c, chunk_size, seed)
 
     def build_model(self, model: DualModelConfig, options: TextCodeConfig, train: Pairs) -> DualEncoder:

@@ -48,11 +48,9 @@ def eval_command(recipe, config) -> int:
     protocol = {"batch_size": config.batch_size, "chunk_size": config.chunk_size, "seed": config.seed}
     rows: dict[str, dict] = {}
     if config.model:
-        from mmssl.models import DualEncoder
+        from mmssl.export.onnx_encoder import load_encoder
 
-        rows["model"] = timed(
-            lambda: recipe.evaluate(DualEncoder.from_pretrained(config.model, device), pairs, **protocol)
-        )
+        rows["model"] = timed(lambda: recipe.evaluate(load_encoder(config.model, device), pairs, **protocol))
     if config.bm25:
         rows["bm25"] = timed(lambda: score_bm25(pairs, config.chunk_size, config.seed))
     if config.baseline_model:

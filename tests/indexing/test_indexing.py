@@ -18,9 +18,10 @@ from indexing import ArrayShards, IndexDirError, SearchIndex, add_items, build_i
 from indexing.embed import ShardDir, embed_collection
 from indexing.lexical import LexicalIndex, reciprocal_rank_fusion
 from indexing.plan import memory_estimate, parse_budget
-from indexing.store import Manifest, model_fingerprint
+from indexing.store import Manifest
 from indexing.tune import exact_neighbours, recall_at
 from mmssl import cli
+from mmssl.io import model_fingerprint
 
 
 def clustered(n: int, d: int, centers: int = 50, seed: int = 0) -> np.ndarray:

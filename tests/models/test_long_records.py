@@ -8,7 +8,8 @@ import random
 import pytest
 
 from mmssl.models import DualEncoder
-from mmssl.models.text import MAX_CHARS_PER_TOKEN, TextPrep, clip_chars
+from mmssl.models.text import TextPrep
+from mmssl.tokens import MAX_CHARS_PER_TOKEN, clip_chars
 
 
 def _long_texts(n_chars: int, seed: int = 0) -> list[str]:

@@ -1,0 +1,40 @@
+"""``mmssl export``: write a trained dual encoder in a format other tools load (``ExportConfig``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from mmssl.console import setup_logging
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export a model directory (from mmssl train) for use outside mmssl."""
+
+    model: str = field(metadata={"help": "the mmssl model directory to export"})
+    out: str = field(metadata={"help": "the directory to write (replaced atomically with --overwrite)"})
+    format: Literal["onnx"] = field(
+        default="onnx", metadata={"help": "onnx: one graph per tower, token ids -> normalized embedding"}
+    )
+    quantize: Literal["none", "int8"] = field(
+        default="none", metadata={"help": "onnx: int8: dynamic int8 quantization of the weights"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+
+
+def main(config: ExportConfig) -> int:
+    setup_logging()
+    out = Path(config.out)
+    if out.exists() and not config.overwrite:
+        raise ValueError(f"--out {out}: already exists; pass --overwrite to replace it")
+    if out.resolve() == Path(config.model).resolve():
+        raise ValueError(f"--out {out}: is the model directory itself")
+    from mmssl.export.onnx import export_onnx
+
+    exported = export_onnx(config.model, out, quantize=None if config.quantize == "none" else config.quantize)
+    parity = "; ".join(f"{m}: max |diff| {p['max_abs_diff']:.1e}, min cosine {p['min_cosine']:.4f}"
+                       for m, p in exported.parity.items())  # fmt: skip
+    print(f"{out}: ONNX export of {config.model} ({config.quantize} weights); against PyTorch {parity}")
+    return 0
