@@ -210,7 +210,9 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
             type="filepath", image_mode=None, label="query image", sources=["upload", "clipboard"], height=224
         )
     else:
-        query = gr.Textbox(label="query", placeholder=spec.placeholder, lines=2, max_length=MAX_QUERY_CHARS["text"])
+        query = gr.Textbox(
+            label="query", placeholder=spec.placeholder, lines=1, max_length=MAX_QUERY_CHARS["text"]
+        )  # Enter searches
     button = gr.Button("Search", variant="primary")
     examples = example_queries(first)
     if examples:

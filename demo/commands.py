@@ -12,6 +12,7 @@ from demo.default import (
     DEFAULT_ITEMS,
     DemoDefaultConfig,
     corpus_path,
+    encoder_path,
     image_paths,
     index_paths,
     model_path,
@@ -60,7 +61,8 @@ def demo_default(config: DemoDefaultConfig) -> int:
     print(f"   {time.monotonic() - t:.0f} s")
     t = step("3/5 indexes: text → code and code → text, each with BM25")
     max_items = DEFAULT_ITEMS[config.model] if config.max_items is None else config.max_items
-    paths = index_paths(out, config.model, corpus, model, max_items or None)
+    encoder = encoder_path(out, config.model, model, config.backend)
+    paths = index_paths(out, config.model, corpus, encoder, max_items or None)
     print(f"   {time.monotonic() - t:.0f} s")
     if config.images == "emoji":
         t = step(

@@ -7,7 +7,9 @@ Every index starts the app on the search mode and BM25 weight chosen on its vali
 
 1. corpus   ``OUT/corpus.jsonl.gz``: Python functions with docstrings mined from the standard
             library and the installed packages (``mmssl data mine-code``, split by package);
-2. model    ``OUT/<model>/model``: the text-code dual encoder (``--model``, see ``MODELS``);
+2. model    ``OUT/<model>/model``: the text-code dual encoder (``--model``, see ``MODELS``); for
+            minilm also its int8 ONNX export ``OUT/minilm/model-onnx-int8`` (``mmssl export``),
+            which embeds the collections (``--backend torch``: the model itself);
 3. indexes  ``OUT/<model>/code-index`` (text → code) and ``OUT/<model>/doc-index`` (code → text),
             each with its BM25 side for the lexical and hybrid modes (``mmssl index build``);
 4. images   (``--images emoji``, the default where Debian's emoji font and CLDR data are installed)
@@ -49,6 +51,11 @@ MODELS: dict[str, list[str] | None] = {
     "--vocab-size 16000 --warmup-steps 20".split(),
 }
 DEFAULT_ITEMS = {"minilm": 12_000, "scratch": 0}  # 0: all (--max-items overrides)
+# MiniLM's code side truncated at 128 tokens (its training length), not 256, and embedded through an
+# int8 ONNX export: measured on 5,000 test functions (benchmarks/RESULTS.md, "Embedding backends"),
+# faster and no worse in MRR than 256 tokens in PyTorch.
+MINILM_CODE_TOKENS = 128
+EXPORTED = {"minilm": True, "scratch": False}  # the NBoW embeds thousands a second in PyTorch already
 IMAGE_STEPS = 600
 
 
@@ -74,6 +81,9 @@ class DemoDefaultConfig:
     image_steps: int = field(default=IMAGE_STEPS, metadata={"help": "training steps of the emoji image tower"})
     image_minutes: float | None = field(
         default=None, metadata={"help": "stop the image tower's training after this wall time (the app says so)"}
+    )
+    backend: Literal["onnx-int8", "torch"] = field(
+        default="onnx-int8", metadata={"help": "how minilm embeds: its int8 ONNX export (faster), or PyTorch"}
     )
     launch: bool = field(default=True, metadata={"help": "open the app at the end (--no_launch: only build)"})
 
@@ -111,7 +121,7 @@ def model_path(out: Path, name: str, corpus: Path, config: DemoDefaultConfig) ->
     if args is None:
         from mmssl.recipes.text_code_eval import sentence_encoder
 
-        sentence_encoder("minilm", "cpu").save_pretrained(target)
+        sentence_encoder("minilm", "cpu", max_code_length=MINILM_CODE_TOKENS).save_pretrained(target)
         return target
     from mmssl.runtime import cpu_has_native_bf16
 
@@ -124,6 +134,27 @@ def model_path(out: Path, name: str, corpus: Path, config: DemoDefaultConfig) ->
     argv.append("--resume" if (run / "checkpoints" / "last").exists() else "--overwrite")
     _cli(argv)
     (run / "final").rename(target)
+    return target
+
+
+def encoder_path(out: Path, name: str, model: Path, backend: str) -> Path:
+    """What embeds the collection: with ``backend`` onnx-int8, the model's int8 ONNX export
+    (``OUT/<name>/model-onnx-int8``, reused while it is an export of this very model); else the model."""
+    if backend != "onnx-int8" or not EXPORTED[name]:
+        return model
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        print("   onnxruntime is not installed (pip install '.[onnx]'): embedding in PyTorch, slower")
+        return model
+    from mmssl.export.onnx_encoder import OnnxEncoderConfig, is_onnx_export
+    from mmssl.io import model_fingerprint
+
+    target = out / name / "model-onnx-int8"
+    if is_onnx_export(target) and OnnxEncoderConfig.load(target).source_sha256 == model_fingerprint(model):
+        print(f"reusing {target}")
+        return target
+    _cli(["export", "--model", str(model), "--out", str(target), "--quantize", "int8", "--overwrite"])
     return target
 
 

@@ -89,6 +89,7 @@ RANGES: dict[str, Range] = {
     "size": at_least(8),
     "count": COUNT,
     "max_files": COUNT,
+    "processes": at_least(1),
     "max_items": COUNT,
     "max_pairs": COUNT,
     "eval_max_pairs": COUNT,

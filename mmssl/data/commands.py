@@ -39,6 +39,7 @@ class MineCodeConfig:
     max_files: int | None = field(
         default=None, metadata={"help": "parse at most this many files (first in sorted order)"}
     )
+    processes: int | None = field(default=None, metadata={"help": "processes parsing files (default: one per CPU)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out file"})
 
 
@@ -57,6 +58,7 @@ def mine_code(config: MineCodeConfig) -> int:
         min_docstring_tokens=config.min_docstring_tokens,
         min_code_lines=config.min_code_lines,
         max_files=config.max_files,
+        workers=config.processes,
     )
     if not records:
         raise ValueError(

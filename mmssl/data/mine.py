@@ -48,39 +48,17 @@ reproducible; filling by function count keeps the fractions close even when a fe
 
 from __future__ import annotations
 
-import ast
-import inspect
-import io
 import os
-import re
-import tokenize
-import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
+from mmssl.console import progress
 from mmssl.data.code_search import MAX_FIRST_ERRORS, DataError
+from mmssl.data.python_file import DROP_REASONS, mine_file
 from mmssl.data.sources import SourceFile, assign_partitions, find_python_files, is_test_file
 
 PARTITIONS: tuple[str, ...] = ("train", "valid", "test")
-DROP_REASONS: tuple[str, ...] = (
-    "test",
-    "dunder",
-    "no_docstring",
-    "short_docstring",
-    "short_code",
-    "bad_code",
-    "duplicate",
-)
-_SKIPPED_TOKENS = frozenset(
-    {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
-)
-_WORD_RE = re.compile(r"\w+|[^\w\s]")
-_PARAGRAPH_RE = re.compile(r"\n\s*\n")
-# Line ends as ``ast`` counts them: \r\n, \r or \n (not the form feed and others str.splitlines takes).
-_LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
-
 SplitBy = Literal["repo", "file"]
 OnError = Literal["raise", "skip"]
 
@@ -110,202 +88,21 @@ class MineStats:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------------------- parsing
+PARALLEL_FROM = 64  # files: fewer are mined in this process (a pool costs more than it saves)
 
 
-def docstring_tokens(text: str) -> list[str]:
-    """Words and punctuation marks, as CodeSearchNet splits docstrings: ``\\w+|[^\\w\\s]``."""
-    return _WORD_RE.findall(text)
+def _mine_all(files: list[SourceFile], rules: tuple[int, int], workers: int | None) -> Iterator:
+    """``mine_file`` of each file, in order: across ``workers`` processes (default: the CPUs)."""
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(files) < PARALLEL_FROM:
+        yield from progress((mine_file(f, rules) for f in files), len(files), "mining files")
+        return
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
 
-
-def first_paragraph(docstring: str) -> str:
-    """The cleaned docstring up to its first blank line."""
-    return _PARAGRAPH_RE.split(inspect.cleandoc(docstring).strip(), maxsplit=1)[0].strip()
-
-
-def _char_col(line: str, byte_col: int) -> int:
-    """``ast`` column offsets count UTF-8 bytes; turn one into a ``str`` index into ``line``."""
-    return byte_col if line.isascii() else len(line.encode("utf-8")[:byte_col].decode("utf-8", "replace"))
-
-
-def _slice(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> str:
-    """Text from (line, col) ``start`` to ``end``, 1-based lines, ``str`` columns."""
-    (la, ca), (lb, cb) = start, end
-    if la == lb:
-        return lines[la - 1][ca:cb]
-    return lines[la - 1][ca:] + "".join(lines[la : lb - 1]) + lines[lb - 1][:cb]
-
-
-def _statements(node: ast.AST) -> Iterator[ast.stmt]:
-    """The statements directly inside ``node`` (bodies, else/finally, except and case blocks)."""
-    for name in ("body", "orelse", "finalbody"):
-        yield from getattr(node, name, ())
-    for block in getattr(node, "handlers", ()):
-        yield from block.body
-    for block in getattr(node, "cases", ()):
-        yield from block.body
-
-
-def _functions(
-    node: ast.AST, scope: tuple[str, ...] = (), in_test: bool = False
-) -> Iterator[tuple[ast.FunctionDef | ast.AsyncFunctionDef, tuple[str, ...], bool]]:
-    """Every function below ``node`` in source order (parents before the functions they hold)."""
-    for stmt in _statements(node):
-        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield stmt, scope, in_test
-            yield from _functions(stmt, (*scope, stmt.name), in_test or stmt.name.startswith("test"))
-        elif isinstance(stmt, ast.ClassDef):
-            yield from _functions(stmt, (*scope, stmt.name), in_test)
-        else:
-            yield from _functions(stmt, scope, in_test)
-
-
-def _code_and_tokens(code: str, indent: str) -> tuple[str, list[str], int]:
-    """Dedent ``code`` (its lines after the first carry ``indent``); return it, its tokens, its lines.
-
-    Tokenizing before dedenting is fine (the body is uniformly deeper than the ``def`` line) and
-    tells which lines start inside a multi-line string: those are left as they are.
-    """
-    tokens: list[str] = []
-    code_rows: set[int] = set()
-    string_rows: set[int] = set()
-    for tok in tokenize.generate_tokens(io.StringIO(code).readline):
-        if tok.type in _SKIPPED_TOKENS:
-            continue
-        tokens.append(tok.string)
-        (r0, _), (r1, _) = tok.start, tok.end
-        code_rows.add(r0)
-        if r1 > r0:
-            code_rows.update(range(r0 + 1, r1 + 1))
-            string_rows.update(range(r0 + 1, r1 + 1))
-    if indent:
-        lines = code.split("\n")
-        for i in range(1, len(lines)):
-            line = lines[i]
-            if i + 1 in string_rows:
-                continue
-            if line.startswith(indent):
-                lines[i] = line[len(indent) :]
-            elif not line.strip():
-                lines[i] = line.lstrip(" \t\f")
-        code = "\n".join(lines)
-    return code, tokens, len(code_rows)
-
-
-class _FileMiner:
-    """Turns the functions of one parsed file into records; drop counts go to ``stats``."""
-
-    def __init__(self, stats: MineStats, seen_code: set[str], min_docstring_tokens: int, min_code_lines: int) -> None:
-        self.stats = stats
-        self.seen_code = seen_code
-        self.min_docstring_tokens = min_docstring_tokens
-        self.min_code_lines = min_code_lines
-
-    def drop(self, reason: str) -> None:
-        self.stats.dropped[reason] += 1
-
-    def mine(self, file: SourceFile, source: str, tree: ast.Module) -> list[dict[str, Any]]:
-        lines = _LINE_RE.findall(source)
-        records = []
-        for node, scope, in_test in _functions(tree):
-            self.stats.functions_seen += 1
-            record = self.function_record(file, lines, node, scope, in_test)
-            if record is not None:
-                records.append(record)
-        return records
-
-    def function_record(
-        self,
-        file: SourceFile,
-        lines: list[str],
-        node: ast.FunctionDef | ast.AsyncFunctionDef,
-        scope: tuple[str, ...],
-        in_test: bool,
-    ) -> dict[str, Any] | None:
-        name = node.name
-        if in_test or name.startswith("test"):
-            return self.drop("test")
-        if len(name) > 4 and name.startswith("__") and name.endswith("__"):
-            return self.drop("dunder")
-        doc = ast.get_docstring(node, clean=False)
-        if doc is None:
-            return self.drop("no_docstring")
-        summary = first_paragraph(doc)
-        summary_tokens = docstring_tokens(summary)
-        if len(summary_tokens) < self.min_docstring_tokens:
-            return self.drop("short_docstring")
-        if len(node.body) == 1:  # nothing but the docstring
-            return self.drop("short_code")
-
-        assert node.end_lineno is not None and node.end_col_offset is not None
-        first, last = node.lineno, node.end_lineno
-        def_col = _char_col(lines[first - 1], node.col_offset)
-        start, end = (first, def_col), (last, _char_col(lines[last - 1], node.end_col_offset))
-        original = _slice(lines, start, end)
-
-        doc_stmt, after = node.body[0], node.body[1]
-        assert doc_stmt.end_lineno is not None and doc_stmt.end_col_offset is not None
-        doc_first, doc_last = doc_stmt.lineno, doc_stmt.end_lineno
-        doc_col = _char_col(lines[doc_first - 1], doc_stmt.col_offset)
-        if after.lineno == doc_last:  # `"""Doc."""; statement` on one line: cut up to the statement
-            cut_start, cut_end = (doc_first, doc_col), (doc_last, _char_col(lines[doc_last - 1], after.col_offset))
-        else:  # cut the rest of the line; the whole line when the docstring starts it
-            own_line = doc_first != first and not lines[doc_first - 1][:doc_col].strip()
-            cut_start, cut_end = (doc_first, 0 if own_line else doc_col), (doc_last + 1, 0)
-        raw_code = _slice(lines, start, cut_start) + _slice(lines, cut_end, end)
-        try:
-            code, code_tokens, n_lines = _code_and_tokens(raw_code, lines[first - 1][:def_col])
-            ast.parse(code)
-        except (tokenize.TokenError, SyntaxError, ValueError, RecursionError):
-            return self.drop("bad_code")
-        if n_lines < self.min_code_lines:
-            return self.drop("short_code")
-        key = " ".join(code.split())
-        if key in self.seen_code:
-            return self.drop("duplicate")
-        self.seen_code.add(key)
-        return {
-            "repo": file.repo,
-            "path": file.rel,
-            "func_name": ".".join((*scope, name)),
-            "original_string": original,
-            "language": "python",
-            "code": code,
-            "code_tokens": code_tokens,
-            "docstring": summary,
-            "docstring_tokens": summary_tokens,
-            "url": f"{file.path.as_uri()}#L{first}-L{last}",
-            "partition": "",
-        }
-
-
-class _DecodeError(ValueError):
-    def __init__(self, line: int, what: str) -> None:
-        super().__init__(what)
-        self.line = line
-
-
-def _read_source(path: Path) -> str:
-    """Decode a file as Python does (PEP 263 coding cookie, BOM, UTF-8 by default)."""
-    raw = path.read_bytes()
-    try:
-        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
-        return raw.decode(encoding)
-    except SyntaxError as e:  # a bad coding cookie
-        raise _DecodeError(1, str(e)) from e
-    except (UnicodeDecodeError, LookupError) as e:
-        start = getattr(e, "start", 0)
-        raise _DecodeError(raw[:start].count(b"\n") + 1, str(e)) from e
-
-
-def _failure(error: BaseException) -> tuple[str, int, str]:
-    """(reason, line, message) for a file that could not be mined."""
-    if isinstance(error, OSError):
-        return "read", 1, f"cannot read: {error}"
-    if isinstance(error, _DecodeError):
-        return "decode", error.line, f"cannot decode: {error}"
-    line = getattr(error, "lineno", None) or 1
-    return "syntax", line, f"cannot parse: {getattr(error, 'msg', None) or error}"
+    with ProcessPoolExecutor(workers) as pool:
+        results = pool.map(partial(mine_file, rules=rules), files, chunksize=16)
+        yield from progress(results, len(files), "mining files")
 
 
 # ----------------------------------------------------------------------------------------- mining
@@ -322,12 +119,15 @@ def mine_python(
     min_code_lines: int = 3,
     max_files: int | None = None,
     on_error: OnError = "skip",
+    workers: int | None = None,
 ) -> tuple[list[dict[str, Any]], MineStats]:
     """Mine CodeSearchNet-format records from Python source trees (rules in the module docs).
 
     ``sources``: root folders (or single ``.py`` files). ``max_files`` caps the number of files
     parsed (the first ones in sorted order). With ``on_error="raise"`` a file that cannot be
     decoded or parsed raises ``DataError`` (``file:line: what``) instead of being counted.
+    ``workers`` processes parse the files (default: one per CPU; 1: in this process); the records and
+    counts do not depend on it: duplicates are dropped here, in file order.
     Returns the records (file order, then source order) and the counts.
     """
     if split_by not in ("repo", "file"):
@@ -346,33 +146,36 @@ def mine_python(
         raise ValueError("no sources given")
 
     stats = MineStats()
-    miner = _FileMiner(stats, set(), min_docstring_tokens, min_code_lines)
-    records: list[dict[str, Any]] = []
+    todo: list[SourceFile] = []
     for file in find_python_files(roots):
         stats.files_seen += 1
         if is_test_file(file.rel):
             stats.files_test += 1
-            continue
-        if max_files is not None and stats.files_parsed + sum(stats.files_failed.values()) >= max_files:
-            continue
-        try:
-            source = _read_source(file.path)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # invalid escape sequences and the like
-                tree = ast.parse(source, filename=str(file.path))
-        except (OSError, UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError) as e:
-            reason, line, what = _failure(e)
-            error = DataError(file.path, line, what)
+        elif max_files is None or len(todo) < max_files:
+            todo.append(file)
+    records: list[dict[str, Any]] = []
+    seen_code: set[str] = set()
+    rules = (min_docstring_tokens, min_code_lines)
+    for file, outcome in zip(todo, _mine_all(todo, rules, workers)):
+        if isinstance(outcome, tuple):  # (reason, line, what): the file could not be read or parsed
+            error = DataError(file.path, outcome[1], outcome[2])
             if on_error == "raise":
-                raise error from e
-            stats.files_failed[reason] = stats.files_failed.get(reason, 0) + 1
+                raise error
+            stats.files_failed[outcome[0]] = stats.files_failed.get(outcome[0], 0) + 1
             if len(stats.first_errors) < MAX_FIRST_ERRORS:
                 stats.first_errors.append(str(error))
             continue
         stats.files_parsed += 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            records += miner.mine(file, source, tree)
+        stats.functions_seen += outcome.functions_seen
+        for reason, n in outcome.dropped.items():
+            stats.dropped[reason] += n
+        for record in outcome.records:
+            key = " ".join(record["code"].split())
+            if key in seen_code:
+                stats.dropped["duplicate"] += 1
+                continue
+            seen_code.add(key)
+            records.append(record)
 
     key_name = "repo" if split_by == "repo" else "path"
     sizes: dict[str, int] = {}

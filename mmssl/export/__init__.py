@@ -5,3 +5,15 @@ embedding (``mmssl export --format onnx``); ``mmssl.export.onnx_encoder`` runs s
 onnxruntime and the ``tokenizers`` library alone (no torch), and is what ``mmssl index build|search``
 and the app use when their model is an export (``load_encoder``).
 """
+
+
+def load_text_model(model_dir, what: str):
+    """The mmssl model at ``model_dir`` in eval mode, refused (naming the tower) unless every tower
+    is a transformers text/code tower: what ``what`` (an export format) takes."""
+    from mmssl.models import DualEncoder, TextTower
+
+    model = DualEncoder.from_pretrained(model_dir).eval()
+    for modality, tower in model.towers.items():
+        if not isinstance(tower, TextTower):
+            raise ValueError(f"{model_dir}: tower {modality!r} is a {type(tower).__name__}; {what} takes text towers")
+    return model

@@ -15,8 +15,12 @@ class ExportConfig:
 
     model: str = field(metadata={"help": "the mmssl model directory to export"})
     out: str = field(metadata={"help": "the directory to write (replaced atomically with --overwrite)"})
-    format: Literal["onnx"] = field(
-        default="onnx", metadata={"help": "onnx: one graph per tower, token ids -> normalized embedding"}
+    format: Literal["onnx", "sentence-transformers"] = field(
+        default="onnx",
+        metadata={
+            "help": "onnx: one graph per tower, token ids -> normalized embedding; sentence-transformers: "
+            "a directory SentenceTransformer(OUT) loads (two towers: encode_query / encode_document)"
+        },
     )
     quantize: Literal["none", "int8"] = field(
         default="none", metadata={"help": "onnx: int8: dynamic int8 quantization of the weights"}
@@ -31,10 +35,23 @@ def main(config: ExportConfig) -> int:
         raise ValueError(f"--out {out}: already exists; pass --overwrite to replace it")
     if out.resolve() == Path(config.model).resolve():
         raise ValueError(f"--out {out}: is the model directory itself")
-    from mmssl.export.onnx import export_onnx
+    from mmssl.export.onnx import SAMPLE_TEXTS, export_onnx
 
+    if config.format == "sentence-transformers":
+        if config.quantize != "none":
+            raise ValueError("--quantize: only with --format onnx")
+        from mmssl.export.sentence_transformers import export_sentence_transformers
+
+        parity = export_sentence_transformers(config.model, out, SAMPLE_TEXTS)
+        print(f"{out}: sentence-transformers export of {config.model}; against mmssl {said(parity)}")
+        return 0
     exported = export_onnx(config.model, out, quantize=None if config.quantize == "none" else config.quantize)
-    parity = "; ".join(f"{m}: max |diff| {p['max_abs_diff']:.1e}, min cosine {p['min_cosine']:.4f}"
-                       for m, p in exported.parity.items())  # fmt: skip
-    print(f"{out}: ONNX export of {config.model} ({config.quantize} weights); against PyTorch {parity}")
+    print(f"{out}: ONNX export of {config.model} ({config.quantize} weights); against PyTorch {said(exported.parity)}")
     return 0
+
+
+def said(parity: dict) -> str:
+    """Parity per modality, as one line."""
+    return "; ".join(
+        f"{m}: max |diff| {p['max_abs_diff']:.1e}, min cosine {p['min_cosine']:.4f}" for m, p in parity.items()
+    )

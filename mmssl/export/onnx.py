@@ -53,16 +53,12 @@ def export_onnx(
     model_dir: str | Path, out: str | Path, quantize: str | None = None, sample_texts=SAMPLE_TEXTS
 ) -> OnnxEncoderConfig:
     """Write ``out`` (atomically) from the mmssl model directory ``model_dir``; returns its config."""
+    from mmssl.export import load_text_model
     from mmssl.io import model_fingerprint
-    from mmssl.models import DualEncoder, TextTower
 
     if quantize not in (None, "int8"):
         raise ValueError(f"--quantize {quantize!r}: choose int8 (or leave it out)")
-    model = DualEncoder.from_pretrained(model_dir).eval()
-    kinds = {m: type(t).__name__ for m, t in model.towers.items() if not isinstance(t, TextTower)}
-    if kinds:
-        m, kind = next(iter(kinds.items()))
-        raise ValueError(f"{model_dir}: tower {m!r} is a {kind}; --format onnx exports transformers text/code towers")
+    model = load_text_model(model_dir, "--format onnx")
     graphs: dict[int, str] = {}  # a shared tower is one graph
     towers = {}
     with atomic_dir(out) as tmp:

@@ -125,16 +125,16 @@ class OnnxEncoder:
         if threads:
             options.intra_op_num_threads = threads
         self._sessions, self._tokenizers = {}, {}
-        for spec in config.towers.values():
+        for modality, spec in config.towers.items():
             if spec.graph not in self._sessions:
                 self._sessions[spec.graph] = ort.InferenceSession(
                     str(path / spec.graph), options, providers=["CPUExecutionProvider"]
                 )
-            if spec.tokenizer not in self._tokenizers:
-                tokenizer = Tokenizer.from_file(str(path / spec.tokenizer))
-                tokenizer.no_padding()
-                tokenizer.no_truncation()
-                self._tokenizers[spec.tokenizer] = tokenizer
+            # one per modality, its truncation set once: searches on several threads never change it
+            tokenizer = Tokenizer.from_file(str(path / spec.tokenizer))
+            tokenizer.no_padding()
+            tokenizer.enable_truncation(spec.max_length)
+            self._tokenizers[modality] = tokenizer
 
     @classmethod
     def from_dir(cls, path: str | Path, threads: int | None = None) -> OnnxEncoder:
@@ -153,9 +153,7 @@ class OnnxEncoder:
         """Texts -> {"input_ids", "attention_mask"} (B, T) int64, right-padded to the longest, truncated
         at the tower's max length (special tokens included), as the tower's ``TextPrep`` makes them."""
         spec = self.config.towers[modality]
-        tokenizer = self._tokenizers[spec.tokenizer]
-        tokenizer.enable_truncation(spec.max_length)
-        encodings = tokenizer.encode_batch(clip_chars(texts, spec.max_length))
+        encodings = self._tokenizers[modality].encode_batch(clip_chars(texts, spec.max_length))
         width = max((len(e.ids) for e in encodings), default=0)
         ids = np.full((len(encodings), width), spec.pad_id, dtype=np.int64)
         mask = np.zeros((len(encodings), width), dtype=np.int64)

@@ -4,6 +4,7 @@ to BM25 over code tokens and a sentence-embedding baseline, on one seeded sample
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from mmssl.evaluate import MRRResult, codesearchnet_mrr, recall_at_k_from_scores_fn
 from mmssl.recipes.base import KS, timed
@@ -27,13 +28,15 @@ def score_bm25(pairs, chunk_size: int = 1000, seed: int = 0) -> dict:
     return score_row(mrr, recall_at_k_from_scores_fn(scores_fn, len(pairs), KS), len(pairs))
 
 
-def sentence_encoder(path: str, device):
-    """A sentence-embedding model directory as a shared-tower dual encoder (identity projection)."""
+def sentence_encoder(path: str, device, max_code_length: int = 256):
+    """A sentence-embedding model directory as a shared-tower dual encoder (identity projection);
+    texts truncated at 256 tokens, codes at ``max_code_length``."""
     from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
     from mmssl.models.text import hidden_size, resolve_init, sentence_pooling
 
     tower = TowerConfig(init=path, pooling=sentence_pooling(resolve_init(path)), max_length=256)
-    config = DualEncoderConfig(towers={"text": tower, "code": tower}, shared=True, embed_dim=hidden_size(path))
+    towers = {"text": tower, "code": replace(tower, max_length=max_code_length)}
+    config = DualEncoderConfig(towers=towers, shared=True, embed_dim=hidden_size(path))
     return DualEncoder.build(config).to(device)
 
 

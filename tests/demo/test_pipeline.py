@@ -143,3 +143,30 @@ def test_a_capped_index_without_held_out_items_chooses_its_mode_on_the_next_part
         assert chosen["chosen_on"].startswith(f"its {expected} items: docstring -> the item")
         assert ("dense is favoured" in chosen["chosen_on"]) == (expected == "train")
         assert chosen["queries"] > 0 and chosen["mode"] in ("dense", "lexical", "hybrid")
+
+
+def test_the_demo_embeds_through_an_int8_export_of_its_model_kept_while_the_model_is_the_same(
+    tiny_model, tmp_path, monkeypatch
+):
+    pytest.importorskip("onnxruntime")
+    import json
+    import shutil
+
+    from demo import default
+    from mmssl.export.onnx_encoder import OnnxEncoderConfig
+    from mmssl.io import model_fingerprint
+
+    monkeypatch.setitem(default.EXPORTED, "scratch", True)
+    model = shutil.copytree(tiny_model, tmp_path / "scratch" / "model")
+    assert default.encoder_path(tmp_path, "scratch", model, "torch") == model
+    first = default.encoder_path(tmp_path, "scratch", model, "onnx-int8")
+    config = OnnxEncoderConfig.load(first)
+    assert first == tmp_path / "scratch" / "model-onnx-int8" and config.quantize == "int8"
+    assert config.source_sha256 == model_fingerprint(model)
+    stamp = (first / "code.onnx").stat().st_mtime_ns
+    assert default.encoder_path(tmp_path, "scratch", model, "onnx-int8") == first  # reused
+    assert (first / "code.onnx").stat().st_mtime_ns == stamp
+    config_file = model / "dual_encoder.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()), indent=1))  # another fingerprint
+    default.encoder_path(tmp_path, "scratch", model, "onnx-int8")
+    assert OnnxEncoderConfig.load(first).source_sha256 == model_fingerprint(model) != config.source_sha256

@@ -1,0 +1,255 @@
+"""One Python file mined: its functions that pass the rules of ``mmssl.data.mine`` as records.
+
+``mine_file(file, (min_docstring_tokens, min_code_lines))`` reads and parses one file and returns
+its records (every rule but ``duplicate``, which depends on the files before it and is applied by
+the caller in file order) with its counts, or ``(reason, line, what)`` when the file cannot be read,
+decoded or parsed. It is a plain function of its arguments, so worker processes can run it.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import io
+import re
+import tokenize
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmssl.data.sources import SourceFile
+
+DROP_REASONS: tuple[str, ...] = (
+    "test",
+    "dunder",
+    "no_docstring",
+    "short_docstring",
+    "short_code",
+    "bad_code",
+    "duplicate",
+)
+_SKIPPED_TOKENS = frozenset(
+    {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+)
+_WORD_RE = re.compile(r"\w+|[^\w\s]")
+_PARAGRAPH_RE = re.compile(r"\n\s*\n")
+# Line ends as ``ast`` counts them: \r\n, \r or \n (not the form feed and others str.splitlines takes).
+_LINE_RE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def docstring_tokens(text: str) -> list[str]:
+    """Words and punctuation marks, as CodeSearchNet splits docstrings: ``\\w+|[^\\w\\s]``."""
+    return _WORD_RE.findall(text)
+
+
+def first_paragraph(docstring: str) -> str:
+    """The cleaned docstring up to its first blank line."""
+    return _PARAGRAPH_RE.split(inspect.cleandoc(docstring).strip(), maxsplit=1)[0].strip()
+
+
+def _char_col(line: str, byte_col: int) -> int:
+    """``ast`` column offsets count UTF-8 bytes; turn one into a ``str`` index into ``line``."""
+    return byte_col if line.isascii() else len(line.encode("utf-8")[:byte_col].decode("utf-8", "replace"))
+
+
+def _slice(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> str:
+    """Text from (line, col) ``start`` to ``end``, 1-based lines, ``str`` columns."""
+    (la, ca), (lb, cb) = start, end
+    if la == lb:
+        return lines[la - 1][ca:cb]
+    return lines[la - 1][ca:] + "".join(lines[la : lb - 1]) + lines[lb - 1][:cb]
+
+
+def _statements(node: ast.AST) -> Iterator[ast.stmt]:
+    """The statements directly inside ``node`` (bodies, else/finally, except and case blocks)."""
+    for name in ("body", "orelse", "finalbody"):
+        yield from getattr(node, name, ())
+    for block in getattr(node, "handlers", ()):
+        yield from block.body
+    for block in getattr(node, "cases", ()):
+        yield from block.body
+
+
+def _functions(
+    node: ast.AST, scope: tuple[str, ...] = (), in_test: bool = False
+) -> Iterator[tuple[ast.FunctionDef | ast.AsyncFunctionDef, tuple[str, ...], bool]]:
+    """Every function below ``node`` in source order (parents before the functions they hold)."""
+    for stmt in _statements(node):
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield stmt, scope, in_test
+            yield from _functions(stmt, (*scope, stmt.name), in_test or stmt.name.startswith("test"))
+        elif isinstance(stmt, ast.ClassDef):
+            yield from _functions(stmt, (*scope, stmt.name), in_test)
+        else:
+            yield from _functions(stmt, scope, in_test)
+
+
+def _code_and_tokens(code: str, indent: str) -> tuple[str, list[str], int]:
+    """Dedent ``code`` (its lines after the first carry ``indent``); return it, its tokens, its lines.
+
+    Tokenizing before dedenting is fine (the body is uniformly deeper than the ``def`` line) and
+    tells which lines start inside a multi-line string: those are left as they are.
+    """
+    tokens: list[str] = []
+    code_rows: set[int] = set()
+    string_rows: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+        if tok.type in _SKIPPED_TOKENS:
+            continue
+        tokens.append(tok.string)
+        (r0, _), (r1, _) = tok.start, tok.end
+        code_rows.add(r0)
+        if r1 > r0:
+            code_rows.update(range(r0 + 1, r1 + 1))
+            string_rows.update(range(r0 + 1, r1 + 1))
+    if indent:
+        lines = code.split("\n")
+        for i in range(1, len(lines)):
+            line = lines[i]
+            if i + 1 in string_rows:
+                continue
+            if line.startswith(indent):
+                lines[i] = line[len(indent) :]
+            elif not line.strip():
+                lines[i] = line.lstrip(" \t\f")
+        code = "\n".join(lines)
+    return code, tokens, len(code_rows)
+
+
+@dataclass
+class FileResult:
+    """One parsed file's records (before the duplicate rule) and its counts."""
+
+    records: list[dict[str, Any]]
+    functions_seen: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+
+
+class _FileMiner:
+    """Turns the functions of one parsed file into records; counts go to ``result``."""
+
+    def __init__(self, min_docstring_tokens: int, min_code_lines: int) -> None:
+        self.result = FileResult([])
+        self.min_docstring_tokens = min_docstring_tokens
+        self.min_code_lines = min_code_lines
+
+    def drop(self, reason: str) -> None:
+        self.result.dropped[reason] += 1
+
+    def mine(self, file: SourceFile, source: str, tree: ast.Module) -> list[dict[str, Any]]:
+        """The file's records that pass every rule but ``duplicate`` (decided in file order by the caller)."""
+        lines = _LINE_RE.findall(source)
+        records = []
+        for node, scope, in_test in _functions(tree):
+            self.result.functions_seen += 1
+            record = self.function_record(file, lines, node, scope, in_test)
+            if record is not None:
+                records.append(record)
+        return records
+
+    def function_record(
+        self,
+        file: SourceFile,
+        lines: list[str],
+        node: ast.FunctionDef | ast.AsyncFunctionDef,
+        scope: tuple[str, ...],
+        in_test: bool,
+    ) -> dict[str, Any] | None:
+        name = node.name
+        if in_test or name.startswith("test"):
+            return self.drop("test")
+        if len(name) > 4 and name.startswith("__") and name.endswith("__"):
+            return self.drop("dunder")
+        doc = ast.get_docstring(node, clean=False)
+        if doc is None:
+            return self.drop("no_docstring")
+        summary = first_paragraph(doc)
+        summary_tokens = docstring_tokens(summary)
+        if len(summary_tokens) < self.min_docstring_tokens:
+            return self.drop("short_docstring")
+        if len(node.body) == 1:  # nothing but the docstring
+            return self.drop("short_code")
+
+        assert node.end_lineno is not None and node.end_col_offset is not None
+        first, last = node.lineno, node.end_lineno
+        def_col = _char_col(lines[first - 1], node.col_offset)
+        start, end = (first, def_col), (last, _char_col(lines[last - 1], node.end_col_offset))
+        original = _slice(lines, start, end)
+
+        doc_stmt, after = node.body[0], node.body[1]
+        assert doc_stmt.end_lineno is not None and doc_stmt.end_col_offset is not None
+        doc_first, doc_last = doc_stmt.lineno, doc_stmt.end_lineno
+        doc_col = _char_col(lines[doc_first - 1], doc_stmt.col_offset)
+        if after.lineno == doc_last:  # `"""Doc."""; statement` on one line: cut up to the statement
+            cut_start, cut_end = (doc_first, doc_col), (doc_last, _char_col(lines[doc_last - 1], after.col_offset))
+        else:  # cut the rest of the line; the whole line when the docstring starts it
+            own_line = doc_first != first and not lines[doc_first - 1][:doc_col].strip()
+            cut_start, cut_end = (doc_first, 0 if own_line else doc_col), (doc_last + 1, 0)
+        raw_code = _slice(lines, start, cut_start) + _slice(lines, cut_end, end)
+        try:
+            code, code_tokens, n_lines = _code_and_tokens(raw_code, lines[first - 1][:def_col])
+            ast.parse(code)
+        except (tokenize.TokenError, SyntaxError, ValueError, RecursionError):
+            return self.drop("bad_code")
+        if n_lines < self.min_code_lines:
+            return self.drop("short_code")
+        return {
+            "repo": file.repo,
+            "path": file.rel,
+            "func_name": ".".join((*scope, name)),
+            "original_string": original,
+            "language": "python",
+            "code": code,
+            "code_tokens": code_tokens,
+            "docstring": summary,
+            "docstring_tokens": summary_tokens,
+            "url": f"{file.path.as_uri()}#L{first}-L{last}",
+            "partition": "",
+        }
+
+
+class _DecodeError(ValueError):
+    def __init__(self, line: int, what: str) -> None:
+        super().__init__(what)
+        self.line = line
+
+
+def _read_source(path: Path) -> str:
+    """Decode a file as Python does (PEP 263 coding cookie, BOM, UTF-8 by default)."""
+    raw = path.read_bytes()
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+        return raw.decode(encoding)
+    except SyntaxError as e:  # a bad coding cookie
+        raise _DecodeError(1, str(e)) from e
+    except (UnicodeDecodeError, LookupError) as e:
+        start = getattr(e, "start", 0)
+        raise _DecodeError(raw[:start].count(b"\n") + 1, str(e)) from e
+
+
+def _failure(error: BaseException) -> tuple[str, int, str]:
+    """(reason, line, message) for a file that could not be mined."""
+    if isinstance(error, OSError):
+        return "read", 1, f"cannot read: {error}"
+    if isinstance(error, _DecodeError):
+        return "decode", error.line, f"cannot decode: {error}"
+    line = getattr(error, "lineno", None) or 1
+    return "syntax", line, f"cannot parse: {getattr(error, 'msg', None) or error}"
+
+
+def mine_file(file: SourceFile, rules: tuple[int, int]) -> FileResult | tuple[str, int, str]:
+    """One file's result, or (reason, line, what) when it cannot be read or parsed."""
+    try:
+        source = _read_source(file.path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # invalid escape sequences and the like
+            tree = ast.parse(source, filename=str(file.path))
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        return _failure(e)
+    miner = _FileMiner(*rules)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        miner.result.records = miner.mine(file, source, tree)
+    return miner.result
