@@ -57,6 +57,15 @@ QUEUE_SIZE = 64
 CONCURRENCY = 2  # searches in flight at once; each already uses every core (torch, FAISS)
 
 
+def model_line(path: str | None) -> str:
+    """The index's model as the about panel names it: its folder, and what an ONNX export is."""
+    from mmssl.export.onnx_encoder import describe, is_onnx_export
+
+    if not path:
+        return "?"
+    return f"`{Path(path).name}`" + (f", {describe(path)}" if is_onnx_export(path) else "")
+
+
 def about(item: LoadedIndex) -> str:
     m = item.index.manifest
     params = ", ".join(f"{k}={v}" for k, v in m.search_params.items()) or "none (exact)"
@@ -72,7 +81,7 @@ def about(item: LoadedIndex) -> str:
         listed = licences.items() if isinstance(licences, dict) else [("", licences)]
         lines.append("- licences: " + "; ".join(f"{k}: {v}" if k else str(v) for k, v in listed))
     lines += [
-        f"- model: `{Path(m.model_path).name if m.model_path else '?'}` (sha256 {(m.model_sha256 or '?')[:12]}…)",
+        f"- model: {model_line(m.model_path)} (sha256 {(m.model_sha256 or '?')[:12]}…)",
         f"- index: `{m.factory}` ({m.index_type}), {m.dim}-d inner product, search parameters {params}"
         + (f", tuned recall@10 {recall:.3f}" if recall is not None and m.search_params else ""),
         f"- lexical side (BM25): {'yes' if m.lexical else 'no'}; built {m.created[:19].replace('T', ' ')}",

@@ -73,6 +73,16 @@ def _token_lists(seqs, what: str) -> None:
         raise TypeError(f"{what} must be a sequence of token lists, not strings")
 
 
+def _bm25s():
+    """The bm25s module, its logger quieted: it sets itself to DEBUG on import and logs each build."""
+    import logging
+
+    import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s
+
+
 class BM25Index:
     """A BM25 index over tokenized documents: a ``bm25s.BM25`` (Lucene variant) and its scoring.
 
@@ -90,8 +100,7 @@ class BM25Index:
         cls, documents: Sequence[Sequence[str]], *, k1: float = K1, b: float = B, dtype: str = "float64"
     ) -> BM25Index:
         """Index tokenized documents (e.g. ``[code_search_tokens(c) for c in codes]``)."""
-        import bm25s
-
+        bm25s = _bm25s()
         _token_lists(documents, "documents")
         if len(documents) == 0:
             raise ValueError("need at least one document")
@@ -107,9 +116,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, path: str | Path) -> BM25Index:
-        import bm25s
-
-        return cls(bm25s.BM25.load(str(path), mmap=False, show_progress=False, verbosity=0))
+        return cls(_bm25s().BM25.load(str(path), mmap=False, show_progress=False, verbosity=0))
 
     def __len__(self) -> int:
         return int(self.bm25.scores["num_docs"])

@@ -62,7 +62,6 @@ def setup_logging(level: str = "INFO", log_file: str | None = None) -> None:
         fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(fh)
     root.propagate = False
-    logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG "Building index from tokens" per build
 
 
 def error_line(e: BaseException) -> str:

@@ -190,8 +190,9 @@ class OnnxEncoder:
 def describe(path: str | Path) -> str:
     """One line on an export (for logs and the app's about panel)."""
     config = OnnxEncoderConfig.load(path)
-    kind = "ONNX, int8 weights" if config.quantize == "int8" else "ONNX"
-    return f"{Path(path).name} ({kind}, {config.embed_dim} dims; source {config.source_sha256[:12]})"
+    kind = "an int8 ONNX export" if config.quantize == "int8" else "an ONNX export"
+    lengths = ", ".join(f"{m} {t.max_length}" for m, t in config.towers.items())
+    return f"{kind} ({config.embed_dim} dims; tokens: {lengths}) of the model {config.source_sha256[:12]}…"
 
 
 def write_config(path: Path, config: OnnxEncoderConfig) -> None:

@@ -162,6 +162,12 @@ def test_the_demo_embeds_through_an_int8_export_of_its_model_kept_while_the_mode
     first = default.encoder_path(tmp_path, "scratch", model, "onnx-int8")
     config = OnnxEncoderConfig.load(first)
     assert first == tmp_path / "scratch" / "model-onnx-int8" and config.quantize == "int8"
+    from demo.app import model_line
+
+    assert model_line(str(first)) == (
+        f"`model-onnx-int8`, an int8 ONNX export (16 dims; tokens: text 64, code 256) of the model "
+        f"{model_fingerprint(model)[:12]}…"
+    )
     assert config.source_sha256 == model_fingerprint(model)
     stamp = (first / "code.onnx").stat().st_mtime_ns
     assert default.encoder_path(tmp_path, "scratch", model, "onnx-int8") == first  # reused
