@@ -30,12 +30,15 @@ class ExportConfig:
 
 def main(config: ExportConfig) -> int:
     setup_logging()
+    from mmssl.export.onnx import SAMPLE_TEXTS, export_onnx
+    from mmssl.export.onnx_encoder import CONFIG_NAME
+    from mmssl.io import check_output
+
     out = Path(config.out)
-    if out.exists() and not config.overwrite:
-        raise ValueError(f"--out {out}: already exists; pass --overwrite to replace it")
     if out.resolve() == Path(config.model).resolve():
         raise ValueError(f"--out {out}: is the model directory itself")
-    from mmssl.export.onnx import SAMPLE_TEXTS, export_onnx
+    # --overwrite replaces an export (ONNX, or sentence-transformers' modules.json), never another folder
+    check_output(out, config.overwrite, "an export", markers=(CONFIG_NAME, "modules.json"))
 
     if config.format == "sentence-transformers":
         if config.quantize != "none":

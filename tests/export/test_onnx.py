@@ -103,7 +103,12 @@ def test_export_refuses_an_existing_out_and_damaged_exports_are_named(tiny_model
     from mmssl.export.onnx_encoder import CONFIG_NAME, OnnxEncoder
 
     assert cli.main(["export", "--model", str(tiny_model), "--out", str(exports[0])]) == 2
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert "already holds an export; pass --overwrite" in capsys.readouterr().err
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's own folder")
+    argv = ["export", "--model", str(tiny_model), "--out", str(tmp_path / "mine"), "--overwrite"]
+    assert cli.main(argv) == 2 and (tmp_path / "mine" / "notes.txt").is_file()
+    assert "does not hold an export" in capsys.readouterr().err
     broken = tmp_path / "broken"
     broken.mkdir()
     config = json.loads((exports[0] / CONFIG_NAME).read_text())
