@@ -100,7 +100,12 @@ COMMANDS: dict[str, Command] = {
     "index info": Command(
         "indexing.commands", "IndexInfoConfig", "what an index holds, files checked", entry="info_main"
     ),
-    "export": Command("mmssl.export.commands", "ExportConfig", "write a model for other tools (ONNX, int8)"),
+    "export": Command(
+        "mmssl.export.commands", "ExportConfig", "write a model for other tools (ONNX, int8, sentence-transformers)"
+    ),
+    "push": Command(
+        "mmssl.export.commands", "PushConfig", "upload a model or export to the Hugging Face hub", entry="push"
+    ),
     "demo": Command("demo.commands", "DemoConfig", "the Gradio cross-modal search app over index directories"),
     "demo default": Command(
         "demo.commands",

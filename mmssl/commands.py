@@ -7,7 +7,9 @@ and ``env`` (``EnvConfig``: what this machine offers). Each package's own comman
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mmssl.console import setup_logging
 from mmssl.recipes.config import TrainConfig
@@ -22,7 +24,15 @@ def train(config: TrainConfig) -> int:
     if not config.data.train:
         raise ValueError("--train is required (see --help for the layouts each --task reads)")
     recipe = get_recipe(config.data.task)
-    run_training(config.engine, lambda device: recipe.build_task(config, device), run_config=config.flat())
+    run = config.flat()
+    summary = run_training(config.engine, lambda device: recipe.build_task(config, device), run_config=run)
+    if os.environ.get("RANK", "0") == "0":  # one process writes the cards (torchrun's rank 0)
+        from mmssl.models.card import write_model_card
+
+        for saved in ("final", "best"):
+            model_dir = Path(config.engine.out) / saved
+            if (model_dir / "dual_encoder.json").is_file():
+                write_model_card(model_dir, run, summary, recipe.metric)
     return 0
 
 

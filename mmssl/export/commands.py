@@ -58,3 +58,30 @@ def said(parity: dict) -> str:
     return "; ".join(
         f"{m}: max |diff| {p['max_abs_diff']:.1e}, min cosine {p['min_cosine']:.4f}" for m, p in parity.items()
     )
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Upload a model directory (or an export) to the Hugging Face hub (huggingface_hub's upload_folder)."""
+
+    model: str = field(
+        metadata={"help": "the directory to upload: an mmssl model (with its README.md card) or an export"}
+    )
+    repo: str = field(metadata={"help": "the hub repository, namespace/name (created if missing)"})
+    private: bool = field(default=False, metadata={"help": "create the repository private"})
+    dry_run: bool = field(default=False, metadata={"help": "list what would be uploaded, and upload nothing"})
+
+
+def push(config: PushConfig) -> int:
+    from mmssl.export.push import files_to_push, push_folder
+
+    files = files_to_push(config.model, config.repo)
+    if config.dry_run:
+        total = sum(size for _, size in files)
+        print(f"would upload {len(files)} files ({total:,} bytes) of {config.model} to {config.repo}:")
+        for rel, size in files:
+            print(f"  {rel}  {size:,}")
+        return 0
+    url = push_folder(config.model, config.repo, private=config.private)
+    print(f"uploaded {len(files)} files of {config.model} to {url}")
+    return 0
