@@ -7,11 +7,10 @@ and ``env`` (``EnvConfig``: what this machine offers). Each package's own comman
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmssl.console import setup_logging
+from mmssl.console import launched_as_rank_zero, setup_logging
 from mmssl.recipes.config import TrainConfig
 
 __all__ = ["EnvConfig", "EvalConfig", "TrainConfig", "env", "evaluate", "train"]
@@ -26,7 +25,7 @@ def train(config: TrainConfig) -> int:
     recipe = get_recipe(config.data.task)
     run = config.flat()
     summary = run_training(config.engine, lambda device: recipe.build_task(config, device), run_config=run)
-    if os.environ.get("RANK", "0") == "0":  # one process writes the cards (torchrun's rank 0)
+    if launched_as_rank_zero():  # one process writes the cards (the process group is gone by now)
         from mmssl.models.card import write_model_card
 
         for saved in ("final", "best"):

@@ -28,6 +28,12 @@ def main_process() -> bool:
         from mmssl.distributed import is_main_process
 
         return is_main_process()
+    return launched_as_rank_zero()
+
+
+def launched_as_rank_zero() -> bool:
+    """Whether torchrun started this process as rank 0 (``RANK``; alone: yes), whatever the state of
+    torch's process group (also after it is destroyed)."""
     return os.environ.get("RANK", "0") == "0"
 
 

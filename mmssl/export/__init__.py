@@ -17,3 +17,13 @@ def load_text_model(model_dir, what: str):
         if not isinstance(tower, TextTower):
             raise ValueError(f"{model_dir}: tower {modality!r} is a {type(tower).__name__}; {what} takes text towers")
     return model
+
+
+def agreement(got, want) -> dict:
+    """How an export's (N, D) normalized embeddings agree with mmssl's on the same texts:
+    {"max_abs_diff", "min_cosine"}, what every export records and is checked by."""
+    import numpy as np
+
+    got, want = np.asarray(got), np.asarray(want)
+    diff, cosine = float(np.abs(got - want).max()), float((got * want).sum(1).min())
+    return {"max_abs_diff": round(diff, 7), "min_cosine": round(cosine, 6)}

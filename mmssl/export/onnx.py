@@ -16,7 +16,6 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -90,8 +89,7 @@ def export_onnx(
             source_sha256=model_fingerprint(model_dir),
             quantize=quantize,
         )
-        write_config(tmp, config)
-        config = replace(config, parity=check_parity(model, OnnxEncoder.from_dir(tmp), list(sample_texts), quantize))
+        config = replace(config, parity=check_parity(model, OnnxEncoder(tmp, config), list(sample_texts), quantize))
         write_config(tmp, config)
     log.info("wrote %s: %s", out, ", ".join(f"{m} {p}" for m, p in config.parity.items()))
     return config
@@ -140,13 +138,12 @@ def quantize_int8(path: Path) -> None:
 
 def check_parity(model, encoder: OnnxEncoder, texts: list[str], quantize: str | None) -> dict:
     """Per modality: max |onnx - torch| and the least cosine on ``texts``; raises past the tolerance."""
+    from mmssl.export import agreement
+
     out = {}
     for modality in model.config.modalities:
-        want = model.embed(modality, texts).numpy()
-        got = encoder.embed(modality, texts)
-        diff = float(np.abs(got - want).max())
-        cosine = float((got * want).sum(1).min())
-        out[modality] = {"max_abs_diff": round(diff, 7), "min_cosine": round(cosine, 6)}
+        out[modality] = agreement(encoder.embed(modality, texts), model.embed(modality, texts))
+        diff, cosine = out[modality]["max_abs_diff"], out[modality]["min_cosine"]
         if quantize is None and diff > PARITY_TOLERANCE:
             raise ValueError(f"ONNX export of the {modality} tower differs from PyTorch by {diff:.2e}")
         if quantize == "int8" and cosine < INT8_MIN_COSINE:
