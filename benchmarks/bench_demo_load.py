@@ -87,7 +87,7 @@ def main() -> None:
                 _, q = todo.pop()
             t = time.perf_counter()
             try:
-                hits = client.predict(q, index_dir.name, args.k, args.mode, api_name="/text_to_code")
+                hits = client.predict(q, index_dir.name, args.k, args.mode, api_name="/text_to_code")["hits"]
                 ok = isinstance(hits, list) and len(hits) == args.k
                 err = None if ok else f"{len(hits) if isinstance(hits, list) else hits!r} hits"
             except Exception as e:  # counted, not raised: the figure is how many fail

@@ -227,7 +227,7 @@ def ask(client, q: Query) -> tuple[bool, str]:
         return r.status_code == 413, f"HTTP {r.status_code}: {r.text[:200]}"
     value = handle_file(str(q.value)) if q.target.query_kind == "image" else q.value
     try:
-        hits = client.predict(value, q.target.name, K, q.mode, api_name=q.target.api_name)
+        hits = client.predict(value, q.target.name, K, q.mode, api_name=q.target.api_name)["hits"]
     except AppError as e:
         message = str(e)
         if q.refusal is not None and re.search(q.refusal, message) and "Traceback" not in message:

@@ -8,20 +8,26 @@ code→text, text→image, image→text). A tab has an index picker (when more t
 it), the query input (a text box, a code box, or an image to upload or pick from the examples), a
 ``k`` slider, the search mode (dense, and lexical / hybrid when the index has a BM25 side and the
 query is text; it starts on the index's own default, chosen on validation queries), example
-queries taken from the index itself, and an "about this index" panel from its manifest (what the
-collection holds, its licences, the model, how the default mode was chosen). A tab whose model
-stopped before its steps says so above the query. Results show rank, score and payload: code in
-``gr.Code`` with syntax highlighting and where it comes from (repository, path, function, url);
-images in a gallery captioned with their names and scores; captions found by image beside the
-thumbnail of the image they belong to.
+queries taken from the index itself, a filter by where the items come from (standard library,
+installed packages, one package: ``demo.search.filters_of``) and an "about this index" panel from
+its manifest (what the collection holds and how much of it is searchable, its licences, the model,
+how the default mode was chosen). A tab whose model stopped before its steps says so above the
+query. Enter searches. Results (``demo.results``) say how many, how long the search took, and when
+the best score is weak for the index (calibrated on its validation queries, ``indexing.modes``);
+code results show the function's name, the first line of its docstring, its code numbered as in
+its file and folded after a few lines, a link to the source where one is known, and the query's
+words marked; images come as a grid captioned with their names and scores; captions found by
+image come beside the thumbnail of the image they belong to. "more results" asks for more.
 
 Every search is a named API endpoint (``/text_to_code``, ``/code_to_text``, ``/text_to_image``,
-``/image_to_text``) returning the hits as JSON (rank, id, score, text, payload; the payload's
-``path`` is named ``file_path`` there, see ``api_hit``), callable with ``gradio_client``:
+``/image_to_text``) with parameters ``query``, ``index``, ``k`` (int), ``mode`` and ``within`` (a
+filter, "FIELD=VALUE" from the index's menu; "" for everything), returning {"hits": [rank, id, score,
+text, payload], "took_ms", "note"} (the payload's ``path`` is named ``file_path`` there, see
+``demo.search.api_hit``), callable with ``gradio_client``:
 
     from gradio_client import Client
-    hits = Client("http://127.0.0.1:7860/").predict("read a csv file", "code-index", 5, "dense",
-                                                      api_name="/text_to_code")
+    result = Client("http://127.0.0.1:7860/").predict("read a csv file", "code-index", 5, "dense",
+                                                       "origin=stdlib", api_name="/text_to_code")
 
 Safe defaults: binds 127.0.0.1 unless told otherwise; a bounded queue (``max_size``) and
 concurrency; queries limited in length; query images limited in bytes (Gradio refuses larger
@@ -35,12 +41,26 @@ is read; those images and the uploaded query images live in a folder made for th
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from demo.search import EXAMPLE_FIELD, MAX_K, MAX_QUERY_CHARS, TABS, LoadedIndex, TabSpec, run_search
+from demo.results import css, render_hits, thumbnail
+from demo.search import (
+    EVERYTHING,
+    EXAMPLE_FIELD,
+    FIRST_K,
+    MAX_K,
+    MAX_QUERY_CHARS,
+    MORE_K,
+    TABS,
+    LoadedIndex,
+    TabSpec,
+    run_search,
+)
 from demo.uploads import (
     DELETE_CACHE,
     MAX_UPLOAD_BYTES,
@@ -52,7 +72,6 @@ from mmssl.console import get_logger
 
 log = get_logger("demo")
 
-THUMB = 256  # result and example images are sent at most this many pixels a side
 QUEUE_SIZE = 64
 CONCURRENCY = 2  # searches in flight at once; each already uses every core (torch, FAISS)
 
@@ -70,10 +89,13 @@ def about(item: LoadedIndex) -> str:
     m = item.index.manifest
     params = ", ".join(f"{k}={v}" for k, v in m.search_params.items()) or "none (exact)"
     recall = m.tuning.get("recall")
-    lines = [
-        f"**{item.name}**: {len(item.index):,} {m.modality or 'item'} items, searched with {m.query_modality} queries",
-    ]
     card = m.collection
+    available = card.get("available")
+    of = f" of the collection's {available:,}" if isinstance(available, int) and available > len(item.index) else ""
+    lines = [
+        f"**{item.name}**: {len(item.index):,}{of} {m.modality or 'item'} items searchable, "
+        f"searched with {m.query_modality} queries",
+    ]
     if card.get("holds"):
         lines.append(f"- holds: {card['holds']}" + (f" (`{Path(card['data']).name}`)" if card.get("data") else ""))
     licences = card.get("licences")
@@ -120,58 +142,42 @@ def notice_of(item: LoadedIndex) -> str:
     )
 
 
-def thumbnail(path: str):
-    """The image at ``path`` (an indexed item's), RGB and at most THUMB pixels a side; None if unreadable."""
-    from mmssl.data.image_text import BadImage, open_image
-
-    try:
-        image = open_image(path)
-    except BadImage:
+def natural_query(text: str) -> str | None:
+    """A docstring's first line as a query someone would type ("Return the number of items."
+    → "return the number of items"), or None when it reads like markup or a signature."""
+    line = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not re.fullmatch(r"[A-Z][a-z]+(?: [A-Za-z][a-z'-]*){2,8}\.?", line):
         return None
-    image.thumbnail((THUMB, THUMB))
-    return image
+    return (line[0].lower() + line[1:]).rstrip(".")
 
 
-def example_queries(item: LoadedIndex, n: int = 4) -> list:
+def example_queries(item: LoadedIndex, n: int = 4, candidates: int = 200) -> list:
     """Queries for the examples row: the other side of a few indexed pairs (docstrings of indexed
     code, code of indexed docstrings, captions of indexed images, images of indexed captions),
-    spread over the index."""
+    spread over the index. Text queries for code are docstring lines that read like a query
+    (``natural_query``); text queries that find their own item in the first three (dense) come first."""
     query_field = EXAMPLE_FIELD.get(item.pair)
     count = item.index.manifest.count
-    ids = [int(i * count / n) for i in range(n)]
+    spread = candidates if item.pair[0] == "text" else n
+    ids = sorted({int(i * count / spread) for i in range(spread)})
     rows = item.index.store.get(ids)
-    out = []
-    for i in ids:
-        if i in rows:
-            value = rows[i][1].get(query_field) if query_field else None
-            if item.pair[0] == "image":
-                image = thumbnail(value) if isinstance(value, str) else None
-                if image is not None:
-                    out.append(image)
-            elif isinstance(value, str) and value.strip():
-                out.append(value.strip().splitlines()[0][:200] if item.pair[0] == "text" else value[:2000])
-    return out
-
-
-def _header(hit: dict, result_kind: str) -> str:
-    p = hit["payload"]
-    fields = [p.get(key) for key in ("repo", "file_path", "func_name")]
-    where = " · ".join(f"`{v}`" for v in fields if isinstance(v, str) and v)
-    line = f"**{hit['rank']}.** score {hit['score']:.4f}" + (f" — {where}" if where else "")
-    if isinstance(p.get("url"), str):
-        line += f"  \n<small>{_escape(p['url'])}</small>"
-    return line
-
-
-def shown_name(hit: dict) -> str:
-    """What a result is called on the page: its payload's ``label`` (an emoji's CLDR name, an icon's
-    caption), else its text."""
-    label = hit["payload"].get("label")
-    return label if isinstance(label, str) and label else hit["text"]
-
-
-def _escape(s: str) -> str:
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    values = [(i, rows[i][1].get(query_field) if query_field else None) for i in ids if i in rows]
+    if item.pair[0] == "image":
+        images = [thumbnail(v) for _, v in values if isinstance(v, str)]
+        return [im for im in images if im is not None][:n]
+    if item.pair[0] == "code":
+        return [v[:2000] for _, v in values if isinstance(v, str) and v.strip()][:n]
+    if item.pair[1] == "code":
+        found = [(i, q) for i, v in values if isinstance(v, str) and (q := natural_query(v))]
+    else:  # captions
+        found = [(i, v.strip().splitlines()[0][:200]) for i, v in values if isinstance(v, str) and v.strip()]
+    found = list({q: (i, q) for i, q in found}.values())[: 3 * n]  # distinct queries, a few to try
+    if not found:
+        return [v.strip().splitlines()[0][:200] for _, v in values if isinstance(v, str) and v.strip()][:n]
+    with item.lock:
+        hits = item.index.search([q for _, q in found], k=3)
+    good = [q for (i, q), h in zip(found, hits) if any(x.id == i for x in h)]
+    return (good + [q for _, q in found if q not in good])[:n]
 
 
 def build_app(indexes: dict[str, LoadedIndex]):
@@ -179,6 +185,7 @@ def build_app(indexes: dict[str, LoadedIndex]):
     import gradio as gr
 
     def guarded(fn: Callable) -> Callable:
+        @functools.wraps(fn)  # the API's parameters keep fn's names, types and defaults
         def call(*args):
             try:
                 return fn(*args)
@@ -188,7 +195,6 @@ def build_app(indexes: dict[str, LoadedIndex]):
                 log.exception("search failed")
                 raise gr.Error(f"search failed: {type(e).__name__}: {str(e)[:300]}") from None
 
-        call.__name__ = getattr(fn, "__name__", "search")
         return call
 
     with gr.Blocks(title="mmssl search", delete_cache=DELETE_CACHE) as app:
@@ -205,12 +211,6 @@ def build_app(indexes: dict[str, LoadedIndex]):
 def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None:
     first = served[0]
     notice = gr.Markdown(notice_of(first))
-    with gr.Row():
-        picker = gr.Dropdown(
-            [i.name for i in served], value=first.name, label="index", visible=len(served) > 1, scale=2
-        )
-        k = gr.Slider(1, MAX_K, value=5, step=1, label="results (k)", scale=2)
-        mode = gr.Radio(first.modes, value=first.default_mode, label="mode", scale=2)
     if spec.query_kind == "code":
         query = gr.Code(language="python", label="query (code)", lines=8, interactive=True)
     elif spec.query_kind == "image":
@@ -222,73 +222,78 @@ def _tab(gr, indexes, spec: TabSpec, served: list[LoadedIndex], guarded) -> None
         query = gr.Textbox(
             label="query", placeholder=spec.placeholder, lines=1, max_length=MAX_QUERY_CHARS["text"]
         )  # Enter searches
+    with gr.Row():
+        picker = gr.Dropdown(
+            [i.name for i in served], value=first.name, label="index", visible=len(served) > 1, min_width=160
+        )
+        mode = gr.Radio(first.modes, value=first.default_mode, label="mode", min_width=160)
+        within = gr.Dropdown(
+            [("everything", EVERYTHING), *first.filters],
+            value=EVERYTHING,
+            label="search within",
+            visible=bool(first.filters),
+            filterable=True,
+            min_width=160,
+        )
+        k = gr.Number(FIRST_K, label="results", precision=0, minimum=1, maximum=MAX_K, step=MORE_K, min_width=100)
     button = gr.Button("Search", variant="primary")
     examples = example_queries(first)
     if examples:
         gr.Examples([[e] for e in examples], inputs=[query], label="example queries")
     with gr.Accordion("about this index", open=False):
         about_md = gr.Markdown(about(first))
-    hits_json = gr.JSON(visible=False)
-    status = gr.Markdown()
-    slots = []
-    gallery = None
-    if spec.result_kind == "image":
-        gallery = gr.Gallery(label="results", columns=5, height="auto", object_fit="contain", preview=False)
-    pictured = spec.query_kind == "image"  # image → text: each caption beside its own image
-    for _ in range(MAX_K if gallery is None else 0):
-        with gr.Column(visible=False) as col:
-            head = gr.Markdown()
-            with gr.Row(equal_height=True):
-                slot = [col, head]
-                if pictured:
-                    slot.append(gr.Image(show_label=False, interactive=False, height=72, width=72, scale=0))
-                if spec.result_kind == "code":
-                    slot.append(gr.Code(language="python", interactive=False, lines=1, max_lines=30))
-                else:
-                    slot.append(gr.Textbox(show_label=False, interactive=False, lines=1, max_lines=12, scale=4))
-        slots.append(slot)
+    result_json = gr.JSON(visible=False)
+    status = gr.Markdown(elem_classes="mmssl-status")
+    results = gr.HTML()
+    more = gr.Button(f"{MORE_K} more results", visible=False, size="sm")
 
-    def search(q, name, kk, m):
-        return run_search(indexes, spec, q, name, kk, m)
+    def search(query, index: str, k: int, mode: str, within: str = EVERYTHING) -> dict:
+        return run_search(indexes, spec, query, index, k, mode, within)
 
     search.__name__ = spec.api_name
+    text_query = spec.query_kind == "text"
 
-    def render(hits):
-        hits = hits or []
-        updates = [f"{len(hits)} result{'s' * (len(hits) != 1)}" if hits else "no results"]
-        if gallery is not None:
-            shown = [(thumbnail(h["payload"].get("file_path", "")), h) for h in hits]
-            captions = [(im, f"{h['rank']}. {shown_name(h)} ({h['score']:.3f})") for im, h in shown if im is not None]
-            return updates + [captions]
-        for i in range(MAX_K):
-            if i < len(hits):
-                h = hits[i]
-                picture = [thumbnail(h["payload"].get("file_path", ""))] if pictured else []
-                updates += [gr.Column(visible=True), _header(h, spec.result_kind), *picture, h["text"]]
-            else:
-                updates += [gr.Column(visible=False), "", *([None] if pictured else []), ""]
-        return updates
+    def render(result, q, kk):
+        hits = (result or {}).get("hits") or []
+        took = (result or {}).get("took_ms")
+        line = f"{len(hits)} result{'s' * (len(hits) != 1)}" if hits else "no results"
+        line += f" in {took:,.0f} ms" if took is not None else ""
+        note = (result or {}).get("note")
+        if note:
+            line += f"  \n⚠️ {note}"
+        html = render_hits(hits, spec.result_kind, q if text_query else None, pictured=spec.query_kind == "image")
+        full = len(hits) >= int(kk or 0) and int(kk or 0) < MAX_K  # as many as asked: there may be more
+        return line, html, gr.Button(visible=full)
 
     def switch(name):
         item = indexes[name]
-        return gr.Radio(choices=item.modes, value=item.default_mode), about(item), notice_of(item)
+        menu = [("everything", EVERYTHING), *item.filters]
+        return (
+            gr.Radio(choices=item.modes, value=item.default_mode),
+            gr.Dropdown(choices=menu, value=EVERYTHING, visible=bool(item.filters)),
+            about(item),
+            notice_of(item),
+        )
 
-    outputs = [status] + ([gallery] if gallery is not None else [c for slot in slots for c in slot])
-    inputs = [query, picker, k, mode]
-    # the button is the named API endpoint; Enter in a text box runs the same search, unnamed
-    triggers = [(button.click, spec.api_name, "public")]
-    if spec.query_kind == "text":
-        triggers.append((query.submit, None, "private"))
-    # An image query is passed unprocessed (Gradio's FileData, its path checked by Gradio to be an
-    # upload): gr.Image's own preprocessing opens the file and reports Pillow's errors as a
-    # developer's message naming server paths; run_search opens it with caps and says what is wrong.
+    inputs = [query, picker, k, mode, within]
+    # The button is the named API endpoint; Enter in a text box and "more results" run the same
+    # search, unnamed. An image query is passed unprocessed (Gradio's FileData, its path checked by
+    # Gradio to be an upload): gr.Image's own preprocessing opens the file and reports Pillow's
+    # errors as a developer's message naming server paths; run_search opens it with caps and says
+    # what is wrong.
     preprocess = spec.query_kind != "image"
+    triggers = [(button.click, spec.api_name, "public")]
+    if text_query:
+        triggers.append((query.submit, None, "private"))
     for trigger, api_name, visibility in triggers:
         event = trigger(
-            guarded(search), inputs, hits_json, api_name=api_name, api_visibility=visibility, preprocess=preprocess
+            guarded(search), inputs, result_json, api_name=api_name, api_visibility=visibility, preprocess=preprocess
         )
-        event.then(render, hits_json, outputs, api_visibility="private")
-    picker.change(switch, picker, [mode, about_md, notice], api_visibility="private")
+        event.then(render, [result_json, query, k], [status, results, more], api_visibility="private")
+    more.click(lambda kk: min(int(kk or FIRST_K) + MORE_K, MAX_K), k, k, api_visibility="private").then(
+        guarded(search), inputs, result_json, api_visibility="private", preprocess=preprocess
+    ).then(render, [result_json, query, k], [status, results, more], api_visibility="private")
+    picker.change(switch, picker, [mode, within, about_md, notice], api_visibility="private")
 
 
 @contextmanager
@@ -304,6 +309,7 @@ def serving(indexes: dict[str, LoadedIndex], host: str, port: int | None, **laun
             server_port=port,
             show_error=True,
             max_file_size=MAX_UPLOAD_BYTES,
+            css=css(),
             prevent_thread_lock=True,
             **launch_kwargs,
         )

@@ -1,11 +1,13 @@
 """The app's indexes and searches: each index directory opened for the app (``LoadedIndex``,
-``open_indexes``: its default mode and BM25 weight from its manifest), the tab each query→result
-pair gets (``TABS``), and one search with its arguments checked (``run_search``: the function behind
-every tab and API endpoint)."""
+``open_indexes``: its default mode and BM25 weight from its manifest, the filters its payloads
+allow), the tab each query→result pair gets (``TABS``), and one search with its arguments checked
+(``run_search``: the function behind every tab and API endpoint, returning the hits, the time the
+search took and, when its best score is weak for the index, a note saying so)."""
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,13 @@ from demo.uploads import (
     upload_path,
 )
 
-MAX_K = 20  # result slots on the page (and the most results an API call returns)
+MAX_K = 100  # the most results one search returns
+FIRST_K = 10  # results a search starts with; "more results" adds MORE_K
+MORE_K = 10
+EVERYTHING = ""  # the filter that keeps every item
+# Payload fields the app filters on, and how a value is named in the filter menu.
+FILTER_FIELDS = ("origin", "repo")
+ORIGINS = {"stdlib": "the standard library", "installed": "installed packages"}
 MAX_QUERY_CHARS = {"text": 1_000, "code": 20_000}
 
 
@@ -58,6 +66,7 @@ class LoadedIndex:
     index: Any  # indexing.SearchIndex
     lexical_weight: float = 1.0  # BM25's weight in hybrid fusion (dense: 1)
     default_mode: str = "dense"
+    filters: list[tuple[str, str]] = field(default_factory=list)  # (menu label, "FIELD=VALUE"), after "everything"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -91,7 +100,7 @@ def open_indexes(paths: list[str | Path], lexical_weight: float | None = None) -
         index.model()  # load (and hash-check) the query model now, not on the first query
         chosen = index.manifest.search_defaults
         weight = lexical_weight if lexical_weight is not None else float(chosen.get("lexical_weight", 1.0))
-        item = LoadedIndex(name, path, index, weight)
+        item = LoadedIndex(name, path, index, weight, filters=filters_of(index.store))
         if chosen.get("mode") in item.modes:
             item.default_mode = chosen["mode"]
         if item.pair not in TABS:
@@ -106,6 +115,31 @@ def open_indexes(paths: list[str | Path], lexical_weight: float | None = None) -
     return loaded
 
 
+def filters_of(store) -> list[tuple[str, str]]:
+    """The filter menu of an index: where its items come from (``origin``), then each package
+    (``repo``), largest first, each with its item count; [] when its payloads have neither."""
+    out = []
+    for key in FILTER_FIELDS:
+        counts = store.value_counts(key)
+        if len(counts) < 2:
+            continue  # one value filters nothing out
+        for value, n in counts.items():
+            name = ORIGINS.get(value, value) if key == "origin" else f"package {value}"
+            out.append((f"{name} ({n:,})", f"{key}={value}"))
+    return out
+
+
+def check_within(item: LoadedIndex, within) -> dict | None:
+    """``within`` ("FIELD=VALUE" from the index's filter menu, or "" for everything) as a ``where``."""
+    if within in (None, EVERYTHING):
+        return None
+    if not isinstance(within, str) or within not in {value for _, value in item.filters}:
+        offered = ", ".join(value for _, value in item.filters[:8]) + (", ..." if len(item.filters) > 8 else "")
+        raise SearchError(f"within {str(within)[:80]!r}: {item.name} offers {offered or 'no filter'}")
+    key, _, value = within.partition("=")
+    return {key: value}
+
+
 def check_query(query, kind: str):
     if kind == "image":
         return open_query_image(upload_path(query))
@@ -117,9 +151,15 @@ def check_query(query, kind: str):
     return query
 
 
-def run_search(indexes: dict[str, LoadedIndex], spec: TabSpec, query, index_name: str, k: int, mode: str):
-    """The hits of one query as JSON-ready dicts (rank, id, score, text, payload). The cheap
-    arguments are checked first, the query (an image is decoded) last."""
+def run_search(
+    indexes: dict[str, LoadedIndex], spec: TabSpec, query, index_name: str, k: int, mode: str, within: str = EVERYTHING
+) -> dict:
+    """One search: {"hits": JSON-ready dicts (rank, id, score, text, payload), "took_ms": the search's
+    milliseconds (the query embedded and searched), "note": a weak-match warning or ""}. ``within``:
+    one of the index's filters (``filters_of``). The cheap arguments are checked first, the query
+    (an image is decoded) last."""
+    from indexing.modes import weak_note
+
     item = indexes.get(index_name) if isinstance(index_name, str) else None
     if item is None or TABS.get(item.pair) != spec:
         raise SearchError(f"no {spec.label} index named {index_name!r}")
@@ -131,15 +171,20 @@ def run_search(indexes: dict[str, LoadedIndex], spec: TabSpec, query, index_name
         raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
     if mode not in item.modes:
         raise SearchError(f"mode {mode!r}: this index offers {', '.join(item.modes)}")
+    where = check_within(item, within)
     try:
         query = check_query(query, spec.query_kind)
         with item.lock:
-            hits = item.index.search([query], k=k, mode=mode, lexical_weight=item.lexical_weight)[0]
+            start = time.perf_counter()
+            hits = item.index.search([query], k=k, mode=mode, lexical_weight=item.lexical_weight, where=where)[0]
+            took = (time.perf_counter() - start) * 1000
     finally:
         if spec.query_kind == "image":
             query = None
             release_memory()  # the decoded query image is gone by now
-    return [api_hit(h.to_dict()) for h in hits]
+    top = hits[0].score if hits else None
+    note = weak_note(item.index.manifest.search_defaults, mode, item.lexical_weight, top)
+    return {"hits": [api_hit(h.to_dict()) for h in hits], "took_ms": round(took, 1), "note": note}
 
 
 def api_hit(hit: dict) -> dict:

@@ -27,20 +27,21 @@ log = get_logger("index")
 
 
 def read_items(model, data: str, modality: str, text_field: str | None, partition: str | None, max_items=None):
-    """(items to embed, texts for the store, payloads, tuning queries or None) of a collection for
-    ``model``'s ``modality``, read by the recipe of the model's modalities (``mmssl.recipes``)."""
+    """A collection for ``model``'s ``modality`` (``mmssl.recipes.IndexItems``), read by the recipe of
+    the model's modalities (``mmssl.recipes``)."""
     from mmssl.recipes import recipe_for_model
 
     return recipe_for_model(model).index_items(model, data, modality, text_field, partition, max_items)
 
 
-def collection_card(data: str, partition: str | None) -> dict:
-    """What an index holds, for its manifest: the data's path and partition and, from a dataset card
+def collection_card(data: str, partition: str | None, available: int | None = None) -> dict:
+    """What an index holds, for its manifest: the data's path and partition, the number of items the
+    collection (partition) had before ``--max-items`` (``available``) and, from a dataset card
     (``dataset.json`` in the data folder, as ``mmssl data make-images`` writes), its kind, what it
     holds and its licences; a card that is not a JSON object is left out, with a warning."""
     from mmssl.io import read_json_object
 
-    card = {"data": data, "partition": partition}
+    card = {"data": data, "partition": partition, "available": available}
     path = Path(data) / "dataset.json"
     if path.is_file():
         try:
@@ -117,9 +118,8 @@ def build_main(config: IndexBuildConfig) -> int:
     if modality not in (first, second):
         raise ValueError(f"--modality {modality!r}: the model embeds {first} and {second}")
     query_modality = first if modality == second else second
-    items, texts, payloads, queries = read_items(
-        model, config.data, modality, config.text_field, config.partition, config.max_items
-    )
+    collection = read_items(model, config.data, modality, config.text_field, config.partition, config.max_items)
+    items, texts, payloads, queries = collection.items, collection.texts, collection.payloads, collection.queries
     ids = np.arange(len(texts), dtype=np.int64)
     sha = model_fingerprint(config.model)
     emb_dir = Path(config.embeddings or f"{out}.embeddings")
@@ -160,7 +160,7 @@ def build_main(config: IndexBuildConfig) -> int:
         model_sha256=sha,
         modality=modality,
         query_modality=query_modality,
-        collection=collection_card(config.data, config.partition),
+        collection=collection_card(config.data, config.partition, collection.available),
         overwrite=config.overwrite,
         seed=config.seed,
     )
@@ -191,7 +191,8 @@ def add_main(config: IndexAddConfig) -> int:
     with SearchIndex.load(config.index) as index:
         model = index.model()
         modality = index.manifest.modality or model.config.modalities[1]
-        items, texts, payloads, _ = read_items(model, config.data, modality, config.text_field, config.partition)
+        collection = read_items(model, config.data, modality, config.text_field, config.partition)
+        items, texts, payloads = collection.items, collection.texts, collection.payloads
         given = len(texts)
         keep = index.store.unseen(fingerprints(texts, payloads))  # a retry embeds only what did not land
         items, texts, payloads = [items[i] for i in keep], [texts[i] for i in keep], [payloads[i] for i in keep]

@@ -292,6 +292,17 @@ class MetadataStore(Closable):
                     raise ValueError(f"filter field {key!r}: no item's payload has it ({self._fields_text()})")
         return found
 
+    def value_counts(self, key: str) -> dict[str, int]:
+        """How many items have each string value of payload field ``key``, most first ({} when none has it)."""
+        if not key or any(c in key for c in "\"'[]$"):
+            raise ValueError(f"payload field {key!r}: use a plain field name such as 'repo'")
+        sql = (
+            "SELECT json_extract(payload, ?) AS v, COUNT(*) FROM items WHERE json_type(payload, ?) = 'text' "
+            "GROUP BY v ORDER BY 2 DESC, 1"
+        )
+        path = f'$."{key}"'
+        return {value: n for value, n in self.conn.execute(sql, (path, path))}
+
     def _fields_text(self, most: int = 30) -> str:
         rows = self.conn.execute(
             "SELECT DISTINCT j.key FROM items, json_each(items.payload) AS j ORDER BY 1 LIMIT ?", (most + 1,)

@@ -141,8 +141,9 @@ def chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def headless_browser(height: int = 1600):
-    """(a headless Chromium webdriver, the folder its screenshots go to)."""
+def headless_browser(height: int = 1600, width: int | None = None):
+    """(a headless Chromium webdriver, the folder its screenshots go to). ``width``: a phone's
+    viewport of that many CSS pixels (Chrome's own windows are never narrower than 500)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -153,4 +154,8 @@ def headless_browser(height: int = 1600):
         options.add_argument(arg)
     artifacts = Path(os.environ.get("MMSSL_TEST_ARTIFACTS", "test-artifacts"))
     artifacts.mkdir(parents=True, exist_ok=True)
-    return webdriver.Chrome(service=Service(driver_path), options=options), artifacts
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    if width is not None:
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": True}
+        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    return driver, artifacts

@@ -34,6 +34,10 @@ Each kept function becomes a record in the format of ``mmssl.data.code_search``:
                      (has ``__init__.py``) is one repo, named after the folder, and paths include it
     url              ``file:///abs/path.py#L{first}-L{last}`` (the ``def`` line to the last line)
     language         ``python``;  ``partition``: ``train``, ``valid`` or ``test``
+    origin           ``stdlib`` (the running interpreter's standard library) or ``installed`` (a
+                     site-packages folder); absent for other roots
+    source_url       for the standard library only: the lines in CPython's repository at this
+                     Python's tag (``https://github.com/python/cpython/blob/v3.11.7/Lib/json/...``)
 
 The walk skips hidden folders, ``__pycache__``, ``*.dist-info``/``*.egg-info`` and any
 ``site-packages``/``dist-packages`` folder below a root (mine one by passing it as a root).

@@ -195,7 +195,7 @@ class _FileMiner:
             return self.drop("bad_code")
         if n_lines < self.min_code_lines:
             return self.drop("short_code")
-        return {
+        record = {
             "repo": file.repo,
             "path": file.rel,
             "func_name": ".".join((*scope, name)),
@@ -208,6 +208,12 @@ class _FileMiner:
             "url": f"{file.path.as_uri()}#L{first}-L{last}",
             "partition": "",
         }
+        if file.origin:
+            record["origin"] = file.origin
+        source_url = file.source_url(first, last)
+        if source_url:
+            record["source_url"] = source_url
+        return record
 
 
 class _DecodeError(ValueError):

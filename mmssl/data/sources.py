@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
+import sysconfig
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +18,32 @@ _PRUNED_DIRS = frozenset({"__pycache__", "site-packages", "dist-packages"})
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One ``.py`` file to mine: its absolute path, the path shown in records, and its repo."""
+    """One ``.py`` file to mine: its absolute path, the path shown in records, its repo, and where
+    its root is (``origin_of``: "stdlib", "installed" or "")."""
 
     path: Path
     rel: str
     repo: str
+    origin: str = ""
+
+    def source_url(self, first: int, last: int) -> str | None:
+        """The file's lines on the web where that is known: the standard library's, in CPython's
+        repository at the running Python's tag (the root is this interpreter's own stdlib)."""
+        if self.origin != "stdlib":
+            return None
+        return f"https://github.com/python/cpython/blob/v{platform.python_version()}/Lib/{self.rel}#L{first}-L{last}"
+
+
+def origin_of(root: Path) -> str:
+    """ "stdlib" for the running interpreter's standard library folder, "installed" for a
+    site-packages (or dist-packages) folder, else "" (a user's own source tree)."""
+    resolved = root.resolve()
+    if resolved == Path(sysconfig.get_paths()["stdlib"]).resolve():
+        return "stdlib"
+    installed = {Path(sysconfig.get_paths()[key]).resolve() for key in ("purelib", "platlib")}
+    if resolved in installed or resolved.name in _PRUNED_DIRS - {"__pycache__"}:
+        return "installed"
+    return ""
 
 
 def is_test_file(rel: str) -> bool:
@@ -45,11 +68,12 @@ def find_python_files(roots: Iterable[str | os.PathLike[str]]) -> list[SourceFil
         if root.is_file():
             if root.suffix != ".py":
                 raise ValueError(f"{root}: expected a .py file or a directory")
-            files.append(SourceFile(root.absolute(), root.name, root.stem))
+            files.append(SourceFile(root.absolute(), root.name, root.stem, origin_of(root.parent)))
             continue
         if not root.is_dir():
             raise FileNotFoundError(f"{root}: no such file or directory")
         is_package = (root / "__init__.py").is_file()
+        origin = origin_of(root.parent if is_package else root)
         found = []
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if _keep_dir(d)]
@@ -61,10 +85,10 @@ def find_python_files(roots: Iterable[str | os.PathLike[str]]) -> list[SourceFil
         for rel in sorted(found):
             path = (root / rel).absolute()
             if is_package:
-                files.append(SourceFile(path, f"{root.absolute().name}/{rel}", root.absolute().name))
+                files.append(SourceFile(path, f"{root.absolute().name}/{rel}", root.absolute().name, origin))
             else:
                 top = rel.split("/", 1)[0]
-                files.append(SourceFile(path, rel, top[:-3] if top.endswith(".py") else top))
+                files.append(SourceFile(path, rel, top[:-3] if top.endswith(".py") else top, origin))
     return files
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
+    "IndexItems": "mmssl.recipes.base",
     "Recipe": "mmssl.recipes.base",
     "get_recipe": "mmssl.recipes.registry",
     "recipe_for_model": "mmssl.recipes.registry",

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,6 +34,22 @@ def timed(fn) -> dict:
     start = time.monotonic()
     result = fn()
     return {**result, "seconds": time.monotonic() - start}
+
+
+@dataclass(frozen=True)
+class IndexItems:
+    """A collection read for an index: what to embed, the text and payload each item shows, the
+    queries that tune it (or None), and how many items the collection had before ``max_items``."""
+
+    items: Sequence[Any]
+    texts: list[str]
+    payloads: list[dict]
+    queries: Sequence[Any] | None
+    available: int
+
+    def __post_init__(self) -> None:
+        if not len(self.items) == len(self.texts) == len(self.payloads):
+            raise ValueError(f"{len(self.items)} items, {len(self.texts)} texts, {len(self.payloads)} payloads")
 
 
 class Recipe(ABC):
@@ -58,8 +76,8 @@ class Recipe(ABC):
 
     @abstractmethod
     def index_items(self, model: DualEncoder, data: str, modality: str, text_field: str | None,
-                    partition: str | None, max_items: int | None) -> tuple:  # fmt: skip
-        """(items to embed, texts for the store, payloads, tuning queries or None) of a collection."""
+                    partition: str | None, max_items: int | None) -> IndexItems:  # fmt: skip
+        """The first ``max_items`` (all when None) items of a collection, ready to embed and store."""
 
     @abstractmethod
     def eval_command(self, config) -> int:

@@ -22,7 +22,7 @@ from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
 from mmssl.models.clip_text import ClipTextConfig
 from mmssl.models.image import TORCHVISION, ImageTowerConfig
 from mmssl.models.text import hidden_size, resolve_init, sentence_pooling
-from mmssl.recipes.base import Recipe
+from mmssl.recipes.base import IndexItems, Recipe
 from mmssl.recipes.config import DualModelConfig, ImageTextConfig, PairDataConfig, TrainConfig
 from mmssl.recipes.image_pairs import METRIC, embed_pairs, further_captions, load_image_pairs, retrieval_scores
 
@@ -119,8 +119,8 @@ class ImageTextRecipe(Recipe):
         if model.is_image(modality):
             # the store's text (BM25's too): every caption of the image ("red apple · apple · fruit · red")
             shown = [" · ".join(dict.fromkeys([r.text, *further_captions(r)])) for r in records]
-            return records, shown, payloads, texts
-        return texts, texts, payloads, records
+            return IndexItems(records, shown, payloads, texts, len(pairs.candidates))
+        return IndexItems(texts, texts, payloads, records, len(pairs.candidates))
 
     def eval_command(self, config) -> int:
         from mmssl.recipes.image_text_eval import eval_command

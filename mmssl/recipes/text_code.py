@@ -18,7 +18,7 @@ from mmssl.evaluate import codesearchnet_mrr_embeddings, recall_at_k
 from mmssl.models import DualEncoder, DualEncoderConfig, TowerConfig
 from mmssl.models.text import hidden_size
 from mmssl.models.tokenizer import train_bpe_tokenizer
-from mmssl.recipes.base import KS, Recipe
+from mmssl.recipes.base import KS, IndexItems, Recipe
 from mmssl.recipes.config import DualModelConfig, PairDataConfig, TextCodeConfig
 from mmssl.recipes.text_code_eval import eval_command, score_row
 from mmssl.tokens import clip_chars
@@ -124,7 +124,7 @@ class TextCodeRecipe(Recipe):
         ]
         query_field = DEFAULT_TEXT_FIELD.get(first if modality == second else second)
         queries = [r.get(query_field) for r in records] if query_field and query_field != text_field else None
-        return texts, texts, payloads, queries
+        return IndexItems(texts, texts, payloads, queries, len(corpus.records))
 
     def eval_command(self, config) -> int:
         return eval_command(self, config)

@@ -81,14 +81,43 @@ def test_known_query_returns_its_code_at_rank_1_through_gradio_client(app_url):
 
     client = Client(app_url, verbose=False)
     for mode in ("lexical", "hybrid"):
-        hits = client.predict(QUERY, "code-index", 3, mode, api_name="/text_to_code")
+        result = client.predict(QUERY, "code-index", 3, mode, api_name="/text_to_code")
+        hits = result["hits"]
         assert [h["rank"] for h in hits] == [1, 2, 3]
         assert hits[0]["text"].startswith("def parse_user("), (mode, hits[0])
         assert hits[0]["payload"]["func_name"] == "parse_user" and hits[0]["payload"]["repo"].startswith("repo")
+        assert result["took_ms"] > 0 and isinstance(result["note"], str)
     # the other direction: code in, docstrings out
     code = "def load_file(file):\n    return load(file)"
-    hits = client.predict(code, "doc-index", 2, "lexical", api_name="/code_to_text")
+    hits = client.predict(code, "doc-index", 2, "lexical", api_name="/code_to_text")["hits"]
     assert hits[0]["text"] == "Load the file given as input."
+
+
+def test_the_api_names_its_parameters_and_types_k_as_an_integer(app_url):
+    from gradio_client import Client
+
+    api = Client(app_url, verbose=False).view_api(return_format="dict", print_info=False)
+    for endpoint in ("/text_to_code", "/code_to_text", "/image_to_text"):
+        params = api["named_endpoints"][endpoint]["parameters"]
+        assert [p["parameter_name"] for p in params] == ["query", "index", "k", "mode", "within"], endpoint
+        k = next(p for p in params if p["parameter_name"] == "k")
+        assert k["type"]["type"] == "integer" and k["parameter_default"] == 10
+        within = next(p for p in params if p["parameter_name"] == "within")
+        assert within["parameter_has_default"] and within["parameter_default"] == ""
+
+
+def test_search_within_a_package_returns_only_its_items_and_the_menu_counts_them(app_url, indexes):
+    from gradio_client import Client
+
+    from demo.search import open_indexes
+
+    filters = open_indexes(indexes[:1])["code-index"].filters
+    assert filters[0] == ("package repo0 (40)", "repo=repo0") and len(filters) == 25  # 1,000 items, 25 repos
+    client = Client(app_url, verbose=False)
+    hits = client.predict("parse the user", "code-index", 20, "dense", "repo=repo7", api_name="/text_to_code")["hits"]
+    assert len(hits) == 20 and {h["payload"]["repo"] for h in hits} == {"repo7"}
+    everywhere = client.predict("parse the user", "code-index", 20, "dense", "", api_name="/text_to_code")["hits"]
+    assert len({h["payload"]["repo"] for h in everywhere}) > 1
 
 
 def test_bad_requests_get_messages_not_tracebacks(app_url):
@@ -101,8 +130,9 @@ def test_bad_requests_get_messages_not_tracebacks(app_url):
         (("x" * 1001, "code-index", 3, "dense"), "limit is 1,000"),
         ((QUERY, "doc-index", 3, "dense"), "not in the list of choices|no text → code index named"),
         # Gradio checks the components' own limits first; the app checks the same in Python
-        ((QUERY, "code-index", 99, "dense"), "greater than maximum value 20|k must be between 1 and 20"),
+        ((QUERY, "code-index", 999, "dense"), "greater than maximum value 100|k must be between 1 and 100"),
         ((QUERY, "code-index", 3, "fuzzy"), "not in the list of choices|mode 'fuzzy'"),
+        ((QUERY, "code-index", 3, "dense", "repo=nowhere"), "not in the list of choices|within 'repo=nowhere'"),
     ]
     for args, message in cases:
         with pytest.raises(AppError, match=message) as err:
@@ -117,11 +147,13 @@ def test_search_checks_its_arguments_itself(indexes):
 
     loaded = open_indexes(indexes)
     spec = TABS[("text", "code")]
-    hits = run_search(loaded, spec, QUERY, "code-index", 2, "lexical")
+    hits = run_search(loaded, spec, QUERY, "code-index", 2, "lexical")["hits"]
     assert hits[0]["payload"]["file_path"].startswith("pkg/") and "path" not in hits[0]["payload"]
     for args, message in [
         ((QUERY, "doc-index", 3, "dense"), "no text → code index named 'doc-index'"),
-        ((QUERY, "code-index", 0, "dense"), "k must be between 1 and 20"),
+        ((QUERY, "code-index", 0, "dense"), "k must be between 1 and 100"),
+        ((QUERY, "code-index", 3, "dense", "repo=nowhere"), "within 'repo=nowhere': code-index offers repo=repo0"),
+        ((QUERY, "code-index", 3, "dense", "path=pkg/mod1.py"), "within 'path=pkg/mod1.py'"),  # not in its menu
         ((QUERY, "code-index", "many", "dense"), "k must be a whole number"),
         ((QUERY, "code-index", 3, "fuzzy"), "mode 'fuzzy'"),
         (("   ", "code-index", 3, "dense"), "type a query first"),
@@ -130,8 +162,8 @@ def test_search_checks_its_arguments_itself(indexes):
             run_search(loaded, spec, *args)
     # the app's BM25 weight reaches the fusion: at 0, hybrid ranks as dense does
     dense_only = open_indexes(indexes[:1], lexical_weight=0.0)
-    hybrid = run_search(dense_only, spec, QUERY, "code-index", 5, "hybrid")
-    dense = run_search(dense_only, spec, QUERY, "code-index", 5, "dense")
+    hybrid = run_search(dense_only, spec, QUERY, "code-index", 5, "hybrid")["hits"]
+    dense = run_search(dense_only, spec, QUERY, "code-index", 5, "dense")["hits"]
     assert [h["text"] for h in hybrid] == [h["text"] for h in dense]  # ids may differ among tied twins
     with pytest.raises(ValueError, match="lexical-weight"):
         open_indexes(indexes[:1], lexical_weight=-1)
@@ -151,7 +183,7 @@ def test_hostile_query_images_get_the_apps_refusal_not_gigabytes(app_url, tmp_pa
     client = Client(app_url, verbose=False)
     normal = normal_images(tmp_path / "normal")
     for path in normal:
-        hits = client.predict(handle_file(str(path)), "captions", 3, "dense", api_name="/image_to_text")
+        hits = client.predict(handle_file(str(path)), "captions", 3, "dense", api_name="/image_to_text")["hits"]
         assert [h["rank"] for h in hits] == [1, 2, 3], path.name
     hostile = hostile_images(tmp_path / "hostile")
     before = peak_rss_mb()
@@ -338,7 +370,7 @@ def test_browser_searches_by_an_example_image_and_sees_the_refusal_of_a_strip(ap
         wait.until(lambda d: shown("//button[@role='tab' and contains(., 'image → text')]")).click()
         wait.until(lambda d: shown("//*[contains(@class, 'gallery')]//img")).click()  # the first example
         wait.until(lambda d: shown("//button[normalize-space()='Search']")).click()
-        wait.until(lambda d: "5 results" in d.find_element(By.TAG_NAME, "body").text)
+        wait.until(lambda d: "10 results in" in d.find_element(By.TAG_NAME, "body").text)
         driver.save_screenshot(str(artifacts / "demo-image-search.png"))
         upload = next(e for e in driver.find_elements(By.CSS_SELECTOR, "input[type=file]") if e.is_enabled())
         driver.execute_script("arguments[0].value = '';", upload)

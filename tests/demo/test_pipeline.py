@@ -128,7 +128,9 @@ def test_a_capped_index_without_held_out_items_chooses_its_mode_on_the_next_part
     import gzip
     import json
 
+    from demo.app import about
     from demo.default import choose_on_partition
+    from demo.search import open_indexes
     from indexing import Manifest
 
     records = [json.loads(line) for line in gzip.open(code_corpus, "rt")]
@@ -143,6 +145,8 @@ def test_a_capped_index_without_held_out_items_chooses_its_mode_on_the_next_part
         assert chosen["chosen_on"].startswith(f"its {expected} items: docstring -> the item")
         assert ("dense is favoured" in chosen["chosen_on"]) == (expected == "train")
         assert chosen["queries"] > 0 and chosen["mode"] in ("dense", "lexical", "hybrid")
+        kept = sum(r["partition"] not in held_out for r in records)
+        assert f"200 of the collection's {kept:,} code items searchable" in about(open_indexes([out])[out.name])
 
 
 def test_the_demo_embeds_through_an_int8_export_of_its_model_kept_while_the_model_is_the_same(

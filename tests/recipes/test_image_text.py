@@ -335,12 +335,12 @@ def test_demo_serves_text_to_image_and_image_to_text(image_indexes, shapes, tmp_
     try:
         client = Client(app.local_url, verbose=False)
         caption = example_queries(indexes["images"])[0]
-        hits = client.predict(caption, "images", 3, "hybrid", api_name="/text_to_image")
+        hits = client.predict(caption, "images", 3, "hybrid", api_name="/text_to_image")["hits"]
         assert len(hits) == 3 and hits[0]["text"] == caption and hits[0]["payload"]["file_path"].endswith(".png")
         query = tmp_path / "query.png"
         Image.open(hits[0]["payload"]["file_path"]).save(query)
-        found = client.predict(handle_file(str(query)), "captions", 5, "dense", api_name="/image_to_text")
-        direct = run_search(indexes, TABS[("image", "text")], Image.open(query), "captions", 5, "dense")
+        found = client.predict(handle_file(str(query)), "captions", 5, "dense", api_name="/image_to_text")["hits"]
+        direct = run_search(indexes, TABS[("image", "text")], Image.open(query), "captions", 5, "dense")["hits"]
         assert [h["id"] for h in found] == [h["id"] for h in direct]
         with pytest.raises(Exception, match="upload or pick an image"):
             client.predict(None, "captions", 5, "dense", api_name="/image_to_text")
