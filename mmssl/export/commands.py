@@ -15,11 +15,13 @@ class ExportConfig:
 
     model: str = field(metadata={"help": "the mmssl model directory to export"})
     out: str = field(metadata={"help": "the directory to write (replaced atomically with --overwrite)"})
-    format: Literal["onnx", "sentence-transformers"] = field(
+    format: Literal["onnx", "sentence-transformers", "open_clip"] = field(
         default="onnx",
         metadata={
             "help": "onnx: one graph per tower, token ids -> normalized embedding; sentence-transformers: "
-            "a directory SentenceTransformer(OUT) loads (two towers: encode_query / encode_document)"
+            "a directory SentenceTransformer(OUT) loads (two towers: encode_query / encode_document); "
+            "open_clip: an image-text model with open_clip towers as a directory "
+            "open_clip.create_model_and_transforms('local-dir:OUT') loads"
         },
     )
     quantize: Literal["none", "int8"] = field(
@@ -37,12 +39,21 @@ def main(config: ExportConfig) -> int:
     out = Path(config.out)
     if out.resolve() == Path(config.model).resolve():
         raise ValueError(f"--out {out}: is the model directory itself")
-    # --overwrite replaces an export (ONNX, or sentence-transformers' modules.json), never another folder
-    check_output(out, config.overwrite, "an export", markers=(CONFIG_NAME, "modules.json"))
+    from mmssl.export.open_clip import MARKER
 
+    # --overwrite replaces an export (ONNX, sentence-transformers' modules.json, mmssl's open_clip
+    # record), never another folder
+    check_output(out, config.overwrite, "an export", markers=(CONFIG_NAME, "modules.json", MARKER))
+    if config.format != "onnx" and config.quantize != "none":
+        raise ValueError("--quantize: only with --format onnx")
+
+    if config.format == "open_clip":
+        from mmssl.export.open_clip import export_open_clip
+
+        parity = export_open_clip(config.model, out)
+        print(f"{out}: open_clip export of {config.model} (local-dir:{out}); against mmssl {said(parity)}")
+        return 0
     if config.format == "sentence-transformers":
-        if config.quantize != "none":
-            raise ValueError("--quantize: only with --format onnx")
         from mmssl.export.sentence_transformers import export_sentence_transformers
 
         parity = export_sentence_transformers(config.model, out, SAMPLE_TEXTS)
