@@ -5,6 +5,7 @@ Output directory (the engine's layout, ``mmssl.engine``):
                                ``AutoModelForMaskedLM`` / ``AutoModelForCausalLM``, or start a dual
                                encoder's tower from them: ``mmssl train --text-init OUT/best``
     OUT/metrics.jsonl, OUT/curves.png, OUT/checkpoints/last/ (``--resume``)
+    OUT/best/README.md, OUT/final/README.md   the model card (``mmssl.models.card``)
 
 The tokenizer is trained on the training documents (byte-level BPE, identifiers split as in
 ``mmssl train``), or taken from ``--tokenizer DIR`` or from the ``--init`` model. ``--max-steps 0``
@@ -205,5 +206,14 @@ def build_pretraining(config: PretrainConfig, device: torch.device) -> MLMTask |
 
 
 def main(config: PretrainConfig) -> int:
-    run_training(config, lambda device: build_pretraining(config, device))
+    import dataclasses
+    from pathlib import Path
+
+    from mmssl.console import launched_as_rank_zero
+    from mmssl.models.card import write_pretrained_cards
+
+    summary = run_training(config, lambda device: build_pretraining(config, device))
+    if launched_as_rank_zero():  # one process writes the cards
+        kind = "mlm" if isinstance(config, MLMConfig) else "clm"
+        write_pretrained_cards(Path(config.out), dataclasses.asdict(config), summary, kind, MLMTask.metric)
     return 0

@@ -190,6 +190,9 @@ def test_pretrained_tower_resumes_and_starts_an_image_text_model(shapes, tmp_pat
     assert cli.main(argv) == 0
     meta = json.loads((out / "final" / "ssl.json").read_text())
     assert meta["method"] == "byol"
+    card = (out / "final" / "README.md").read_text()  # its model card
+    assert "# byol pretraining with mmssl" in card and "--image-init DIR" in card
+    assert f"`{shapes}`:" in card and "files," in card and "valid_loss" in card and "4 of 4 steps" in card
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"emb_std", "eff_rank"} <= set(rows[0]) and any(r.get("split") == "valid" for r in rows)
 

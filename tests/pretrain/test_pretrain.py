@@ -263,11 +263,16 @@ def test_tower_initialized_from_pretraining_holds_exactly_its_weights(cls, pooli
 
 
 def test_dual_encoder_trains_from_a_pretraining_directory(code_corpus, tmp_path):
+    from mmssl.io import sha256_file
     from mmssl.recipes.config import TrainConfig
     from mmssl.recipes.text_code import RECIPE as TEXT_CODE
 
     config = tiny(MLMConfig, code_corpus, tmp_path / "pre", max_steps=0)  # the random-init control
     assert cli.main(["pretrain", "mlm", "--config", _write_toml(tmp_path, config)]) == 0
+    card = (tmp_path / "pre" / "final" / "README.md").read_text()  # its model card
+    assert card.startswith("---\nlibrary_name: mmssl") and "# mlm pretraining with mmssl" in card
+    assert "masked-LM" in card and "--text-init DIR" in card and "from scratch" in card
+    assert sha256_file(code_corpus) in card and "partition: 'train'" in card and '"max_steps": 0' in card
     train = TrainConfig.from_flat(
         train=code_corpus,
         out=str(tmp_path / "dual"),

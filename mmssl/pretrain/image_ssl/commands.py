@@ -61,5 +61,15 @@ def build_image_ssl(config: ImageSSLConfig, device: torch.device) -> ImageSSLTas
 
 
 def main(config: ImageSSLConfig) -> int:
-    run_training(config, lambda device: build_image_ssl(config, device))
+    import dataclasses
+    from pathlib import Path
+
+    from mmssl.console import launched_as_rank_zero
+    from mmssl.models.card import write_pretrained_cards
+    from mmssl.pretrain.image_ssl.base import ImageSSLTask
+
+    summary = run_training(config, lambda device: build_image_ssl(config, device))
+    if launched_as_rank_zero():  # one process writes the cards
+        run = {"method": config.method, **dataclasses.asdict(config)}
+        write_pretrained_cards(Path(config.out), run, summary, "image", ImageSSLTask.metric)
     return 0
