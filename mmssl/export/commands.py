@@ -18,7 +18,7 @@ class ExportConfig:
     format: Literal["onnx", "sentence-transformers", "open_clip"] = field(
         default="onnx",
         metadata={
-            "help": "onnx: one graph per tower, token ids -> normalized embedding; sentence-transformers: "
+            "help": "onnx: one graph per tower, token ids (or pixels) -> normalized embedding; sentence-transformers: "
             "a directory SentenceTransformer(OUT) loads (two towers: encode_query / encode_document); "
             "open_clip: an image-text model with open_clip towers as a directory "
             "open_clip.create_model_and_transforms('local-dir:OUT') loads"

@@ -1,12 +1,15 @@
-"""Export a dual encoder's towers to ONNX: each as one graph from token ids to the normalized
-embedding (``mmssl export --format onnx``; the layout is in ``mmssl.export.onnx_encoder``).
+"""Export a dual encoder's towers to ONNX: each as one graph from token ids (or pixels) to the
+normalized embedding (``mmssl export --format onnx``; the layout is in ``mmssl.export.onnx_encoder``).
 
 ``export_onnx(model_dir, out, quantize=None)`` traces each transformers tower (backbone, pooling,
 projection, L2 normalization) with ``torch.onnx.export`` (batch and sequence axes dynamic, eager
-attention so the graph holds plain ops), optionally quantizes its weights to int8 with
-onnxruntime's dynamic quantization, and checks the export against PyTorch on sample texts before
-the directory appears (written atomically): fp32 must agree to ``PARITY_TOLERANCE``; an int8
-export's agreement (cosine) is measured and recorded, since int8 is an approximation by design.
+attention so the graph holds plain ops), and each image tower (open_clip's or torchvision's, its
+projection and the normalization) from pixels (batch axis dynamic) with its evaluation
+preprocessing written beside it (``onnx_images``); optionally quantizes the weights to int8 with
+onnxruntime's dynamic quantization, and checks the export against PyTorch on sample texts and
+images before the directory appears (written atomically): fp32 must agree to
+``PARITY_TOLERANCE``; an int8 export's agreement (cosine) is measured and recorded, since int8 is an
+approximation by design.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ import torch
 from torch import nn
 
 from mmssl.console import get_logger
-from mmssl.export.onnx_encoder import INPUTS, OnnxEncoder, OnnxEncoderConfig, OnnxTowerSpec, write_config
+from mmssl.export.onnx_encoder import (
+    IMAGE_INPUT,
+    INPUTS,
+    OnnxEncoder,
+    OnnxEncoderConfig,
+    OnnxImageSpec,
+    OnnxTowerSpec,
+    write_config,
+)
 from mmssl.io import atomic_dir
 
 log = get_logger("export")
@@ -35,6 +46,17 @@ SAMPLE_TEXTS = (
     "x",
     "class Stack:\n    def push(self, item):\n        self.items.append(item)\n" * 8,
 )
+
+
+class NormalizedImageTower(nn.Module):
+    """An image tower and the L2 normalization after it: pixels (B, 3, H, W) -> (B, D)."""
+
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.tower(pixels), dim=-1)
 
 
 class NormalizedTower(nn.Module):
@@ -52,18 +74,21 @@ def export_onnx(
     model_dir: str | Path, out: str | Path, quantize: str | None = None, sample_texts=SAMPLE_TEXTS
 ) -> OnnxEncoderConfig:
     """Write ``out`` (atomically) from the mmssl model directory ``model_dir``; returns its config."""
-    from mmssl.export import load_text_model
+    from mmssl.export import load_text_model, sample_images
     from mmssl.io import model_fingerprint
 
     if quantize not in (None, "int8"):
         raise ValueError(f"--quantize {quantize!r}: choose int8 (or leave it out)")
-    model = load_text_model(model_dir, "--format onnx")
+    model = load_text_model(model_dir, "--format onnx", images=True)
     graphs: dict[int, str] = {}  # a shared tower is one graph
     towers = {}
     with atomic_dir(out) as tmp:
         (tmp / "tokenizers").mkdir()
         for modality in model.config.modalities:
             tower = model.towers[modality]
+            if model.is_image(modality):
+                towers[modality] = export_image_tower(tower, modality, tmp, quantize)
+                continue
             if id(tower) not in graphs:
                 graphs[id(tower)] = name = modality
                 if not tower.tokenizer.is_fast:
@@ -89,10 +114,36 @@ def export_onnx(
             source_sha256=model_fingerprint(model_dir),
             quantize=quantize,
         )
-        config = replace(config, parity=check_parity(model, OnnxEncoder(tmp, config), list(sample_texts), quantize))
+        samples = {m: sample_images() if model.is_image(m) else list(sample_texts) for m in model.config.modalities}
+        config = replace(config, parity=check_parity(model, OnnxEncoder(tmp, config), samples, quantize))
         write_config(tmp, config)
     log.info("wrote %s: %s", out, ", ".join(f"{m} {p}" for m, p in config.parity.items()))
     return config
+
+
+def export_image_tower(tower: nn.Module, modality: str, folder: Path, quantize: str | None) -> OnnxImageSpec:
+    """Trace an image tower (pixels -> normalized embedding, batch axis dynamic) into FOLDER/MODALITY.onnx."""
+    from mmssl.export import sample_images
+    from mmssl.export.onnx_images import image_steps
+
+    steps = image_steps(tower.preprocess_val)
+    pixels = tower.preparer(train=False)(sample_images()[:2])["pixels"]
+    path = folder / f"{modality}.onnx"
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent branches; parity decides
+        torch.onnx.export(
+            NormalizedImageTower(tower).eval(),
+            (pixels,),
+            str(path),
+            input_names=[IMAGE_INPUT],
+            output_names=["embedding"],
+            dynamic_axes={IMAGE_INPUT: {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    if quantize == "int8":
+        quantize_int8(path)
+    return OnnxImageSpec(graph=path.name, preprocess=steps)
 
 
 def trace(tower: nn.Module, batch: dict[str, torch.Tensor], path: Path) -> None:
@@ -136,13 +187,15 @@ def quantize_int8(path: Path) -> None:
     tmp.replace(path)
 
 
-def check_parity(model, encoder: OnnxEncoder, texts: list[str], quantize: str | None) -> dict:
-    """Per modality: max |onnx - torch| and the least cosine on ``texts``; raises past the tolerance."""
+def check_parity(model, encoder: OnnxEncoder, samples: dict[str, list], quantize: str | None) -> dict:
+    """Per modality: max |onnx - torch| and the least cosine on its ``samples`` (texts or images);
+    raises past the tolerance."""
     from mmssl.export import agreement
 
     out = {}
     for modality in model.config.modalities:
-        out[modality] = agreement(encoder.embed(modality, texts), model.embed(modality, texts))
+        items = samples[modality]
+        out[modality] = agreement(encoder.embed(modality, items), model.embed(modality, items))
         diff, cosine = out[modality]["max_abs_diff"], out[modality]["min_cosine"]
         if quantize is None and diff > PARITY_TOLERANCE:
             raise ValueError(f"ONNX export of the {modality} tower differs from PyTorch by {diff:.2e}")

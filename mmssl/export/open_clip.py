@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from mmssl.export import sample_images
 from mmssl.export.onnx import SAMPLE_TEXTS
 from mmssl.io import atomic_dir
 
@@ -43,21 +44,6 @@ WEIGHTS = "open_clip_model.safetensors"
 MARKER = "mmssl_export.json"  # what was exported, from where, and its parity: marks the folder as an export
 MIN_COSINE = 0.9999
 MAX_DIFF = 1e-4
-
-
-def sample_images(n: int = 8, size: int = 96) -> list:
-    """Deterministic test images: coloured shapes on gradients (no files, no network)."""
-    from PIL import Image, ImageDraw
-
-    colours = ["red", "green", "blue", "yellow", "purple", "orange", "black", "white"]
-    images = []
-    for i in range(n):
-        image = Image.linear_gradient("L").resize((size, size)).convert("RGB")
-        draw = ImageDraw.Draw(image)
-        box = (8 + 3 * i, 10 + 2 * i, size - 10 - i, size - 8 - 2 * i)
-        (draw.ellipse if i % 2 else draw.rectangle)(box, fill=colours[i % len(colours)])
-        images.append(image)
-    return images
 
 
 def _fold(projection, extra: torch.nn.Module) -> None:

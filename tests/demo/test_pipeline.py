@@ -169,7 +169,7 @@ def test_the_demo_embeds_through_an_int8_export_of_its_model_kept_while_the_mode
     from demo.app import model_line
 
     assert model_line(str(first)) == (
-        f"`model-onnx-int8`, an int8 ONNX export (16 dims; tokens: text 64, code 256) of the model "
+        f"`model-onnx-int8`, an int8 ONNX export (16 dims; text 64 tokens, code 256 tokens) of the model "
         f"{model_fingerprint(model)[:12]}…"
     )
     assert config.source_sha256 == model_fingerprint(model)
