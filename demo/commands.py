@@ -5,11 +5,13 @@ then the app)."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo.default import (
     DEFAULT_ITEMS,
+    IMAGE_STEPS,
     DemoDefaultConfig,
     corpus_path,
     encoder_path,
@@ -48,36 +50,97 @@ def main(config: DemoConfig) -> int:
 
 
 def demo_default(config: DemoDefaultConfig) -> int:
-    """Corpus, model, indexes (each reused when already built), then the app: what ``make demo`` runs."""
+    """Corpus, model, indexes (each reused when already built), then the app: what ``make demo`` runs.
+
+    With images, the app opens as soon as the code indexes are ready, its image tabs marked as
+    building; once step 4 is done it is reopened on the same port with every tab (reload the page)."""
     setup_logging()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
-    t = step("1/5 corpus: functions with docstrings from the standard library and installed packages")
+    default = config.model == "minilm" and config.max_files is None and config.max_items is None
+    clock = StepClock(images=config.images == "emoji", estimate=default and config.image_steps == IMAGE_STEPS)
+    clock.step("1/5 corpus: functions with docstrings from the standard library and installed packages")
     corpus = corpus_path(out, config.max_files)
-    print(f"   {time.monotonic() - t:.0f} s")
-    t = step(f"2/5 model: {config.model}")
+    clock.step(f"2/5 model: {config.model}")
     model = model_path(out, config.model, corpus, config)
-    print(f"   {time.monotonic() - t:.0f} s")
-    t = step("3/5 indexes: text → code and code → text, each with BM25")
+    clock.step("3/5 indexes: text → code and code → text, each with BM25")
     max_items = DEFAULT_ITEMS[config.model] if config.max_items is None else config.max_items
     encoder = encoder_path(out, config.model, model, config.backend)
     paths = index_paths(out, config.model, corpus, encoder, max_items or None)
-    print(f"   {time.monotonic() - t:.0f} s")
-    if config.images == "emoji":
-        t = step(
-            "4/5 images: the emoji set, an image tower trained against MiniLM (LiT), text → image and image → text"
-        )
-        paths += image_paths(out, config)
-        print(f"   {time.monotonic() - t:.0f} s")
-    print(f"\nready in {time.monotonic() - started:.0f} s")
-    if not config.launch:
-        return 0
-    from demo.app import launch
+    from demo.app import launch, serving
     from demo.search import open_indexes
 
-    step("5/5 the search app")
+    url = f"http://{config.host}:{config.port}/"
+    if config.images == "emoji":
+        building = None
+        if config.launch:  # the code tabs serve while the image part is built
+            clock.done()
+            what = "the emoji set and its image tower are being built (step 4/5 of `make demo`)"
+            building = {pair: f"{what}; the terminal says when they are ready: reload the page then."
+                        for pair in (("text", "image"), ("image", "text"))}  # fmt: skip
+        with serving(open_indexes(paths), config.host, config.port, building) if building else nullcontext():
+            if building:
+                print(f"open {url} in a browser: the code tabs work now, the image tabs come with step 4/5", flush=True)
+            clock.step(
+                "4/5 images: the emoji set, an image tower trained against MiniLM (LiT), text → image and image → text"
+            )
+            paths += image_paths(out, config)
+    clock.done()
+    print(f"\nready in {clock.total():.0f} s")
+    if not config.launch:
+        return 0
+    clock.step("5/5 the search app")
     indexes = open_indexes(paths)
-    print(f"open http://{config.host}:{config.port}/ in a browser (Ctrl+C stops it)", flush=True)
+    print(
+        f"open {url} in a browser (Ctrl+C stops it)"
+        + (": every tab is ready, reload the page" if config.images == "emoji" else ""),
+        flush=True,
+    )
     launch(indexes, config.host, config.port)
     return 0
+
+
+# Seconds each step took on the first run on a 2-core AVX2 EPYC (benchmarks/RESULTS.md, "make demo
+# first run with the int8 export"): what the estimates are scaled from.
+FIRST_RUN_SECONDS = {"1/5": 166, "2/5": 9, "3/5": 403, "4/5": 395}
+
+
+class StepClock:
+    """Prints "== k/N title" as each step starts, and as one ends its seconds and (with
+    ``estimate``: the default job, which the reference times are of) the time the steps after it
+    should take: their first-run seconds here (``FIRST_RUN_SECONDS``), scaled by how this machine
+    did on the steps that ran (a reused step, done in seconds, does not count)."""
+
+    def __init__(self, images: bool, estimate: bool = True) -> None:
+        self.started, self.estimate = time.monotonic(), estimate
+        self.left = [k for k in FIRST_RUN_SECONDS if images or k != "4/5"]
+        self.current: tuple[str, float] | None = None
+        self.ran = self.reference = 0.0
+
+    def step(self, title: str) -> None:
+        self.done()
+        key = title.split(" ", 1)[0]
+        if not self.current and key == "1/5" and self.estimate:
+            minutes = sum(FIRST_RUN_SECONDS[k] for k in self.left) / 60
+            print(f"first run: about {minutes:.0f} min on a 2-core machine (later runs reuse every step)", flush=True)
+        self.current = (key, step(title))
+
+    def done(self) -> None:
+        if self.current is None:
+            return
+        key, started = self.current
+        seconds = time.monotonic() - started
+        self.current = None
+        if key not in FIRST_RUN_SECONDS:
+            return
+        self.left.remove(key)
+        if seconds > 0.2 * FIRST_RUN_SECONDS[key]:  # it ran (a reused step takes seconds)
+            self.ran += seconds
+            self.reference += FIRST_RUN_SECONDS[key]
+        pace = self.ran / self.reference if self.reference else 1.0
+        rest = sum(FIRST_RUN_SECONDS[k] for k in self.left) * pace / 60
+        to_go = f"; about {rest:.0f} min to go at most" if self.left and self.estimate else ""
+        print(f"   {seconds:.0f} s{to_go}", flush=True)
+
+    def total(self) -> float:
+        return time.monotonic() - self.started

@@ -37,7 +37,7 @@ def default_demo(tmp_path_factory):
     stopped = demo_run([*argv, "--image-minutes", "1e-6"])
     notice = None
     if emoji:
-        from demo.app import notice_of
+        from demo.panels import notice_of
         from demo.search import open_indexes
 
         notice = notice_of(open_indexes([out / "emoji" / "image-index"])["image-index"])
@@ -60,7 +60,7 @@ def test_default_pipeline_builds_once_then_finishes_a_stopped_image_tower_then_r
     assert (out / "scratch" / "model" / "dual_encoder.json").is_file()
     # corpus, model, both indexes; and the image model and both image indexes
     assert third.count("reusing") == (7 if emoji else 4)
-    from demo.app import about, notice_of
+    from demo.panels import about, notice_of
     from demo.search import open_indexes
 
     loaded = open_indexes(paths)
@@ -128,7 +128,7 @@ def test_a_capped_index_without_held_out_items_chooses_its_mode_on_the_next_part
     import gzip
     import json
 
-    from demo.app import about
+    from demo.panels import about
     from demo.default import choose_on_partition
     from demo.search import open_indexes
     from indexing import Manifest
@@ -166,7 +166,7 @@ def test_the_demo_embeds_through_an_int8_export_of_its_model_kept_while_the_mode
     first = default.encoder_path(tmp_path, "scratch", model, "onnx-int8")
     config = OnnxEncoderConfig.load(first)
     assert first == tmp_path / "scratch" / "model-onnx-int8" and config.quantize == "int8"
-    from demo.app import model_line
+    from demo.panels import model_line
 
     assert model_line(str(first)) == (
         f"`model-onnx-int8`, an int8 ONNX export (16 dims; text 64 tokens, code 256 tokens) of the model "
@@ -180,3 +180,62 @@ def test_the_demo_embeds_through_an_int8_export_of_its_model_kept_while_the_mode
     config_file.write_text(json.dumps(json.loads(config_file.read_text()), indent=1))  # another fingerprint
     default.encoder_path(tmp_path, "scratch", model, "onnx-int8")
     assert OnnxEncoderConfig.load(first).source_sha256 == model_fingerprint(model) != config.source_sha256
+
+
+def test_the_app_opens_on_the_code_tabs_while_the_image_part_is_built_then_with_every_tab(default_demo, monkeypatch):
+    """`make demo` (every step reused here): the app serves text → code while step 4/5 runs, its image
+    tabs marked as building; then it is opened again on the same port with every tab."""
+    import httpx
+
+    import demo.app
+    import demo.commands
+
+    out, emoji, _, _ = default_demo
+    if not emoji:
+        pytest.skip("the emoji set cannot be made here")
+    port, seen = free_port(), {}
+    real_image_paths = demo.commands.image_paths
+
+    def image_paths_while_serving(root, config):
+        from gradio_client import Client
+
+        page = httpx.get(f"http://127.0.0.1:{port}/config", timeout=30).json()
+        seen["labels"] = sorted(c["props"].get("label") for c in page["components"] if c["type"] == "tabitem")
+        seen["building"] = any("being built" in str(c["props"].get("value", "")) for c in page["components"])
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        seen["hits"] = client.predict("parse the user", "code-index", 3, "dense", "", api_name="/text_to_code")["hits"]
+        return real_image_paths(root, config)
+
+    monkeypatch.setattr(demo.commands, "image_paths", image_paths_while_serving)
+    monkeypatch.setattr(demo.app, "launch", lambda indexes, host, port: seen.update(final=sorted(indexes)))
+    argv = ["--out", str(out), "--model", "scratch", "--steps", "3", "--max-files", "300"]
+    printed = demo_run([*argv, "--max-items", "400", "--image-steps", "3", "--port", str(port)])
+    assert seen["labels"] == ["code → text", "image → text (building)", "text → code", "text → image (building)"]
+    assert seen["building"] and len(seen["hits"]) == 3
+    assert seen["final"] == ["caption-index", "code-index", "doc-index", "image-index"]
+    assert "the code tabs work now" in printed and "every tab is ready, reload the page" in printed
+    assert printed.index("the code tabs work now") < printed.index("== 4/5")
+
+
+def test_the_step_clock_scales_the_first_run_times_by_the_steps_that_ran(monkeypatch, capsys):
+    import demo.commands as commands
+
+    now = [0.0]
+    monkeypatch.setattr(commands.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("demo.default.time.monotonic", lambda: now[0])
+    clock = commands.StepClock(images=True)
+    clock.step("1/5 corpus")
+    now[0] += 2 * commands.FIRST_RUN_SECONDS["1/5"]  # this machine: twice as slow as the reference
+    clock.step("2/5 model")
+    now[0] += 1.0  # reused: seconds, not counted
+    clock.step("3/5 indexes")
+    now[0] += 2 * commands.FIRST_RUN_SECONDS["3/5"]
+    clock.done()
+    lines = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().endswith("at most")]
+    ref = commands.FIRST_RUN_SECONDS
+    expected = [2 * (ref["2/5"] + ref["3/5"] + ref["4/5"]) / 60, 2 * (ref["3/5"] + ref["4/5"]) / 60, 2 * ref["4/5"] / 60]
+    assert lines == [f"{s} s; about {m:.0f} min to go at most" for s, m in zip([332, 1, 806], expected)]
+    quiet = commands.StepClock(images=False, estimate=False)
+    quiet.step("1/5 corpus")
+    quiet.done()
+    assert "to go" not in capsys.readouterr().out

@@ -323,7 +323,8 @@ def test_image_index_is_searched_by_text_and_caption_index_by_image(image_indexe
 def test_demo_serves_text_to_image_and_image_to_text(image_indexes, shapes, tmp_path):
     from gradio_client import Client, handle_file
 
-    from demo.app import build_app, example_queries
+    from demo.app import build_app
+    from demo.panels import example_queries
     from demo.search import TABS, open_indexes, run_search
 
     indexes = open_indexes([image_indexes / "images", image_indexes / "captions"])
@@ -443,7 +444,8 @@ def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_p
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from demo.app import build_app, example_queries
+    from demo.app import build_app
+    from demo.panels import example_queries
     from demo.search import open_indexes
 
     indexes = open_indexes([image_indexes / "images", image_indexes / "captions"])
