@@ -25,6 +25,7 @@ def about(item: LoadedIndex) -> str:
     m = item.index.manifest
     params = ", ".join(f"{k}={v}" for k, v in m.search_params.items()) or "none (exact)"
     recall = m.tuning.get("recall")
+    prefix = m.embedding.get("model_dim", m.dim) != m.dim  # a Matryoshka prefix
     card = m.collection
     available = card.get("available")
     of = f" of the collection's {available:,}" if isinstance(available, int) and available > len(item.index) else ""
@@ -40,7 +41,9 @@ def about(item: LoadedIndex) -> str:
         lines.append("- licences: " + "; ".join(f"{k}: {v}" if k else str(v) for k, v in listed))
     lines += [
         f"- model: {model_line(m.model_path)} (sha256 {(m.model_sha256 or '?')[:12]}…)",
-        f"- index: `{m.factory}` ({m.index_type}), {m.dim}-d inner product, search parameters {params}"
+        f"- index: `{m.factory}` ({m.index_type}), {m.dim}-d inner product"
+        + (f" (the first {m.dim} of the model's {m.embedding['model_dim']} dims)" if prefix else "")
+        + f", search parameters {params}"
         + (f", tuned recall@10 {recall:.3f}" if recall is not None and m.search_params else ""),
         f"- lexical side (BM25): {'yes' if m.lexical else 'no'}; built {m.created[:19].replace('T', ' ')}",
     ]

@@ -78,6 +78,10 @@ class IndexBuildConfig:
     text_field: str | None = field(default=None, metadata={"help": "record field to index (default by modality)"})
     partition: str | None = field(default=None, metadata={"help": "only records of this partition"})
     max_items: int | None = field(default=None, metadata={"help": "index only the first N records"})
+    dim: int | None = field(
+        default=None,
+        metadata={"help": "index the first N dimensions, L2-normalized again (a Matryoshka model's prefix)"},
+    )
     index_type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_fastscan", "ivf_pq"] = field(
         default="auto", metadata={"help": "index kind (auto: from the size and the memory budget)"}
     )
@@ -98,12 +102,30 @@ class IndexBuildConfig:
     seed: int = field(default=0, metadata={"help": "seed of training and tuning samples"})
 
 
+def prefix_of(shards, dim: int | None, model):
+    """(the shards to index: cut to ``dim`` when given, the manifest's ``embedding`` record). A size
+    the model was not trained for (its ``matryoshka_dims``) is allowed, with a warning."""
+    from indexing.embed import PrefixShards
+
+    trained = list(getattr(model.config, "matryoshka_dims", ()) or ())
+    record = {"model_dim": int(shards.dim), "dim": int(dim or shards.dim), "matryoshka_dims": trained}
+    if dim is None or dim == shards.dim:
+        return shards, record
+    if dim not in trained:
+        log.warning(
+            "--dim %d: the model was not trained for %d dims (its Matryoshka sizes: %s); a plain model's prefix "
+            "loses more quality", dim, dim, trained or "none",
+        )  # fmt: skip
+    return PrefixShards(shards, dim), record
+
+
 def build_main(config: IndexBuildConfig) -> int:
     from indexing.create import build_index_dir, check_target
     from indexing.embed import ShardDir, embed_collection, embed_texts
     from indexing.plan import parse_budget
     from mmssl.distributed import get_rank, init_distributed
     from mmssl.io import model_fingerprint
+    from mmssl.matryoshka import truncate
 
     setup_logging()
     budget = parse_budget(config.memory_budget)
@@ -114,6 +136,8 @@ def build_main(config: IndexBuildConfig) -> int:
 
     model = load_encoder(config.model, config.device)
     first, second = model.config.modalities
+    if config.dim is not None and config.dim > model.config.embed_dim:  # before minutes of embedding
+        raise ValueError(f"--dim {config.dim}: the model embeds in {model.config.embed_dim} dimensions")
     modality = config.modality or second
     if modality not in (first, second):
         raise ValueError(f"--modality {modality!r}: the model embeds {first} and {second}")
@@ -137,6 +161,7 @@ def build_main(config: IndexBuildConfig) -> int:
     )
     if get_rank() != 0:
         return 0
+    shards, embedding = prefix_of(ShardDir(emb_dir), config.dim, model)
     tune_queries = None
     if queries is not None:
         rng = np.random.default_rng(config.seed + 1)
@@ -144,9 +169,10 @@ def build_main(config: IndexBuildConfig) -> int:
         pick = [i for i in sample if not isinstance(queries[i], str) or queries[i].strip()]
         if len(pick) >= 50:
             tune_queries = embed_texts(model, query_modality, [queries[i] for i in pick], config.batch_size)
+            tune_queries = truncate(tune_queries, shards.dim) if config.dim else tune_queries
     manifest = build_index_dir(
         out,
-        ShardDir(emb_dir),
+        shards,
         (ids, texts, payloads),
         memory_budget=budget,
         index_type=config.index_type,
@@ -161,6 +187,7 @@ def build_main(config: IndexBuildConfig) -> int:
         modality=modality,
         query_modality=query_modality,
         collection=collection_card(config.data, config.partition, collection.available),
+        embedding=embedding,
         overwrite=config.overwrite,
         seed=config.seed,
     )
@@ -182,7 +209,6 @@ class IndexAddConfig:
 
 
 def add_main(config: IndexAddConfig) -> int:
-    from indexing.embed import embed_texts
     from indexing.index import SearchIndex
     from indexing.store import fingerprints
     from indexing.update import add_items
@@ -196,7 +222,7 @@ def add_main(config: IndexAddConfig) -> int:
         given = len(texts)
         keep = index.store.unseen(fingerprints(texts, payloads))  # a retry embeds only what did not land
         items, texts, payloads = [items[i] for i in keep], [texts[i] for i in keep], [payloads[i] for i in keep]
-        vectors = embed_texts(model, modality, items, config.batch_size) if keep else None
+        vectors = index.embed(modality, items, config.batch_size) if keep else None
     if keep:
         ids = add_items(config.index, vectors, texts, payloads)
     else:  # nothing new (a retry of an add that landed): the lock still clears what a killed writer left

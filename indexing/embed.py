@@ -29,6 +29,7 @@ import numpy as np
 from indexing.build import sample_rows
 from mmssl.console import get_logger, progress
 from mmssl.io import atomic_file
+from mmssl.matryoshka import truncate
 
 log = get_logger("index.embed")
 SPEC = "embeddings.json"
@@ -125,6 +126,30 @@ class ShardDir:
                 x = np.load(self.path / f"{shard_name(i)}.npy", mmap_mode="r")
                 out.append(np.asarray(x[mine], dtype=np.float32))
         return np.concatenate(out, axis=0)
+
+
+class PrefixShards:
+    """Shards read with each vector cut to its first ``dim`` dimensions and L2-normalized again (a
+    Matryoshka prefix, ``mmssl index build --dim``): the same interface as ``ShardDir``."""
+
+    def __init__(self, shards: ShardDir, dim: int) -> None:
+        if not 1 <= dim <= shards.dim:
+            raise ValueError(f"--dim {dim}: the embeddings have {shards.dim} dimensions")
+        self.shards, self.dim, self.count, self.spec = shards, dim, shards.count, shards.spec
+
+    def shard(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, x = self.shards.shard(i)
+        return ids, truncate(x, self.dim)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for i in range(self.spec.n_shards):
+            yield self.shard(i)
+
+    def all_ids(self) -> np.ndarray:
+        return self.shards.all_ids()
+
+    def sample(self, m: int, seed: int = 0) -> np.ndarray:
+        return truncate(self.shards.sample(m, seed), self.dim)
 
 
 def embed_texts(model, modality: str, texts: Sequence, batch_size: int = 128, bar=None) -> np.ndarray:

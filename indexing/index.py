@@ -147,20 +147,28 @@ class SearchIndex(Closable):
                         f"{self.path / MANIFEST}: field {name!r} is {value!r}; the model embeds "
                         f"{' and '.join(model.config.modalities)}"
                     )
-            if model.config.embed_dim != self.manifest.dim:
+            indexed = self.manifest.embedding.get("model_dim", self.manifest.dim)  # a prefix: the model's size
+            if model.config.embed_dim != indexed or self.manifest.dim > model.config.embed_dim:
                 raise IndexDirError(
                     f"{path}: embeds in dim {model.config.embed_dim}, the index holds {self.manifest.dim}"
+                    + (f" of {indexed}" if indexed != self.manifest.dim else "")
                 )
             self._model = model
         return self._model
 
     def embed_queries(self, queries: Sequence) -> np.ndarray:
         """Query texts, or images for an index whose queries are images (paths, bytes, PIL images)."""
-        from indexing.embed import embed_texts
-
         model = self.model()
-        modality = self.manifest.query_modality or model.config.modalities[0]
-        return embed_texts(model, modality, list(queries))
+        return self.embed(self.manifest.query_modality or model.config.modalities[0], queries)
+
+    def embed(self, modality: str, items: Sequence, batch_size: int = 128) -> np.ndarray:
+        """Items embedded with the index's model, cut to the index's size (a Matryoshka prefix, L2-normalized
+        again) when the model's embeddings are longer."""
+        from indexing.embed import embed_texts
+        from mmssl.matryoshka import truncate
+
+        x = embed_texts(self.model(), modality, list(items), batch_size)
+        return truncate(x, self.manifest.dim) if x.shape[1] > self.manifest.dim else x
 
     # ---- search ---------------------------------------------------------------------------------
 
@@ -285,6 +293,7 @@ class SearchIndex(Closable):
             "path": str(self.path),
             "count": len(self),
             "dim": m.dim,
+            "embedding": m.embedding,  # the model's size and the Matryoshka prefix indexed
             "index_type": m.index_type,
             "factory": m.factory,
             "search_params": m.search_params,

@@ -74,6 +74,9 @@ class Manifest:
     collection: dict[str, Any] = field(default_factory=dict)
     # the default search mode and BM25 weight chosen on validation queries (indexing.modes), or {}
     search_defaults: dict[str, Any] = field(default_factory=dict)
+    # the model's embeddings as indexed: {"model_dim", "dim" (a Matryoshka prefix when smaller),
+    # "matryoshka_dims" (the sizes the model was trained for)}; {} for full-size embeddings of old builds
+    embedding: dict[str, Any] = field(default_factory=dict)
     files: dict[str, FileRecord] = field(default_factory=dict)
     next_id: int = 0  # the id ``add`` gives the next item when none is given
     created: str = ""

@@ -91,6 +91,7 @@ RANGES: dict[str, Range] = {
     "max_files": COUNT,
     "processes": at_least(1),
     "max_items": COUNT,
+    "dim": COUNT,
     "max_pairs": COUNT,
     "eval_max_pairs": COUNT,
     "eval_max_images": COUNT,

@@ -56,6 +56,10 @@ class EvalConfig:
     baseline_model: str | None = field(
         default=None, metadata={"help": "also score a sentence-embedding model dir (e.g. minilm), zero-shot"}
     )
+    dims: str | None = field(
+        default=None,
+        metadata={"help": "text-code: also score these leading prefix sizes, e.g. 384,256,128,64 (Matryoshka)"},
+    )
     max_pairs: int | None = field(default=None, metadata={"help": "use a seeded random sample of N pairs"})
     chunk_size: int = field(default=1000, metadata={"help": "candidates per query for MRR (CodeSearchNet: 1000)"})
     seed: int = field(default=0, metadata={"help": "shuffle seed of the MRR protocol"})

@@ -1,8 +1,9 @@
 """Contrastive and self-supervised losses: one ``nn.Module`` per loss, tensors in, tensor out.
 
-Modules: ``contrastive`` (InfoNCE, NT-Xent, SigLIP), ``metric`` (pair-contrastive, triplet,
-N-pair, lifted structured, soft nearest neighbours, NCE), ``noncontrastive`` (BYOL, Barlow
-Twins, VICReg). The docstring of every loss gives its formula, its paper and its input shapes.
+Modules: ``contrastive`` (InfoNCE, NT-Xent, SigLIP), ``matryoshka`` (a pair loss over nested
+prefixes), ``metric`` (pair-contrastive, triplet, N-pair, lifted structured, soft nearest
+neighbours, NCE), ``noncontrastive`` (BYOL, Barlow Twins, VICReg). The docstring of every loss
+gives its formula, its paper and its input shapes.
 
 Conventions
 - Losses never see the model or an argument namespace. Inputs are embeddings (and labels or pair
@@ -22,6 +23,7 @@ Conventions
 
 from mmssl.losses._common import MAX_LOGIT_SCALE
 from mmssl.losses.contrastive import InfoNCELoss, NTXentLoss, SigLIPLoss
+from mmssl.losses.matryoshka import MatryoshkaLoss
 from mmssl.losses.metric import (
     LiftedStructuredLoss,
     NCELoss,
@@ -36,6 +38,7 @@ from mmssl.losses.noncontrastive import BarlowTwinsLoss, BYOLLoss, VICRegLoss
 
 __all__ = [
     "MAX_LOGIT_SCALE",
+    "MatryoshkaLoss",
     "BYOLLoss",
     "BarlowTwinsLoss",
     "InfoNCELoss",

@@ -59,6 +59,7 @@ class DualEncoderConfig:
     shared: bool = False
     embed_dim: int = 256
     init_temperature: float = 0.07
+    matryoshka_dims: tuple[int, ...] = ()  # the prefix sizes it was trained for (mmssl.matryoshka)
 
     def __post_init__(self) -> None:
         if len(self.modalities) != 2 or self.modalities[0] == self.modalities[1]:
@@ -72,6 +73,7 @@ class DualEncoderConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["modalities"] = list(self.modalities)
+        d["matryoshka_dims"] = list(self.matryoshka_dims)
         d["towers"] = {m: {"kind": t.kind, **t.to_dict()} for m, t in self.towers.items()}
         return {"format_version": FORMAT_VERSION, "kind": "dual_encoder", **d}
 
@@ -93,6 +95,7 @@ class DualEncoderConfig:
                 shared=bool(d["shared"]),
                 embed_dim=int(d["embed_dim"]),
                 init_temperature=float(d["init_temperature"]),
+                matryoshka_dims=tuple(int(x) for x in d.get("matryoshka_dims", ())),  # older files have none
             )
         except (KeyError, TypeError) as e:
             raise ValueError(f"{source}: malformed dual encoder config ({e})") from None

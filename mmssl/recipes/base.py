@@ -95,10 +95,12 @@ class Recipe(ABC):
 
     def build_task(self, config: TrainConfig, device: torch.device):
         """The ``ContrastiveTask`` a ``TrainConfig`` describes, on ``device``."""
+        from mmssl.matryoshka import parse_dims, parse_weights
         from mmssl.negatives.refresh import negatives_for
         from mmssl.recipes.contrastive import ContrastiveTask
 
         self.check(config)
+        parse_weights(config.model.matryoshka_weights, parse_dims(config.model.matryoshka))  # before any data
         data = config.data
         train = self.load_pairs(data.train, data.train_partition or None, data)  # '': every record
         if len(train) < config.engine.batch_size:
@@ -125,6 +127,13 @@ class Recipe(ABC):
         if train.captions is not None and data.first_caption_p is not None:
             train = replace(train, captions=replace(train.captions, first_p=data.first_caption_p))
         loss = self.loss(config.model)
+        dims = parse_dims(config.model.matryoshka, model.config.embed_dim)
+        if dims:  # the sizes it is trained for, recorded in its config (dual_encoder.json)
+            from mmssl.losses import MatryoshkaLoss
+
+            loss = MatryoshkaLoss(loss, dims, parse_weights(config.model.matryoshka_weights, dims))
+            model.config = replace(model.config, matryoshka_dims=dims)
+            log.info("Matryoshka: the loss summed over the prefixes %s of %d dims", list(dims), model.config.embed_dim)
         return ContrastiveTask(
             model, loss, train, validation, self.metric, grad_cache=config.model.grad_cache, **negatives
         )

@@ -57,6 +57,12 @@ class DualModelConfig:
     )
     temperature: float = option(0.07, "initial temperature (learnable)")
     label_smoothing: float = option(0.0, "InfoNCE label smoothing")
+    matryoshka: str | None = option(
+        None,
+        "nested embeddings: the loss summed over these leading prefix sizes, e.g. 512,256,128,64 "
+        "(mmssl index build --dim, mmssl eval --dims then use a prefix)",
+    )
+    matryoshka_weights: str | None = option(None, "one weight per --matryoshka size (default: 1 each)")
     grad_cache: int = option(
         0,
         "GradCache: embed the batch this many pairs at a time (0: all at once); the batch's "

@@ -175,6 +175,8 @@ def eval_command(config) -> int:
 
     if not config.model:
         raise ValueError("--model is required for --task image-text")
+    if config.dims:
+        raise ValueError("--dims: scored for --task text-code only (an image index takes --dim)")
     device = resolve_device(config.device)
     rows = {"model": DualEncoder.from_pretrained(config.model, device)}
     if config.untrained:

@@ -52,8 +52,18 @@ def eval_command(recipe, config) -> int:
     rows: dict[str, dict] = {}
     if config.model:
         from mmssl.export.onnx_encoder import load_encoder
+        from mmssl.matryoshka import PrefixEncoder, parse_dims
 
-        rows["model"] = timed(lambda: recipe.evaluate(load_encoder(config.model, device), pairs, **protocol))
+        encoder = load_encoder(config.model, device)
+        dims = parse_dims(config.dims, encoder.config.embed_dim, "--dims")
+        cache: dict = {}  # the model embeds once; each size is a prefix of the same embeddings
+        full = PrefixEncoder(encoder, encoder.config.embed_dim, cache) if dims else encoder
+        rows["model"] = timed(lambda: recipe.evaluate(full, pairs, **protocol))
+        for d in dims:
+            if d != encoder.config.embed_dim:
+                rows[f"model@{d}"] = timed(
+                    lambda d=d: recipe.evaluate(PrefixEncoder(encoder, d, cache), pairs, **protocol)
+                )
     if config.bm25:
         rows["bm25"] = timed(lambda: score_bm25(pairs, config.chunk_size, config.seed))
     if config.baseline_model:
@@ -68,10 +78,10 @@ def eval_command(recipe, config) -> int:
         return 0
     chunk = min(config.chunk_size, len(pairs))
     print(f"{len(pairs)} pairs from {config.data} (partition {config.partition}); MRR over chunks of {chunk}")
-    print(f"{'scorer':<10} {'MRR':>7} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'seconds':>8}")
+    print(f"{'scorer':<11} {'MRR':>7} {'R@1':>7} {'R@5':>7} {'R@10':>7} {'seconds':>8}")
     for name, r in rows.items():
         print(
-            f"{name:<10} {r['mrr']:7.4f} {r['recall@1']:7.4f} {r['recall@5']:7.4f} {r['recall@10']:7.4f}"
+            f"{name:<11} {r['mrr']:7.4f} {r['recall@1']:7.4f} {r['recall@5']:7.4f} {r['recall@10']:7.4f}"
             f" {r['seconds']:8.1f}"
         )
     return 0

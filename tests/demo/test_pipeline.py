@@ -128,8 +128,8 @@ def test_a_capped_index_without_held_out_items_chooses_its_mode_on_the_next_part
     import gzip
     import json
 
-    from demo.panels import about
     from demo.default import choose_on_partition
+    from demo.panels import about
     from demo.search import open_indexes
     from indexing import Manifest
 
@@ -233,7 +233,11 @@ def test_the_step_clock_scales_the_first_run_times_by_the_steps_that_ran(monkeyp
     clock.done()
     lines = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().endswith("at most")]
     ref = commands.FIRST_RUN_SECONDS
-    expected = [2 * (ref["2/5"] + ref["3/5"] + ref["4/5"]) / 60, 2 * (ref["3/5"] + ref["4/5"]) / 60, 2 * ref["4/5"] / 60]
+    expected = [
+        2 * (ref["2/5"] + ref["3/5"] + ref["4/5"]) / 60,
+        2 * (ref["3/5"] + ref["4/5"]) / 60,
+        2 * ref["4/5"] / 60,
+    ]
     assert lines == [f"{s} s; about {m:.0f} min to go at most" for s, m in zip([332, 1, 806], expected)]
     quiet = commands.StepClock(images=False, estimate=False)
     quiet.step("1/5 corpus")

@@ -1,0 +1,86 @@
+"""Nested (Matryoshka) embeddings: a model trained so that each leading prefix of its embedding is
+itself a good embedding (Kusupati et al. 2022, "Matryoshka Representation Learning").
+
+``parse_dims("512,256,128,64", embed_dim)`` checks a list of prefix sizes; ``truncate(x, d)`` keeps
+the first ``d`` dimensions of embeddings and L2-normalizes them again (numpy arrays or torch
+tensors, (N, D) -> (N, d)); ``PrefixEncoder(model, d)`` is a model whose embeddings are truncated so
+(``mmssl eval --dims``); the index layer truncates with ``truncate`` too (``mmssl index build --dim``).
+The loss is ``mmssl.losses.MatryoshkaLoss``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+
+def parse_dims(spec: str | None, embed_dim: int | None = None, option: str = "--matryoshka") -> tuple[int, ...]:
+    """ "512,256,128,64" -> (512, 256, 128, 64), largest first; each a whole number >= 1 and, with
+    ``embed_dim``, at most it; () for None or ""."""
+    if not spec:
+        return ()
+    dims = []
+    for part in str(spec).split(","):
+        try:
+            d = int(part.strip())
+        except ValueError:
+            raise ValueError(f"{option} {spec!r}: {part.strip()!r} is not a whole number") from None
+        if d < 1:
+            raise ValueError(f"{option} {spec!r}: sizes must be >= 1, got {d}")
+        if embed_dim is not None and d > embed_dim:
+            raise ValueError(f"{option} {spec!r}: {d} exceeds the embedding size {embed_dim}")
+        dims.append(d)
+    if len(set(dims)) != len(dims):
+        raise ValueError(f"{option} {spec!r}: a size is given twice")
+    return tuple(sorted(dims, reverse=True))
+
+
+def parse_weights(spec: str | None, dims: tuple[int, ...]) -> tuple[float, ...] | None:
+    """ "1,1,0.5,0.5" -> one non-negative weight per size (in the order the sizes were given)."""
+    if not spec:
+        return None
+    try:
+        weights = tuple(float(w) for w in str(spec).split(","))
+    except ValueError:
+        raise ValueError(f"--matryoshka-weights {spec!r}: not a comma list of numbers") from None
+    if len(weights) != len(dims) or any(not w >= 0 for w in weights) or not any(weights):
+        raise ValueError(f"--matryoshka-weights {spec!r}: give {len(dims)} non-negative weights, not all 0")
+    return weights
+
+
+def truncate(x, dim: int):
+    """The first ``dim`` dimensions of (N, D) embeddings, L2-normalized again (numpy or torch)."""
+    if dim < 1 or dim > x.shape[-1]:
+        raise ValueError(f"cannot keep {dim} of {x.shape[-1]} dimensions")
+    head = x[..., :dim]
+    try:
+        import torch
+
+        if isinstance(head, torch.Tensor):
+            return torch.nn.functional.normalize(head, dim=-1)
+    except ImportError:  # the torch-free query path (an ONNX export)
+        pass
+    import numpy as np
+
+    norms = np.linalg.norm(head, axis=-1, keepdims=True)
+    return (head / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+class PrefixEncoder:
+    """A model (``DualEncoder`` or ``OnnxEncoder``) whose ``embed`` keeps the first ``dim``
+    dimensions, renormalized. ``cache``: a dict shared by several of them, so that one model's
+    embeddings are computed once for every size."""
+
+    def __init__(self, model, dim: int, cache: dict | None = None) -> None:
+        self.model, self.dim = model, dim
+        self.cache = {} if cache is None else cache
+        self.config = replace(model.config, embed_dim=dim)
+        self.device = model.device
+
+    def is_image(self, modality: str) -> bool:
+        return self.model.is_image(modality)
+
+    def embed(self, modality: str, items: list, *args, **kwargs):
+        key = (modality, tuple(map(id, items)) if self.model.is_image(modality) else tuple(items))
+        if key not in self.cache:
+            self.cache[key] = self.model.embed(modality, items, *args, **kwargs)
+        return truncate(self.cache[key], self.dim)
