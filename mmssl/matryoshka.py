@@ -10,6 +10,7 @@ The loss is ``mmssl.losses.MatryoshkaLoss``.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 
 
@@ -52,13 +53,9 @@ def truncate(x, dim: int):
     if dim < 1 or dim > x.shape[-1]:
         raise ValueError(f"cannot keep {dim} of {x.shape[-1]} dimensions")
     head = x[..., :dim]
-    try:
-        import torch
-
-        if isinstance(head, torch.Tensor):
-            return torch.nn.functional.normalize(head, dim=-1)
-    except ImportError:  # the torch-free query path (an ONNX export)
-        pass
+    torch = sys.modules.get("torch")  # not imported: x is no tensor (the torch-free query path stays so)
+    if torch is not None and isinstance(head, torch.Tensor):
+        return torch.nn.functional.normalize(head, dim=-1)
     import numpy as np
 
     norms = np.linalg.norm(head, axis=-1, keepdims=True)

@@ -62,6 +62,20 @@ def test_truncate_keeps_a_prefix_at_unit_length_in_numpy_and_torch():
         truncate(x, 11)
 
 
+def test_truncating_numpy_embeddings_never_imports_torch():
+    """An ONNX export's query path (a prefix index searched without torch) stays torch-free."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, numpy as np\n"
+        "from mmssl.matryoshka import truncate\n"
+        "assert truncate(np.ones((2, 4), dtype=np.float32), 2).shape == (2, 2)\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
 def test_sizes_and_weights_are_checked_in_one_line():
     assert parse_dims("64, 512,128", 512) == (512, 128, 64) and parse_dims(None) == () and parse_dims("") == ()
     for spec, message in [("512,x", "'x' is not a whole number"), ("0", ">= 1"), ("8,8", "given twice"),
