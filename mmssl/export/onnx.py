@@ -48,26 +48,16 @@ SAMPLE_TEXTS = (
 )
 
 
-class NormalizedImageTower(nn.Module):
-    """An image tower and the L2 normalization after it: pixels (B, 3, H, W) -> (B, D)."""
-
-    def __init__(self, tower: nn.Module) -> None:
-        super().__init__()
-        self.tower = tower
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.tower(pixels), dim=-1)
-
-
 class NormalizedTower(nn.Module):
-    """A tower and the L2 normalization after it: what one exported graph computes."""
+    """A tower and the L2 normalization after it: what one exported graph computes (token ids and
+    attention mask, or pixels, in; (B, D) out)."""
 
     def __init__(self, tower: nn.Module) -> None:
         super().__init__()
         self.tower = tower
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(self.tower(input_ids=input_ids, attention_mask=attention_mask), dim=-1)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(self.tower(*inputs), dim=-1)
 
 
 def export_onnx(
@@ -127,48 +117,42 @@ def export_image_tower(tower: nn.Module, modality: str, folder: Path, quantize: 
     from mmssl.export.onnx_images import image_steps
 
     steps = image_steps(tower.preprocess_val)
-    pixels = tower.preparer(train=False)(sample_images()[:2])["pixels"]
     path = folder / f"{modality}.onnx"
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on shape-dependent branches; parity decides
-        torch.onnx.export(
-            NormalizedImageTower(tower).eval(),
-            (pixels,),
-            str(path),
-            input_names=[IMAGE_INPUT],
-            output_names=["embedding"],
-            dynamic_axes={IMAGE_INPUT: {0: "batch"}, "embedding": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    pixels = tower.preparer(train=False)(sample_images()[:2])["pixels"]
+    export_graph(tower, {IMAGE_INPUT: pixels}, path, {IMAGE_INPUT: {0: "batch"}})
     if quantize == "int8":
         quantize_int8(path)
     return OnnxImageSpec(graph=path.name, preprocess=steps)
 
 
 def trace(tower: nn.Module, batch: dict[str, torch.Tensor], path: Path) -> None:
-    """``torch.onnx.export`` of the normalized tower, batch and sequence axes dynamic."""
+    """``torch.onnx.export`` of the normalized text tower, batch and sequence axes dynamic."""
     backbone = tower.backbone
     previous = backbone.config._attn_implementation
     backbone.set_attn_implementation("eager")  # sdpa's mask building does not trace into ONNX ops
     try:
-        # The tracer's warnings (the legacy exporter, shape-dependent branches it keeps as traced)
-        # are about graphs with control flow; the parity check below is what tells if this one works.
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                NormalizedTower(tower).eval(),
-                tuple(batch[k] for k in INPUTS),
-                str(path),
-                input_names=list(INPUTS),
-                output_names=["embedding"],
-                dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-                              "embedding": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )  # fmt: skip
+        dynamic = {k: {0: "batch", 1: "tokens"} for k in INPUTS}
+        export_graph(tower, {k: batch[k] for k in INPUTS}, path, dynamic)
     finally:
         backbone.set_attn_implementation(previous)
+
+
+def export_graph(tower: nn.Module, inputs: dict[str, torch.Tensor], path: Path, dynamic: dict) -> None:
+    """One graph from ``inputs`` (named, in the tower's argument order) to the normalized embedding."""
+    # The tracer's warnings (the legacy exporter, shape-dependent branches it keeps as traced) are
+    # about graphs with control flow; the parity check after the export is what tells if this one works.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            NormalizedTower(tower).eval(),
+            tuple(inputs.values()),
+            str(path),
+            input_names=list(inputs),
+            output_names=["embedding"],
+            dynamic_axes={**dynamic, "embedding": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
 
 
 def quantize_int8(path: Path) -> None:
