@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from demo.results import thumbnail
+from demo.results import first_line, thumbnail
 from demo.search import EXAMPLE_FIELD, LoadedIndex
 
 
@@ -106,13 +106,14 @@ def example_queries(item: LoadedIndex, n: int = 4, candidates: int = 200) -> lis
         return [im for im in images if im is not None][:n]
     if item.pair[0] == "code":
         return [v[:2000] for _, v in values if isinstance(v, str) and v.strip()][:n]
+    lines = [(i, first_line(v)[:200]) for i, v in values if isinstance(v, str) and v.strip()]
     if item.pair[1] == "code":
         found = [(i, q) for i, v in values if isinstance(v, str) and (q := natural_query(v))]
     else:  # captions
-        found = [(i, v.strip().splitlines()[0][:200]) for i, v in values if isinstance(v, str) and v.strip()]
+        found = lines
     found = list({q: (i, q) for i, q in found}.values())[: 3 * n]  # distinct queries, a few to try
     if not found:
-        return [v.strip().splitlines()[0][:200] for _, v in values if isinstance(v, str) and v.strip()][:n]
+        return [q for _, q in lines][:n]
     with item.lock:
         hits = item.index.search([q for _, q in found], k=3)
     good = [q for (i, q), h in zip(found, hits) if any(x.id == i for x in h)]

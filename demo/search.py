@@ -75,6 +75,11 @@ class LoadedIndex:
         return (m.query_modality or "text", m.modality or "code")
 
     @property
+    def filter_menu(self) -> list[tuple[str, str]]:
+        """The "search within" menu: everything, then the index's filters."""
+        return [("everything", EVERYTHING), *self.filters]
+
+    @property
     def modes(self) -> list[str]:
         text_query = self.pair[0] != "image"
         return ["dense", "lexical", "hybrid"] if self.index.lexical is not None and text_query else ["dense"]

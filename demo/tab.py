@@ -30,7 +30,7 @@ def build_tab(gr, indexes: dict[str, LoadedIndex], spec: TabSpec, served: list[L
         )
         mode = gr.Radio(first.modes, value=first.default_mode, label="mode", min_width=160)
         within = gr.Dropdown(
-            [("everything", EVERYTHING), *first.filters],
+            first.filter_menu,
             value=EVERYTHING,
             label="search within",
             visible=bool(first.filters),
@@ -69,10 +69,9 @@ def build_tab(gr, indexes: dict[str, LoadedIndex], spec: TabSpec, served: list[L
 
     def switch(name):
         item = indexes[name]
-        menu = [("everything", EVERYTHING), *item.filters]
         return (
             gr.Radio(choices=item.modes, value=item.default_mode),
-            gr.Dropdown(choices=menu, value=EVERYTHING, visible=bool(item.filters)),
+            gr.Dropdown(choices=item.filter_menu, value=EVERYTHING, visible=bool(item.filters)),
             about(item),
             notice_of(item),
         )
