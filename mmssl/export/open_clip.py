@@ -17,9 +17,8 @@ that take a model name and a checkpoint path (clip-retrieval, open_clip's traini
     open_clip.add_model_config("OUT/config")
     model, _, preprocess = open_clip.create_model_and_transforms(NAME, pretrained="OUT/open_clip_model.safetensors")
 
-Where the dual encoder's
-embedding size differs from a tower's own, mmssl's projection (a bias-free linear map after the
-tower) is folded into the tower's last projection (a ViT's ``proj``, the text ``text_projection``):
+Where the dual encoder's embedding size differs from a tower's own, mmssl's projection (a bias-free
+linear map after the tower) is folded into the tower's last projection (a ViT's ``proj``, the text ``text_projection``):
 ``x @ P @ W.T`` is ``x @ (P @ W.T)``.
 
 Before the directory appears it is loaded back with open_clip and checked against mmssl on sample
@@ -46,11 +45,9 @@ MIN_COSINE = 0.9999
 MAX_DIFF = 1e-4
 
 
-def _fold(projection, extra: torch.nn.Module) -> None:
-    """Fold ``extra`` (mmssl's bias-free Linear after the tower, or Identity) into ``projection``:
-    a (width, dim) parameter, or an nn.Linear(width -> dim), in place."""
-    if isinstance(extra, torch.nn.Identity):
-        return
+def _fold(projection, extra: torch.nn.Linear) -> None:
+    """Fold ``extra`` (mmssl's bias-free Linear after the tower) into ``projection``: a (width, dim)
+    parameter, or an nn.Linear(width -> dim), in place."""
     w = extra.weight.detach()  # (embed, dim)
     with torch.no_grad():
         if isinstance(projection, torch.nn.Parameter):
@@ -91,7 +88,8 @@ def open_clip_parts(model, name: str) -> tuple[dict, dict]:
     if bool(vision_cfg.get("quick_gelu", False)) != bool(text_cfg.get("quick_gelu", False)):
         raise ValueError(f"{name}: the towers' configs differ in quick_gelu; open_clip builds both with one")
     visual, text_module = copy.deepcopy(image.visual), copy.deepcopy(text.text)
-    _fold(_visual_projection(visual, name) if not isinstance(image.proj, torch.nn.Identity) else None, image.proj)
+    if not isinstance(image.proj, torch.nn.Identity):
+        _fold(_visual_projection(visual, name), image.proj)
     if not isinstance(text.proj, torch.nn.Identity):
         projection = getattr(text_module, "text_projection", None)
         if projection is None:
