@@ -55,12 +55,18 @@ def body(driver) -> str:
 
 
 def search_by_enter(driver, wait, query: str, count: int) -> None:
+    """Type ``query`` and press Enter; return once this search's ``count`` results are on the page
+    (not the previous search's: the results must have changed first)."""
     from selenium.webdriver.common.keys import Keys
 
+    def results(d) -> str:
+        return d.execute_script("const e = document.querySelector('.mmssl-hits'); return e ? e.innerHTML : ''")
+
+    before = results(driver)
     box = wait.until(lambda d: shown(d, "//textarea[starts-with(@placeholder, 'describe what')]"))
     box.clear()
     box.send_keys(query, Keys.ENTER)  # no click on Search
-    wait.until(lambda d: f"{count} results in" in body(d))
+    wait.until(lambda d: results(d) != before and f"{count} results in" in body(d))
 
 
 def test_enter_searches_marks_words_folds_code_filters_by_package_and_shows_more(app_url):
