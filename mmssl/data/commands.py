@@ -1,5 +1,6 @@
 """The data commands: ``mmssl data mine-code`` (``MineCodeConfig``, ``mine_code``: a CodeSearchNet-format
-corpus mined from Python source trees) and ``mmssl data make-images`` (``MakeImagesConfig``,
+corpus mined from Python source trees, or with ``--unlabeled`` their train partition's code for
+pretraining) and ``mmssl data make-images`` (``MakeImagesConfig``,
 ``make_images``: an image-caption set made offline)."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from mmssl.data.code_search import SHARD_SUFFIXES, write_code_search
 from mmssl.data.images import MAKERS, MakeImagesConfig
-from mmssl.data.mine import PARTITIONS, SplitBy, mine_python
+from mmssl.data.mine import PARTITIONS, SplitBy, mine_python, mine_unlabeled
 from mmssl.io import atomic_dir, check_output
 
 
@@ -40,6 +41,13 @@ class MineCodeConfig:
         default=None, metadata={"help": "parse at most this many files (first in sorted order)"}
     )
     processes: int | None = field(default=None, metadata={"help": "processes parsing files (default: one per CPU)"})
+    unlabeled: bool = field(
+        default=False,
+        metadata={
+            "help": "write code for pretraining instead: every function (docstring or not) and module body of "
+            "the train partition only (the partitions the same command without --unlabeled draws)"
+        },
+    )
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out file"})
 
 
@@ -49,8 +57,7 @@ def mine_code(config: MineCodeConfig) -> int:
         raise ValueError(f"--out {config.out!r}: the name must end with .jsonl or .jsonl.gz")
     check_output(config.out, config.overwrite, "a corpus")
     started = time.perf_counter()
-    records, stats = mine_python(
-        config.sources,
+    options = dict(
         split_by=config.split_by,
         valid_fraction=config.valid_fraction,
         test_fraction=config.test_fraction,
@@ -60,6 +67,9 @@ def mine_code(config: MineCodeConfig) -> int:
         max_files=config.max_files,
         workers=config.processes,
     )
+    if config.unlabeled:
+        return _mine_unlabeled(config, options, started)
+    records, stats = mine_python(config.sources, **options)
     if not records:
         raise ValueError(
             f"no functions kept from {stats.files_parsed} parsed file(s) of {stats.files_seen}; nothing written"
@@ -80,6 +90,28 @@ def mine_code(config: MineCodeConfig) -> int:
         "partitions: " + ", ".join(f"{p} {stats.partitions[p]} ({stats.partition_keys[p]} {unit})" for p in PARTITIONS)
     )
     print(f"wrote {len(records)} records to {config.out} in {seconds:.1f}s")
+    return 0
+
+
+def _mine_unlabeled(config: MineCodeConfig, options: dict, started: float) -> int:
+    records, stats = mine_unlabeled(config.sources, **options)
+    labeled = stats.labeled
+    if not records:
+        raise ValueError(
+            f"no code kept from {labeled.files_parsed} parsed file(s) of {labeled.files_seen}; nothing written"
+        )
+    write_code_search(records, config.out)
+    unit = "repos" if config.split_by == "repo" else "files"
+    print(f"files: {labeled.files_seen} seen, {labeled.files_test} test files skipped, {labeled.files_parsed} parsed")
+    print(
+        f"kept: {stats.kept['function']} functions, {stats.kept['module']} module bodies (train partition: "
+        f"{labeled.partition_keys['train']} {unit} with labeled pairs, and those without any)"
+    )
+    print(
+        f"left out: {stats.held_out_repo} in valid/test {unit}, {stats.held_out_code} equal to a valid/test "
+        f"function, {stats.duplicate} duplicates"
+    )
+    print(f"wrote {len(records)} records to {config.out} in {time.perf_counter() - started:.1f}s")
     return 0
 
 

@@ -48,6 +48,11 @@ partitions: the keys are ordered by a hash of (seed, key), and each in turn goes
 furthest below its target number of functions. Ordering by hash makes the draw random but
 reproducible; filling by function count keeps the fractions close even when a few keys are large
 (a key bigger than what a partition lacks lands in the partition that lacks the most).
+
+``mine_unlabeled(roots)`` gives pretraining its text from the same trees: every function (with a
+docstring or without, which on the installed packages is several times more code) and every
+module body, deduplicated, of the train partition only. It draws the partitions exactly as
+``mine_python`` with the same arguments does, so no valid or test code reaches pretraining.
 """
 
 from __future__ import annotations
@@ -55,11 +60,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 from mmssl.console import progress
 from mmssl.data.code_search import MAX_FIRST_ERRORS, DataError
-from mmssl.data.python_file import DROP_REASONS, mine_file
+from mmssl.data.python_file import DROP_REASONS, FileResult, mine_file
 from mmssl.data.sources import SourceFile, assign_partitions, find_python_files, is_test_file
 
 PARTITIONS: tuple[str, ...] = ("train", "valid", "test")
@@ -95,18 +101,87 @@ class MineStats:
 PARALLEL_FROM = 64  # files: fewer are mined in this process (a pool costs more than it saves)
 
 
-def _mine_all(files: list[SourceFile], rules: tuple[int, int], workers: int | None) -> Iterator:
+def _mine_all(files: list[SourceFile], rules: tuple[int, int], workers: int | None, unlabeled: bool) -> Iterator:
     """``mine_file`` of each file, in order: across ``workers`` processes (default: the CPUs)."""
     workers = workers or os.cpu_count() or 1
+    mine = partial(mine_file, rules=rules, unlabeled=unlabeled)
     if workers == 1 or len(files) < PARALLEL_FROM:
-        yield from progress((mine_file(f, rules) for f in files), len(files), "mining files")
+        yield from progress(map(mine, files), len(files), "mining files")
         return
     from concurrent.futures import ProcessPoolExecutor
-    from functools import partial
 
     with ProcessPoolExecutor(workers) as pool:
-        results = pool.map(partial(mine_file, rules=rules), files, chunksize=16)
-        yield from progress(results, len(files), "mining files")
+        yield from progress(pool.map(mine, files, chunksize=16), len(files), "mining files")
+
+
+def _check(split_by, on_error, valid_fraction, test_fraction, min_docstring_tokens, min_code_lines, max_files) -> None:
+    if split_by not in ("repo", "file"):
+        raise ValueError(f"split_by must be 'repo' or 'file', got {split_by!r}")
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    if not (0 <= valid_fraction <= 1 and 0 <= test_fraction <= 1 and valid_fraction + test_fraction <= 1):
+        raise ValueError(
+            f"valid_fraction ({valid_fraction}) and test_fraction ({test_fraction}) must lie in [0, 1] "
+            "and sum to at most 1"
+        )
+    if min_docstring_tokens < 0 or min_code_lines < 0 or (max_files is not None and max_files < 0):
+        raise ValueError("min_docstring_tokens, min_code_lines and max_files must not be negative")
+
+
+def _parsed_files(
+    sources, max_files: int | None, rules: tuple[int, int], workers: int | None, on_error: OnError,
+    unlabeled: bool, stats: MineStats,
+) -> Iterator[FileResult]:  # fmt: skip
+    """The result of each file that parses, in file order; the rest counted in ``stats``."""
+    roots = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if not roots:
+        raise ValueError("no sources given")
+    todo: list[SourceFile] = []
+    for file in find_python_files(roots):
+        stats.files_seen += 1
+        if is_test_file(file.rel):
+            stats.files_test += 1
+        elif max_files is None or len(todo) < max_files:
+            todo.append(file)
+    for file, outcome in zip(todo, _mine_all(todo, rules, workers, unlabeled)):
+        if isinstance(outcome, tuple):  # (reason, line, what): the file could not be read or parsed
+            error = DataError(file.path, outcome[1], outcome[2])
+            if on_error == "raise":
+                raise error
+            stats.files_failed[outcome[0]] = stats.files_failed.get(outcome[0], 0) + 1
+            if len(stats.first_errors) < MAX_FIRST_ERRORS:
+                stats.first_errors.append(str(error))
+            continue
+        stats.files_parsed += 1
+        stats.functions_seen += outcome.functions_seen
+        for reason, n in outcome.dropped.items():
+            stats.dropped[reason] += n
+        yield outcome
+
+
+def code_key(code: str) -> str:
+    """What two records must share to be duplicates: their code up to whitespace."""
+    return " ".join(code.split())
+
+
+def _assign(
+    records: list[dict[str, Any]], split_by: SplitBy, valid_fraction: float, test_fraction: float, seed: int,
+    stats: MineStats,
+) -> dict[str, str]:  # fmt: skip
+    """Give every record its partition (drawn per repo or file, by function counts); the draw."""
+    key_name = "repo" if split_by == "repo" else "path"
+    sizes: dict[str, int] = {}
+    for record in records:
+        sizes[record[key_name]] = sizes.get(record[key_name], 0) + 1
+    fractions = {"train": 1 - valid_fraction - test_fraction, "valid": valid_fraction, "test": test_fraction}
+    assignment = assign_partitions(sizes, fractions, seed) if sizes else {}
+    for record in records:
+        record["partition"] = assignment[record[key_name]]
+        stats.partitions[record["partition"]] += 1
+    for part in assignment.values():
+        stats.partition_keys[part] += 1
+    stats.functions_kept = len(records)
+    return assignment
 
 
 # ----------------------------------------------------------------------------------------- mining
@@ -134,63 +209,93 @@ def mine_python(
     counts do not depend on it: duplicates are dropped here, in file order.
     Returns the records (file order, then source order) and the counts.
     """
-    if split_by not in ("repo", "file"):
-        raise ValueError(f"split_by must be 'repo' or 'file', got {split_by!r}")
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if not (0 <= valid_fraction <= 1 and 0 <= test_fraction <= 1 and valid_fraction + test_fraction <= 1):
-        raise ValueError(
-            f"valid_fraction ({valid_fraction}) and test_fraction ({test_fraction}) must lie in [0, 1] "
-            "and sum to at most 1"
-        )
-    if min_docstring_tokens < 0 or min_code_lines < 0 or (max_files is not None and max_files < 0):
-        raise ValueError("min_docstring_tokens, min_code_lines and max_files must not be negative")
-    roots = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
-    if not roots:
-        raise ValueError("no sources given")
-
+    _check(split_by, on_error, valid_fraction, test_fraction, min_docstring_tokens, min_code_lines, max_files)
     stats = MineStats()
-    todo: list[SourceFile] = []
-    for file in find_python_files(roots):
-        stats.files_seen += 1
-        if is_test_file(file.rel):
-            stats.files_test += 1
-        elif max_files is None or len(todo) < max_files:
-            todo.append(file)
     records: list[dict[str, Any]] = []
     seen_code: set[str] = set()
     rules = (min_docstring_tokens, min_code_lines)
-    for file, outcome in zip(todo, _mine_all(todo, rules, workers)):
-        if isinstance(outcome, tuple):  # (reason, line, what): the file could not be read or parsed
-            error = DataError(file.path, outcome[1], outcome[2])
-            if on_error == "raise":
-                raise error
-            stats.files_failed[outcome[0]] = stats.files_failed.get(outcome[0], 0) + 1
-            if len(stats.first_errors) < MAX_FIRST_ERRORS:
-                stats.first_errors.append(str(error))
-            continue
-        stats.files_parsed += 1
-        stats.functions_seen += outcome.functions_seen
-        for reason, n in outcome.dropped.items():
-            stats.dropped[reason] += n
+    for outcome in _parsed_files(sources, max_files, rules, workers, on_error, False, stats):
         for record in outcome.records:
-            key = " ".join(record["code"].split())
+            key = code_key(record["code"])
             if key in seen_code:
                 stats.dropped["duplicate"] += 1
                 continue
             seen_code.add(key)
             records.append(record)
+    _assign(records, split_by, valid_fraction, test_fraction, seed, stats)
+    return records, stats
 
+
+@dataclass
+class UnlabeledStats:
+    """Counts of one ``mine_unlabeled`` run: the labeled miner's (``labeled``, whose partition draw
+    decides what is held out), code kept by kind, and what was left out and why."""
+
+    labeled: MineStats
+    kept: dict[str, int] = field(default_factory=lambda: {"function": 0, "module": 0})
+    duplicate: int = 0
+    held_out_repo: int = 0  # code of a valid or test repo (file)
+    held_out_code: int = 0  # code equal to a valid or test function elsewhere
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def mine_unlabeled(
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    split_by: SplitBy = "repo",
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    min_docstring_tokens: int = 3,
+    min_code_lines: int = 3,
+    max_files: int | None = None,
+    on_error: OnError = "skip",
+    workers: int | None = None,
+) -> tuple[list[dict[str, Any]], UnlabeledStats]:
+    """Code for pretraining from the same trees: every function (docstring or not) and module body
+    of the **train** partition only, deduplicated.
+
+    The partitions are the labeled miner's: ``mine_python`` with the same arguments runs in the same
+    pass (each file parsed once) and its draw decides; a repo (file) without a labeled function is
+    in no held-out partition and is kept. Code equal (up to whitespace) to a valid or test function
+    of another repo is left out as well. So nothing a labeled corpus mined with the same arguments
+    scores on reaches pretraining. Records: ``repo``, ``path``, ``kind`` (function/module),
+    ``func_name`` (the module's dotted name for a body), ``code``, ``docstring``, ``url``,
+    ``partition`` ("train").
+    """
+    _check(split_by, on_error, valid_fraction, test_fraction, min_docstring_tokens, min_code_lines, max_files)
+    stats = UnlabeledStats(MineStats())
+    labeled: list[dict[str, Any]] = []
+    code: list[dict[str, Any]] = []
+    seen_labeled: set[str] = set()
+    rules = (min_docstring_tokens, min_code_lines)
+    for outcome in _parsed_files(sources, max_files, rules, workers, on_error, True, stats.labeled):
+        for record in outcome.records:
+            key = code_key(record["code"])
+            if key in seen_labeled:
+                stats.labeled.dropped["duplicate"] += 1
+                continue
+            seen_labeled.add(key)
+            labeled.append(record)
+        code += outcome.unlabeled
+    assignment = _assign(labeled, split_by, valid_fraction, test_fraction, seed, stats.labeled)
+    held_out = {code_key(r["code"]) for r in labeled if r["partition"] != "train"}
     key_name = "repo" if split_by == "repo" else "path"
-    sizes: dict[str, int] = {}
-    for record in records:
-        sizes[record[key_name]] = sizes.get(record[key_name], 0) + 1
-    fractions = {"train": 1 - valid_fraction - test_fraction, "valid": valid_fraction, "test": test_fraction}
-    assignment = assign_partitions(sizes, fractions, seed) if sizes else {}
-    for record in records:
-        record["partition"] = assignment[record[key_name]]
-        stats.partitions[record["partition"]] += 1
-    for part in assignment.values():
-        stats.partition_keys[part] += 1
-    stats.functions_kept = len(records)
+    records: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for record in code:
+        key = code_key(record["code"])
+        if assignment.get(record[key_name], "train") != "train":
+            stats.held_out_repo += 1
+        elif key in held_out:
+            stats.held_out_code += 1
+        elif key in seen:
+            stats.duplicate += 1
+        else:
+            seen.add(key)
+            record["partition"] = "train"
+            stats.kept[record["kind"]] += 1
+            records.append(record)
     return records, stats

@@ -4,13 +4,20 @@
 its records (every rule but ``duplicate``, which depends on the files before it and is applied by
 the caller in file order) with its counts, or ``(reason, line, what)`` when the file cannot be read,
 decoded or parsed. It is a plain function of its arguments, so worker processes can run it.
+
+With ``unlabeled=True`` it also returns the file's code for pretraining (``FileResult.unlabeled``):
+every function with at least ``min_code_lines`` lines of code, docstring or not (``kind:
+"function"``, the code without its docstring, the whole docstring beside it), and the module body
+(``kind: "module"``: the file without its functions).
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
 import inspect
 import io
+import itertools
 import re
 import tokenize
 import warnings
@@ -118,6 +125,109 @@ def _code_and_tokens(code: str, indent: str) -> tuple[str, list[str], int]:
     return code, tokens, len(code_rows)
 
 
+# Comments and string literals, in source order: enough of Python's lexer to tell which rows lie
+# inside a multi-line string (``tokenize`` is pure Python and would be most of the miner's time).
+_LEX_RE = re.compile(
+    r"""\#[^\r\n]*
+    | [rRbBuUfF]{0,2}(?: '{3}(?:\\.|[^\\])*?'{3} | "{3}(?:\\.|[^\\])*?"{3} )
+    | [rRbBuUfF]{0,2}(?: '(?:\\.|[^\\'\r\n])*' | "(?:\\.|[^\\"\r\n])*" )""",
+    re.X | re.S,
+)
+_TRIPLE_QUOTES = ('"' * 3, "'" * 3)
+
+
+def _rows(source: str, lines: list[str]) -> tuple[set[int], set[int], set[int]]:
+    """(rows holding code, rows inside a multi-line string after its first, rows the lexer is not
+    sure of) of a whole file: the rows ``_code_and_tokens`` finds by tokenizing, by one regex."""
+    starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
+    string_rows: set[int] = set()
+    doubtful: set[int] = set()
+    for match in _LEX_RE.finditer(source):
+        text = match.group()
+        if text[0] == "#" or ("\n" not in text and "\r" not in text):
+            continue
+        first = bisect.bisect_right(starts, match.start())
+        last = bisect.bisect_right(starts, match.end() - 1)
+        if text.lstrip("rRbBuUfF")[:3] in _TRIPLE_QUOTES:
+            string_rows.update(range(first + 1, last + 1))
+        else:  # a one-quote string continued by a backslash
+            doubtful.update(range(first, last + 1))
+    code_rows = {i for i, line in enumerate(lines, 1) if line.strip() and not line.lstrip().startswith("#")}
+    return code_rows | string_rows, string_rows, doubtful
+
+
+def _function_lines(
+    lines: list[str],
+    node: ast.FunctionDef | ast.AsyncFunctionDef,
+    has_docstring: bool,
+    rows: tuple[set[int], set[int], set[int]],
+) -> tuple[str, int] | None:
+    """The code of ``_without_docstring`` and its lines of code from the file's ``_rows``, with no
+    tokenizing; None where the rows are in doubt or the docstring shares a line with code."""
+    code_rows, string_rows, doubtful = rows
+    first, last = node.lineno, node.end_lineno or node.lineno
+    if any(first <= row <= last for row in doubtful):
+        return None
+    skip: range = range(0)
+    if has_docstring:
+        doc, after = node.body[0], node.body[1]
+        doc_col = _char_col(lines[doc.lineno - 1], doc.col_offset)
+        if doc.lineno == first or after.lineno == doc.end_lineno or lines[doc.lineno - 1][:doc_col].strip():
+            return None
+        skip = range(doc.lineno, (doc.end_lineno or doc.lineno) + 1)
+    def_col = _char_col(lines[first - 1], node.col_offset)
+    indent = lines[first - 1][:def_col]
+    end_col = _char_col(lines[last - 1], node.end_col_offset or 0)
+    out = []
+    for row in range(first, last + 1):
+        if row in skip:
+            continue
+        line = lines[row - 1]
+        if row == last:
+            line = line[:end_col]
+        if row == first:
+            line = line[def_col:]
+        elif row not in string_rows and line.startswith(indent):
+            line = line[len(indent) :]
+        elif row not in string_rows and not line.strip():
+            line = line.lstrip(" \t\f")
+        out.append(line)
+    code = "".join(out)
+    n_lines = sum(1 for r in range(first, last + 1) if r in code_rows and r not in skip)
+    return code, n_lines
+
+
+def _without_docstring(
+    lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef, has_docstring: bool, parse: bool = True
+) -> tuple[str, str, list[str], int] | None:
+    """(original source from ``def``, the code without its docstring statement and dedented, its
+    tokens, its lines of code), or None when that code does not tokenize (or, with ``parse``, parse)."""
+    assert node.end_lineno is not None and node.end_col_offset is not None
+    first, last = node.lineno, node.end_lineno
+    def_col = _char_col(lines[first - 1], node.col_offset)
+    start, end = (first, def_col), (last, _char_col(lines[last - 1], node.end_col_offset))
+    original = _slice(lines, start, end)
+    raw_code = original
+    if has_docstring:
+        doc_stmt, after = node.body[0], node.body[1]
+        assert doc_stmt.end_lineno is not None and doc_stmt.end_col_offset is not None
+        doc_first, doc_last = doc_stmt.lineno, doc_stmt.end_lineno
+        doc_col = _char_col(lines[doc_first - 1], doc_stmt.col_offset)
+        if after.lineno == doc_last:  # `"""Doc."""; statement` on one line: cut up to the statement
+            cut_start, cut_end = (doc_first, doc_col), (doc_last, _char_col(lines[doc_last - 1], after.col_offset))
+        else:  # cut the rest of the line; the whole line when the docstring starts it
+            own_line = doc_first != first and not lines[doc_first - 1][:doc_col].strip()
+            cut_start, cut_end = (doc_first, 0 if own_line else doc_col), (doc_last + 1, 0)
+        raw_code = _slice(lines, start, cut_start) + _slice(lines, cut_end, end)
+    try:
+        code, code_tokens, n_lines = _code_and_tokens(raw_code, lines[first - 1][:def_col])
+        if parse:
+            ast.parse(code)
+    except (tokenize.TokenError, SyntaxError, ValueError, RecursionError):
+        return None
+    return original, code, code_tokens, n_lines
+
+
 @dataclass
 class FileResult:
     """One parsed file's records (before the duplicate rule) and its counts."""
@@ -125,6 +235,7 @@ class FileResult:
     records: list[dict[str, Any]]
     functions_seen: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
+    unlabeled: list[dict[str, Any]] = field(default_factory=list)  # only when asked for
 
 
 class _FileMiner:
@@ -138,16 +249,86 @@ class _FileMiner:
     def drop(self, reason: str) -> None:
         self.result.dropped[reason] += 1
 
-    def mine(self, file: SourceFile, source: str, tree: ast.Module) -> list[dict[str, Any]]:
-        """The file's records that pass every rule but ``duplicate`` (decided in file order by the caller)."""
+    def mine(self, file: SourceFile, source: str, tree: ast.Module, unlabeled: bool = False) -> None:
+        """The file's records that pass every rule but ``duplicate`` (decided in file order by the
+        caller) into ``result.records``; with ``unlabeled``, its code for pretraining into
+        ``result.unlabeled``."""
         lines = _LINE_RE.findall(source)
-        records = []
+        rows = _rows(source, lines) if unlabeled else None
+        functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
         for node, scope, in_test in _functions(tree):
             self.result.functions_seen += 1
             record = self.function_record(file, lines, node, scope, in_test)
             if record is not None:
-                records.append(record)
-        return records
+                self.result.records.append(record)
+            if unlabeled:
+                functions.append(node)
+                if (code := self.unlabeled_function(file, lines, node, scope, record, rows)) is not None:
+                    self.result.unlabeled.append(code)
+        if unlabeled and (body := self.module_body(file, lines, tree, functions)) is not None:
+            self.result.unlabeled.append(body)
+
+    def unlabeled_function(
+        self,
+        file: SourceFile,
+        lines: list[str],
+        node: ast.FunctionDef | ast.AsyncFunctionDef,
+        scope: tuple[str, ...],
+        labeled: dict[str, Any] | None,
+        rows: tuple[set[int], set[int], set[int]] | None,
+    ) -> dict[str, Any] | None:
+        """Any function, docstring or not (only ``min_code_lines`` applies): its code without the
+        docstring (``labeled``'s when the function is also a pair), the whole cleaned docstring
+        beside it ("" when there is none)."""
+        doc = ast.get_docstring(node, clean=False)
+        if labeled is not None:
+            code = labeled["code"]
+        else:
+            if doc is not None and len(node.body) == 1:
+                return None
+            fast = _function_lines(lines, node, doc is not None, rows) if rows is not None else None
+            if fast is None:  # not parsed again: pretraining text need not compile (the pairs' is checked)
+                cut = _without_docstring(lines, node, has_docstring=doc is not None, parse=False)
+                fast = None if cut is None else (cut[1], cut[3])
+            if fast is None or fast[1] < self.min_code_lines:
+                return None
+            code = fast[0]
+        return {
+            "repo": file.repo,
+            "path": file.rel,
+            "kind": "function",
+            "func_name": ".".join((*scope, node.name)),
+            "code": code,
+            "docstring": inspect.cleandoc(doc) if doc else "",
+            "url": f"{file.path.as_uri()}#L{node.lineno}-L{node.end_lineno}",
+            "partition": "",
+        }
+
+    def module_body(
+        self, file: SourceFile, lines: list[str], tree: ast.Module, functions: list[ast.AST]
+    ) -> dict[str, Any] | None:
+        """The module without its ``functions`` (decorators included): imports, constants, class
+        headers and attributes, the ``__main__`` block; None below ``min_code_lines``."""
+        cut: set[int] = set()
+        for node in functions:
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            cut.update(range(start, (node.end_lineno or node.lineno) + 1))
+        kept = [line.rstrip("\r\n") for i, line in enumerate(lines, 1) if i not in cut]
+        code = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip("\n")
+        n_lines = sum(1 for line in kept if line.strip() and not line.lstrip().startswith("#"))
+        if n_lines < self.min_code_lines:
+            return None
+        module = file.rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        return {
+            "repo": file.repo,
+            "path": file.rel,
+            "kind": "module",
+            "func_name": module,
+            "code": code,
+            "docstring": inspect.cleandoc(ast.get_docstring(tree, clean=False) or ""),
+            "url": file.path.as_uri(),
+            "partition": "",
+        }
 
     def function_record(
         self,
@@ -172,29 +353,13 @@ class _FileMiner:
         if len(node.body) == 1:  # nothing but the docstring
             return self.drop("short_code")
 
-        assert node.end_lineno is not None and node.end_col_offset is not None
-        first, last = node.lineno, node.end_lineno
-        def_col = _char_col(lines[first - 1], node.col_offset)
-        start, end = (first, def_col), (last, _char_col(lines[last - 1], node.end_col_offset))
-        original = _slice(lines, start, end)
-
-        doc_stmt, after = node.body[0], node.body[1]
-        assert doc_stmt.end_lineno is not None and doc_stmt.end_col_offset is not None
-        doc_first, doc_last = doc_stmt.lineno, doc_stmt.end_lineno
-        doc_col = _char_col(lines[doc_first - 1], doc_stmt.col_offset)
-        if after.lineno == doc_last:  # `"""Doc."""; statement` on one line: cut up to the statement
-            cut_start, cut_end = (doc_first, doc_col), (doc_last, _char_col(lines[doc_last - 1], after.col_offset))
-        else:  # cut the rest of the line; the whole line when the docstring starts it
-            own_line = doc_first != first and not lines[doc_first - 1][:doc_col].strip()
-            cut_start, cut_end = (doc_first, 0 if own_line else doc_col), (doc_last + 1, 0)
-        raw_code = _slice(lines, start, cut_start) + _slice(lines, cut_end, end)
-        try:
-            code, code_tokens, n_lines = _code_and_tokens(raw_code, lines[first - 1][:def_col])
-            ast.parse(code)
-        except (tokenize.TokenError, SyntaxError, ValueError, RecursionError):
+        cut = _without_docstring(lines, node, has_docstring=True)
+        if cut is None:
             return self.drop("bad_code")
+        original, code, code_tokens, n_lines = cut
         if n_lines < self.min_code_lines:
             return self.drop("short_code")
+        first, last = node.lineno, node.end_lineno
         record = {
             "repo": file.repo,
             "path": file.rel,
@@ -245,8 +410,9 @@ def _failure(error: BaseException) -> tuple[str, int, str]:
     return "syntax", line, f"cannot parse: {getattr(error, 'msg', None) or error}"
 
 
-def mine_file(file: SourceFile, rules: tuple[int, int]) -> FileResult | tuple[str, int, str]:
-    """One file's result, or (reason, line, what) when it cannot be read or parsed."""
+def mine_file(file: SourceFile, rules: tuple[int, int], unlabeled: bool = False) -> FileResult | tuple[str, int, str]:
+    """One file's result (with ``unlabeled``: its code for pretraining too), or (reason, line, what)
+    when it cannot be read or parsed."""
     try:
         source = _read_source(file.path)
         with warnings.catch_warnings():
@@ -257,5 +423,5 @@ def mine_file(file: SourceFile, rules: tuple[int, int]) -> FileResult | tuple[st
     miner = _FileMiner(*rules)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        miner.result.records = miner.mine(file, source, tree)
+        miner.mine(file, source, tree, unlabeled)
     return miner.result
