@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from mmssl.console import get_logger
 from mmssl.engine import EngineConfig, run_training
@@ -29,6 +30,7 @@ from mmssl.pretrain.corpus import (
     read_documents,
     split_documents,
 )
+from mmssl.pretrain.masking import Masker, Masking, make_masker
 from mmssl.pretrain.tasks import CLMTask, MLMTask
 from mmssl.runtime import seeded_subset
 
@@ -74,6 +76,13 @@ class PretrainConfig(EngineConfig):
     )
     out: str = field(default="runs/pretrain", metadata={"help": "output directory"})
     batch_size: int = field(default=32, metadata={"help": "blocks per micro-batch"})
+    untie_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "the output layer gets weights of its own instead of the input embeddings' (which then "
+            "keep lexical identity: what a retrieval tower starts from)"
+        },
+    )
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases/norms)"})
 
     def documents(self, valid: bool = False) -> list[str]:
@@ -94,8 +103,12 @@ class MLMConfig(PretrainConfig):
     mlm_probability: float = field(default=0.15, metadata={"help": "fraction of tokens (or words) masked"})
     mask_replace_prob: float = field(default=0.8, metadata={"help": "of the masked: replaced by <mask>"})
     random_replace_prob: float = field(default=0.1, metadata={"help": "of the masked: replaced by a random token"})
-    whole_word_mask: bool = field(
-        default=False, metadata={"help": "mask every token of a chosen word (all with <mask>: transformers' rule)"}
+    masking: Masking = field(
+        default="token",
+        metadata={
+            "help": "unit masked together: token; word (every token of a whitespace word, all with <mask>); "
+            "identifier (every sub-token of one code identifier); span (runs of identifiers/tokens, SpanBERT)"
+        },
     )
 
 
@@ -131,7 +144,21 @@ def build_lm(config: PretrainConfig, tokenizer):
     auto = AutoModelForMaskedLM if isinstance(config, MLMConfig) else AutoModelForCausalLM
     if config.init:
         path = resolve_init(config.init)
-        model = auto.from_pretrained(path, use_safetensors=_has_safetensors(path), trust_remote_code=False)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # its table of new weights becomes the one line below
+        try:
+            model, info = auto.from_pretrained(
+                path, use_safetensors=_has_safetensors(path), trust_remote_code=False, output_loading_info=True
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        new = [k for k in info.get("missing_keys", []) if not k.startswith(("bert.pooler.", "roberta.pooler."))]
+        if new:  # MiniLM and other sentence encoders ship no LM head
+            log.warning(
+                "%s has no %s head: %d new tensors (%s) are trained from scratch",
+                config.init, "masked-LM" if isinstance(config, MLMConfig) else "causal-LM", len(new),
+                ", ".join(sorted(new)[:4]) + (", ..." if len(new) > 4 else ""),
+            )  # fmt: skip
     else:
         if config.preset in PRESETS and PRESETS[config.preset][1] == 0:  # (hidden, layers, heads, inter)
             raise ValueError(f"preset {config.preset!r} has no transformer layer: nothing to pretrain")
@@ -147,7 +174,23 @@ def build_lm(config: PretrainConfig, tokenizer):
     limit = max_positions(model.base_model)
     if limit is not None and config.block_size > limit:
         raise ValueError(f"--block-size {config.block_size} exceeds the model's {limit} positions")
+    if config.untie_embeddings:
+        untie_embeddings(model)
     return model
+
+
+def untie_embeddings(model) -> None:
+    """Give the LM's output layer a copy of the input embeddings as weights of its own (saved and
+    loaded untied: ``tie_word_embeddings`` is off in its config). Its bias, which RoBERTa and BERT
+    share with the head's, gets its own copy too: untied, the shared name is not saved."""
+    out, inp = model.get_output_embeddings(), model.get_input_embeddings()
+    model.config.tie_word_embeddings = False
+    if out is not None and out.weight is inp.weight:
+        out.weight = torch.nn.Parameter(inp.weight.detach().clone())
+    if out is not None and getattr(out, "bias", None) is not None:
+        owners = [n for n, p in model.named_parameters(remove_duplicate=False) if p is out.bias]
+        if len(owners) > 1:
+            out.bias = torch.nn.Parameter(out.bias.detach().clone())
 
 
 def build_pretraining(config: PretrainConfig, device: torch.device) -> MLMTask | CLMTask:
@@ -161,8 +204,10 @@ def build_pretraining(config: PretrainConfig, device: torch.device) -> MLMTask |
         train_docs, valid_docs = split_documents(docs, config.valid_fraction, config.seed)
     tokenizer = _tokenizer(config, train_docs)
     mlm = isinstance(config, MLMConfig)
-    wwm = mlm and config.whole_word_mask
-    train = pack(tokenizer, train_docs, config.block_size, with_offsets=wwm)
+    masker = _masker(config, tokenizer) if mlm else None
+    keep = dict(with_offsets=masker is not None and masker.needs == "offsets")
+    keep["with_groups"] = masker is not None and masker.needs == "groups"
+    train = pack(tokenizer, train_docs, config.block_size, **keep)
     if len(train) < config.batch_size:
         raise ValueError(
             f"{len(train)} blocks of {config.block_size} tokens in the training data, fewer than --batch-size "
@@ -171,7 +216,7 @@ def build_pretraining(config: PretrainConfig, device: torch.device) -> MLMTask |
     valid = None
     if valid_docs:
         try:
-            valid = pack(tokenizer, valid_docs, config.block_size, with_offsets=wwm)
+            valid = pack(tokenizer, valid_docs, config.block_size, **keep)
         except ValueError:
             log.warning("validation documents fill no block of %d tokens: no validation", config.block_size)
     if valid is not None and len(valid) > config.eval_max_blocks:
@@ -186,23 +231,17 @@ def build_pretraining(config: PretrainConfig, device: torch.device) -> MLMTask |
         len(valid) if valid is not None else 0,
     )
     model = build_lm(config, tokenizer).to(device)
-    if mlm:
-        from transformers import DataCollatorForLanguageModeling
-
-        replace, random = config.mask_replace_prob, config.random_replace_prob
-        if wwm and (replace, random) != (1.0, 0.0):
-            log.info("whole-word masking: every chosen token becomes <mask> (transformers supports no other)")
-            replace, random = 1.0, 0.0
-        collator = DataCollatorForLanguageModeling(
-            tokenizer,
-            mlm=True,
-            mlm_probability=config.mlm_probability,
-            mask_replace_prob=replace,
-            random_replace_prob=random,
-            whole_word_mask=wwm,
-        )
-        return MLMTask(model, tokenizer, train, collator, valid, config.batch_size)
+    if masker is not None:
+        return MLMTask(model, tokenizer, train, masker, valid, config.batch_size)
     return CLMTask(model, tokenizer, train, valid, config.batch_size)
+
+
+def _masker(config: MLMConfig, tokenizer) -> Masker:
+    replace, random = config.mask_replace_prob, config.random_replace_prob
+    if config.masking == "word" and (replace, random) != (1.0, 0.0):
+        log.info("whole-word masking: every chosen token becomes <mask> (transformers supports no other)")
+        replace, random = 1.0, 0.0
+    return make_masker(config.masking, tokenizer, config.mlm_probability, replace, random)
 
 
 def main(config: PretrainConfig) -> int:

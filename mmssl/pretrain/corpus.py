@@ -23,6 +23,7 @@ boundaries inside a block, as in BERT's and GPT-2's own pretraining and transfor
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import hashlib
 import os
@@ -140,11 +141,13 @@ def split_documents(docs: list[str], fraction: float, seed: int = 0) -> tuple[li
 @dataclass(frozen=True)
 class PackedBlocks:
     """Blocks of T tokens with no padding; ``offsets`` (character spans of each token in its own
-    document, for whole-word masking) only when asked for."""
+    document, for whole-word masking) and ``groups`` (tokens of one identifier share a number, every
+    other token has its own: for identifier and span masking) only when asked for."""
 
     input_ids: Tensor  # (N, T) int64
     special_tokens_mask: Tensor  # (N, T) bool: <s>, </s>, ... (never masked)
     offsets: Tensor | None = None  # (N, T, 2) int64
+    groups: Tensor | None = None  # (N, T) int64, unique per identifier (or lone token) of the stream
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -162,6 +165,7 @@ class PackedBlocks:
             self.input_ids[indices],
             self.special_tokens_mask[indices],
             self.offsets[indices] if self.offsets is not None else None,
+            self.groups[indices] if self.groups is not None else None,
         )
 
     def fingerprint(self) -> str:
@@ -169,8 +173,29 @@ class PackedBlocks:
         return hashlib.sha1(self.input_ids.numpy().tobytes()).hexdigest()[:16]
 
 
+def identifier_groups(text: str, offsets: list[tuple[int, int]], first: int) -> tuple[list[int], int]:
+    """A group number per token of one document: tokens that overlap one identifier of ``text``
+    (``mmssl.pretrain.masking.IDENTIFIER``) share it; every other token, special ones included
+    (offsets (0, 0)), has its own. Numbers start at ``first``; returns them and the next free one."""
+    from mmssl.pretrain.masking import IDENTIFIER
+
+    spans = [m.span() for m in IDENTIFIER.finditer(text)]
+    starts = [a for a, _ in spans]
+    groups = []
+    for i, (a, b) in enumerate(offsets):
+        k = bisect.bisect_right(starts, a) - 1
+        inside = b > a and k >= 0 and a < spans[k][1]
+        groups.append(first + k if inside else first + len(spans) + i)
+    return groups, first + len(spans) + len(offsets)
+
+
 def pack(
-    tokenizer, docs: Iterable[str], block_size: int, with_offsets: bool = False, chunk: int = 2000
+    tokenizer,
+    docs: Iterable[str],
+    block_size: int,
+    with_offsets: bool = False,
+    chunk: int = 2000,
+    with_groups: bool = False,
 ) -> PackedBlocks:
     """Tokenize ``docs`` with their special tokens, concatenate, cut into (N, block_size) blocks."""
     if block_size < 2:
@@ -178,14 +203,16 @@ def pack(
     docs = list(docs)
     # One tensor per chunk of documents, joined at the end: Python lists of every token of a
     # corpus would cost some 36 bytes a token, the tensors 8.
-    ids, special, offsets = [], [], []
+    ids, special, offsets, groups = [], [], [], []
+    next_group = 0
     for start in range(0, len(docs), chunk):
+        part = docs[start : start + chunk]
         enc = tokenizer(
-            docs[start : start + chunk],
+            part,
             add_special_tokens=True,
             truncation=False,
             return_special_tokens_mask=True,
-            return_offsets_mapping=with_offsets,
+            return_offsets_mapping=with_offsets or with_groups,
             return_attention_mask=False,
             verbose=False,  # documents longer than the model's length are what packing is for
         )
@@ -193,6 +220,12 @@ def pack(
         special.append(torch.tensor(list(chain.from_iterable(enc["special_tokens_mask"])), dtype=torch.bool))
         if with_offsets:
             offsets.append(torch.tensor(list(chain.from_iterable(enc["offset_mapping"])), dtype=torch.long))
+        if with_groups:
+            numbers = []
+            for text, spans in zip(part, enc["offset_mapping"]):
+                doc_groups, next_group = identifier_groups(text, spans, next_group)
+                numbers += doc_groups
+            groups.append(torch.tensor(numbers, dtype=torch.long))
     total = sum(len(t) for t in ids)
     n = total // block_size
     if n == 0:
@@ -202,4 +235,5 @@ def pack(
         input_ids=torch.cat(ids)[:keep].view(n, block_size),  # (N, T)
         special_tokens_mask=torch.cat(special)[:keep].view(n, block_size),  # (N, T)
         offsets=torch.cat(offsets)[:keep].view(n, block_size, 2) if with_offsets else None,  # (N, T, 2)
+        groups=torch.cat(groups)[:keep].view(n, block_size) if with_groups else None,  # (N, T)
     )

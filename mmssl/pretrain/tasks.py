@@ -9,8 +9,8 @@ checkpoint: validation perplexity, lower is better). The model is a ``transforme
 ``transformers`` alone (``AutoModelForMaskedLM`` / ``AutoModelForCausalLM``, or ``AutoModel`` for
 the encoder without its head, which is what ``--text-init DIR`` does).
 
-Masking is transformers' ``DataCollatorForLanguageModeling`` (15 % of the tokens by default, of
-which 80 % become ``<mask>``, 10 % a random token, 10 % stay; optionally whole words). During
+Masking is a ``mmssl.pretrain.masking.Masker`` (15 % of the tokens by default, of which 80 % become
+``<mask>``, 10 % a random token, 10 % stay; by token, whole word, whole identifier or span). During
 training it draws from torch's global generator, so the engine's checkpoint (which saves that
 generator) resumes the exact masks; validation masks come from a fixed seed inside
 ``torch.random.fork_rng``, so every validation scores the same masked positions and leaves the
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from mmssl.engine.task import Task
 from mmssl.io import atomic_dir
 from mmssl.pretrain.corpus import PackedBlocks
+from mmssl.pretrain.masking import Masker
 from mmssl.runtime import eval_mode
 
 VALID_MASK_SEED = 1234
@@ -123,16 +124,13 @@ class MLMTask(_LMTask):
 
     loss_name = "masked-LM loss"
 
-    def __init__(self, model, tokenizer, data: PackedBlocks, collator, valid=None, batch_size: int = 32) -> None:
+    def __init__(self, model, tokenizer, data: PackedBlocks, masker: Masker, valid=None, batch_size: int = 32) -> None:
         super().__init__(model, tokenizer, data, valid, batch_size)
-        self.collator = collator
+        self.masker = masker
         self.head = _mlm_head(model)
 
     def _make_batch(self, blocks: PackedBlocks, indices: Tensor) -> dict:
-        part = blocks.subset(indices)  # indexing copies: the collator may mask in place
-        inputs, labels = self.collator.torch_mask_tokens(
-            part.input_ids, special_tokens_mask=part.special_tokens_mask, offset_mapping=part.offsets
-        )  # (B, T), (B, T)
+        inputs, labels = self.masker(blocks.subset(indices))  # (B, T), (B, T)
         return {"input_ids": inputs.to(self.device), "labels": labels.to(self.device)}
 
     def _logits_and_targets(self, batch: dict) -> tuple[Tensor, Tensor]:

@@ -160,7 +160,7 @@ def test_masking_rates_match_bert_15_80_10_10(code_corpus, tmp_path):
 
 
 def test_whole_word_masking_masks_every_piece_of_a_chosen_word(code_corpus, tmp_path):
-    task = _mlm_task(code_corpus, tmp_path, whole_word_mask=True)
+    task = _mlm_task(code_corpus, tmp_path, masking="word")
     blocks = task.data
     torch.manual_seed(2)
     labels = task.batch(torch.arange(len(blocks)))["labels"]
