@@ -107,6 +107,7 @@ RANGES: dict[str, Range] = {
     "embed_dim": COUNT,
     "dropout": fraction(open_high=True),
     "temperature": POSITIVE,
+    "embedding_lr_scale": NON_NEGATIVE,  # 0: frozen token embeddings
     "label_smoothing": fraction(open_high=True),
     "grad_cache": NON_NEGATIVE,  # 0: off
     "hard_negatives": NON_NEGATIVE,

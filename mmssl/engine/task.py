@@ -13,6 +13,7 @@ And what it may override (the defaults say what the engine does without it):
     metric, greater_is_better  the validation metric that picks OUT/best (default: loss, lower)
     after_step(step) -> bool   after each optimizer step (clamping, an EMA target, reclustering,
                                refreshed negatives); True: batches made ahead must be made again
+    lr_scales()                parameters trained at a multiple of the learning rate (default: none)
     checkpoint_state() / load_checkpoint_state(state)   state beyond the weights (default: none)
     distribute(wrap) -> module | None   data-parallel wrapping; None: the engine averages gradients
     set_grad_checkpointing(), compile()  refused by default, before the first step, in one line
@@ -69,6 +70,10 @@ class Task(ABC):
     def parameters(self) -> list[nn.Parameter]:
         """What the optimizer trains (default: the model's trainable parameters)."""
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def lr_scales(self) -> dict[nn.Parameter, float]:
+        """Parameters whose learning rate (and its schedule) is multiplied by the given factor."""
+        return {}
 
     def batch(self, indices: Tensor) -> dict:
         """The batch of ``indices`` on the model's device (tasks without a ``batcher``)."""

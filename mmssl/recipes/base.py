@@ -135,5 +135,6 @@ class Recipe(ABC):
             model.config = replace(model.config, matryoshka_dims=dims)
             log.info("Matryoshka: the loss summed over the prefixes %s of %d dims", list(dims), model.config.embed_dim)
         return ContrastiveTask(
-            model, loss, train, validation, self.metric, grad_cache=config.model.grad_cache, **negatives
-        )
+            model, loss, train, validation, self.metric, grad_cache=config.model.grad_cache,
+            embedding_lr_scale=config.model.embedding_lr_scale, **negatives,
+        )  # fmt: skip

@@ -56,6 +56,11 @@ class DualModelConfig:
         None, "set every dropout of the towers (0: off, about 2x the samples/s on CPU; default: the model's)"
     )
     temperature: float = option(0.07, "initial temperature (learnable)")
+    embedding_lr_scale: float = option(
+        1.0,
+        "token embeddings of transformers text/code towers train at this multiple of --lr (below 1 keeps "
+        "a pretrained tower's lexical identity; 0 freezes them)",
+    )
     label_smoothing: float = option(0.0, "InfoNCE label smoothing")
     matryoshka: str | None = option(
         None,

@@ -25,6 +25,7 @@ from mmssl.engine.sampling import to_device
 from mmssl.engine.task import Task
 from mmssl.losses import MAX_LOGIT_SCALE
 from mmssl.models import DualEncoder
+from mmssl.models.text import TextTower
 from mmssl.recipes.grad_cache import cached_embeddings
 
 log = get_logger("tasks")
@@ -104,8 +105,10 @@ class ContrastiveTask(Task):
         negatives=None,
         hard_negatives: int = 0,
         refresher=None,
+        embedding_lr_scale: float = 1.0,
     ) -> None:
         self.model, self.loss, self.data, self.validation = model, loss, data, validation
+        self.embedding_lr_scale = embedding_lr_scale
         if negatives is not None:
             negatives.check_for(data)
         self.refresher = refresher  # mmssl.negatives.NegativeRefresher (ANCE), or None
@@ -141,6 +144,13 @@ class ContrastiveTask(Task):
         seen = {id(p) for p in self.model.parameters()}
         extra = [p for p in self.loss.parameters() if id(p) not in seen]
         return [*self.model.parameters(), *extra]
+
+    def lr_scales(self) -> dict[torch.nn.Parameter, float]:
+        """``--embedding-lr-scale``: the token embeddings of each transformers tower (a shared one once)."""
+        if self.embedding_lr_scale == 1.0:
+            return {}
+        towers = {id(t): t for t in self.model.towers.values() if isinstance(t, TextTower)}.values()
+        return {t.backbone.get_input_embeddings().weight: self.embedding_lr_scale for t in towers}
 
     def distribute(self, wrap):
         """Wrap the model for data-parallel training; with gradient caching no wrapper (several

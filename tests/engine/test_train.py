@@ -263,3 +263,37 @@ def test_the_final_model_records_the_steps_it_trained_and_what_stopped_it(code_c
     Trainer(TEXT_CODE.build_task(config, CPU), config.engine, CPU).fit()
     done = json.loads((tmp_path / "whole" / "final" / TRAINING_FILE).read_text())
     assert done["step"] == done["max_steps"] == 2 and "stopped_by" not in done and done["minutes"] >= 0
+
+
+def test_param_groups_give_scaled_parameters_their_own_learning_rate():
+    from mmssl.engine import EngineConfig
+    from mmssl.engine.trainer import make_optimizer
+
+    emb, lin = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4)
+    params = [*emb.parameters(), *lin.parameters()]
+    opt = make_optimizer(params, EngineConfig(lr=1e-2, weight_decay=0.1), torch.device("cpu"), {emb.weight: 0.5})
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert by_param[id(emb.weight)]["lr"] == pytest.approx(5e-3) and by_param[id(emb.weight)]["weight_decay"] == 0.1
+    assert by_param[id(lin.weight)]["lr"] == 1e-2 and by_param[id(lin.bias)]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(params)  # each parameter once
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.1])
+def test_embedding_lr_scale_slows_only_the_token_embeddings(code_corpus, tmp_path, scale):
+    def moved(config):
+        torch.manual_seed(0)
+        task = TEXT_CODE.build_task(config, CPU)
+        tower = task.model.towers["text"]
+        before = {n: p.detach().clone() for n, p in tower.backbone.named_parameters()}
+        Trainer(task, config.engine, CPU).fit()
+        return {n: float((p.detach() - before[n]).abs().max()) for n, p in tower.backbone.named_parameters()}
+
+    plain = moved(tiny_config(code_corpus, tmp_path / "plain", max_steps=6, shared=True))
+    slow = moved(tiny_config(code_corpus, tmp_path / "slow", max_steps=6, shared=True, embedding_lr_scale=scale))
+    word = "embeddings.word_embeddings.weight"
+    if scale == 0.0:
+        assert slow[word] == 0.0 and plain[word] > 0
+    else:
+        assert 0 < slow[word] < 0.5 * plain[word]
+    layer = next(n for n in plain if "layer.0" in n and n.endswith("weight"))
+    assert slow[layer] > 0.1 * plain[layer]  # the layers still learn at the full rate
