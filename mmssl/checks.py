@@ -114,6 +114,7 @@ RANGES: dict[str, Range] = {
     "refresh_negatives": NON_NEGATIVE,  # 0: off
     # pretraining
     "mlm_probability": fraction(open_low=True, open_high=True),
+    "valid_every": at_least(2),
     "mask_replace_prob": fraction(),
     "random_replace_prob": fraction(),
     "crop_min": fraction(open_low=True),

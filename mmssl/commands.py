@@ -26,12 +26,9 @@ def train(config: TrainConfig) -> int:
     run = config.flat()
     summary = run_training(config.engine, lambda device: recipe.build_task(config, device), run_config=run)
     if launched_as_rank_zero():  # one process writes the cards (the process group is gone by now)
-        from mmssl.models.card import write_model_card
+        from mmssl.models.card import write_model_cards
 
-        for saved in ("final", "best"):
-            model_dir = Path(config.engine.out) / saved
-            if (model_dir / "dual_encoder.json").is_file():
-                write_model_card(model_dir, run, summary, recipe.metric)
+        write_model_cards(Path(config.engine.out), run, summary, recipe.metric)
     return 0
 
 

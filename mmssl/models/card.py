@@ -165,6 +165,12 @@ def write_model_card(model_dir: Path, run: dict, summary: dict, metric: str) -> 
     return _write(model_dir, model_card(model_dir, run, summary, metric))
 
 
+def write_model_cards(out: Path, run: dict, summary: dict, metric: str) -> list[Path]:
+    """The card of each dual encoder a training run saved (``out/final``, ``out/best``)."""
+    saved = [out / name for name in ("final", "best") if (out / name / "dual_encoder.json").is_file()]
+    return [write_model_card(model_dir, run, summary, metric) for model_dir in saved]
+
+
 def write_pretrained_cards(out: Path, run: dict, summary: dict, kind: str, metric: str) -> list[Path]:
     """Write the card into ``out/final`` and ``out/best`` (those that exist), atomically."""
     return [

@@ -68,7 +68,8 @@ class TowerConfig:
 
 
 def resolve_init(init: str) -> str:
-    """A known short name (``minilm``) to its installed directory; anything else unchanged."""
+    """A known short name (``minilm``) to its installed directory; a dual encoder directory (``mmssl
+    train`` or ``mmssl pretrain contrastive`` output) to its first tower's; anything else unchanged."""
     if init in KNOWN_TOWERS:
         import importlib
 
@@ -76,6 +77,15 @@ def resolve_init(init: str) -> str:
         return str(module.get_model_path())
     if not Path(init).exists() and looks_like_path(init):
         raise FileNotFoundError(f"{init}: no such directory")
+    saved = Path(init) / "dual_encoder.json"
+    if saved.is_file():
+        from mmssl.io import read_json_object
+
+        first = (read_json_object(saved).get("modalities") or ["text"])[0]
+        tower = Path(init) / "towers" / first
+        if not (tower / "config.json").is_file():
+            raise FileNotFoundError(f"{tower}: not a transformers tower (the {first} tower of {init})")
+        return str(tower)
     return init
 
 
