@@ -67,9 +67,10 @@ COMMANDS: dict[str, Command] = {
     "pretrain mlm": Command("mmssl.pretrain.commands", "MLMConfig", "pretrain a masked language model (BERT/RoBERTa)"),
     "pretrain clm": Command("mmssl.pretrain.commands", "CLMConfig", "pretrain a causal language model (GPT-2)"),
     "pretrain contrastive": Command(
-        "mmssl.pretrain.code_pairs",
+        "mmssl.pretrain.commands",
         "ContrastivePretrainConfig",
         "pretrain a code tower on pairs code gives itself (name, signature, halves)",
+        entry="contrastive",
     ),
     **{
         f"pretrain {m}": Command("mmssl.pretrain.image_ssl", f"{c}Config", f"pretrain an image tower: {d}")

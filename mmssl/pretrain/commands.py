@@ -1,4 +1,5 @@
-"""``mmssl pretrain mlm`` and ``mmssl pretrain clm``: pretrain a text/code tower on unlabeled text.
+"""``mmssl pretrain mlm`` and ``mmssl pretrain clm``: pretrain a text/code tower on unlabeled text;
+``mmssl pretrain contrastive`` (``ContrastivePretrainConfig``): on pairs unlabeled code gives itself.
 
 Output directory (the engine's layout, ``mmssl.engine``):
     OUT/best/, OUT/final/      ``save_pretrained`` directories: model + tokenizer. Load them with
@@ -32,6 +33,7 @@ from mmssl.pretrain.corpus import (
 )
 from mmssl.pretrain.masking import Masker, Masking, make_masker
 from mmssl.pretrain.tasks import CLMTask, MLMTask
+from mmssl.recipes.config import ContrastivePretrainConfig
 from mmssl.runtime import seeded_subset
 
 log = get_logger("pretrain")
@@ -242,6 +244,26 @@ def _masker(config: MLMConfig, tokenizer) -> Masker:
         log.info("whole-word masking: every chosen token becomes <mask> (transformers supports no other)")
         replace, random = 1.0, 0.0
     return make_masker(config.masking, tokenizer, config.mlm_probability, replace, random)
+
+
+def contrastive(config: ContrastivePretrainConfig) -> int:
+    """``mmssl pretrain contrastive``: the ``code-ssl`` recipe's task on the engine, its cards written."""
+    from pathlib import Path
+
+    from mmssl.console import launched_as_rank_zero
+    from mmssl.models.card import write_model_cards
+    from mmssl.recipes.code_pairs import CodePairsRecipe
+
+    if not config.data.train:
+        raise ValueError("--train UNLABELED.jsonl.gz is required (mmssl data mine-code --unlabeled makes one)")
+    if not config.text_code.shared:
+        raise ValueError("--shared false: contrastive pretraining makes one tower for --text-init")
+    recipe = CodePairsRecipe(config.pairs)
+    run = config.flat()
+    summary = run_training(config.engine, lambda device: recipe.build_task(config, device), run_config=run)
+    if launched_as_rank_zero():  # one process writes the cards
+        write_model_cards(Path(config.engine.out), run, summary, recipe.metric)
+    return 0
 
 
 def main(config: PretrainConfig) -> int:

@@ -27,6 +27,7 @@ import bisect
 import fnmatch
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -39,6 +40,7 @@ from torch import Tensor
 from mmssl.data.code_search import SHARD_SUFFIXES, DataError, files_below, read_code_search
 
 Unit = Literal["line", "file"]
+IDENTIFIER = re.compile(r"[^\W\d]\w*")  # a Python identifier: one unit of identifier masking
 DEFAULT_PATTERN = "*.jsonl,*.jsonl.gz,*.txt"
 
 
@@ -175,10 +177,8 @@ class PackedBlocks:
 
 def identifier_groups(text: str, offsets: list[tuple[int, int]], first: int) -> tuple[list[int], int]:
     """A group number per token of one document: tokens that overlap one identifier of ``text``
-    (``mmssl.pretrain.masking.IDENTIFIER``) share it; every other token, special ones included
-    (offsets (0, 0)), has its own. Numbers start at ``first``; returns them and the next free one."""
-    from mmssl.pretrain.masking import IDENTIFIER
-
+    (``IDENTIFIER``) share it; every other token, special ones included (offsets (0, 0)), has its
+    own. Numbers start at ``first``; returns them and the next free one."""
     spans = [m.span() for m in IDENTIFIER.finditer(text)]
     starts = [a for a, _ in spans]
     groups = []

@@ -12,7 +12,7 @@ Shape legend: B blocks, T tokens per block.
                  Geometric(0.2) capped at 10, as SpanBERT masks spans of words
 
 For ``identifier`` and ``span`` the unit of each token is ``PackedBlocks.groups`` (made by
-``pack(..., with_groups=True)`` from the documents' identifiers: ``IDENTIFIER``). Each unit is
+``pack(..., with_groups=True)`` from the documents' identifiers: ``corpus.IDENTIFIER``). Each unit is
 chosen with the masking probability (spans: start with it divided by the mean length), so about
 that fraction of the tokens is masked; a chosen unit is replaced whole by ``<mask>`` (80 %), by
 random tokens (10 %) or kept (10 %), the rates settable. transformers' collator has no unit but the
@@ -22,7 +22,6 @@ checkpoint saves it, so a resumed run draws the same masks).
 
 from __future__ import annotations
 
-import re
 from typing import Literal, Protocol
 
 import torch
@@ -31,7 +30,6 @@ from torch import Tensor
 from mmssl.pretrain.corpus import PackedBlocks
 
 Masking = Literal["token", "word", "identifier", "span"]
-IDENTIFIER = re.compile(r"[^\W\d]\w*")  # a Python identifier (letters, digits, underscores)
 SPAN_P, SPAN_MAX = 0.2, 10  # SpanBERT's geometric span lengths
 IGNORE = -100
 

@@ -1,5 +1,6 @@
 """``TrainConfig`` (``mmssl train``) and its groups: engine, data, model, negatives and one group per
-recipe (text_code, image_text). Each builder takes the groups it uses; the flags keep their names."""
+recipe (text_code, image_text); ``ContrastivePretrainConfig`` (``mmssl pretrain contrastive``): the
+same with the self-supervised pairs' group. Each builder takes the groups it uses; the flags keep their names."""
 
 from __future__ import annotations
 
@@ -155,3 +156,29 @@ class TrainConfig(GroupedConfig):
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     text_code: TextCodeConfig = field(default_factory=TextCodeConfig)
     image_text: ImageTextConfig = field(default_factory=ImageTextConfig)
+
+
+@dataclass(frozen=True)
+class CodePairsConfig:
+    """Which self-supervised pairs code gives, and the validation share."""
+
+    GROUP_TITLE: ClassVar[str] = "self-supervised code pairs"
+    views: str = option("name,signature,spans", "comma list: name (name words <-> code, name masked), "
+                        "signature (def header <-> body), spans (first half <-> second half)")  # fmt: skip
+    valid_every: int = option(50, "one function in N (by a hash of its code) held out for validation")
+
+
+@dataclass(frozen=True)
+class SharedTowerConfig(TextCodeConfig):
+    """The text-code recipe's tower options; pretraining trains one shared tower."""
+
+    shared: bool = option(True, "one tower for both sides (pretraining makes one tower: keep it)")
+
+
+@dataclass(frozen=True)
+class ContrastivePretrainConfig(TrainConfig):
+    """Pretrain a code tower contrastively on pairs code gives by itself (``--config FILE`` reads
+    TOML/YAML/JSON). ``--train`` is unlabeled code (``mmssl data mine-code --unlabeled``)."""
+
+    text_code: SharedTowerConfig = field(default_factory=SharedTowerConfig)
+    pairs: CodePairsConfig = field(default_factory=CodePairsConfig)

@@ -9,7 +9,11 @@ import importlib
 
 from mmssl.recipes.base import Recipe
 
-BUILTIN = {"text-code": "mmssl.recipes.text_code", "image-text": "mmssl.recipes.image_text"}
+BUILTIN = {
+    "text-code": "mmssl.recipes.text_code",
+    "image-text": "mmssl.recipes.image_text",
+    "code-ssl": "mmssl.recipes.code_pairs",  # self-supervised pairs of unlabeled code
+}
 _RECIPES: dict[str, Recipe] = {}
 
 

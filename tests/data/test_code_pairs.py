@@ -7,15 +7,9 @@ import pytest
 import torch
 
 from mmssl import cli
+from mmssl.data.code_pairs import as_training_pairs, code_pairs, held_out, name_words
 from mmssl.models.text import resolve_init
-from mmssl.pretrain.code_pairs import (
-    CodePairsConfig,
-    CodePairsRecipe,
-    as_training_pairs,
-    code_pairs,
-    held_out,
-    name_words,
-)
+from mmssl.recipes.code_pairs import CodePairsConfig, CodePairsRecipe
 
 FACTORIAL = {
     "func_name": "Maths.compute_factorial",

@@ -1,4 +1,4 @@
-"""Self-supervised pairs that code gives by itself, and ``mmssl pretrain contrastive`` on them.
+"""Self-supervised pairs that code gives by itself.
 
 A function is its own label: its name says what its body does, its signature what its body takes,
 and two halves of it are two views of one thing (innate-relationship prediction and multiview
@@ -13,12 +13,9 @@ code (``mmssl data mine-code --unlabeled``) into (query, candidate) pairs:
     spans       the first half of the code's lines <-> the second half (functions and module
                 bodies of at least 4 lines)
 
-All pairs of one function share an id (so do functions whose name words are the same), so the
-InfoNCE loss never counts one view of a function as a negative of another. ``CodePairsRecipe``
-(``--task code-ssl``) is the text-code recipe on these pairs: one shared tower trained by the same
-engine and InfoNCE loss as ``mmssl train``; one function in ``--valid-every`` (by a hash of its code)
-is held out for the validation MRR that keeps the best model. The output is a dual encoder
-directory; ``mmssl train --text-init OUT/best`` starts a tower from it like any other init.
+``as_training_pairs`` gives all pairs of one function one id (so do functions whose name words are
+the same), so the InfoNCE loss never counts one view of a function as a negative of another;
+``held_out`` is the validation share (one function in N, by a hash of its code).
 """
 
 from __future__ import annotations
@@ -27,21 +24,13 @@ import ast
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar
+from dataclasses import dataclass
 
 import torch
 
 from mmssl.bm25 import code_search_tokens
-from mmssl.console import get_logger
-from mmssl.data.code_search import read_code_search
 from mmssl.data.pairs import Pairs, normalize_text
-from mmssl.options import option
-from mmssl.recipes.config import PairDataConfig, TextCodeConfig, TrainConfig
-from mmssl.recipes.text_code import TextCodeRecipe
 
-log = get_logger("pretrain")
 VIEWS = ("name", "signature", "spans")
 UNINFORMATIVE_NAMES = frozenset({"wrapper", "inner", "helper", "func", "function", "main", "run", "call", "impl"})
 MIN_SPAN_LINES = 4
@@ -133,72 +122,3 @@ def as_training_pairs(pairs: list[CodePair], records: list[dict]) -> Pairs:
         words = name_words(record["func_name"]) if record.get("kind", "function") == "function" else ""
         ids.append(by_name.setdefault(normalize_text(words), pair.source) if words else pair.source)
     return Pairs([p.query for p in pairs], [p.candidate for p in pairs], torch.tensor(ids, dtype=torch.long))
-
-
-@dataclass(frozen=True)
-class CodePairsConfig:
-    """Which self-supervised pairs code gives, and the validation share."""
-
-    GROUP_TITLE: ClassVar[str] = "self-supervised code pairs"
-    views: str = option("name,signature,spans", "comma list: name (name words <-> code, name masked), "
-                        "signature (def header <-> body), spans (first half <-> second half)")  # fmt: skip
-    valid_every: int = option(50, "one function in N (by a hash of its code) held out for validation")
-
-
-class CodePairsRecipe(TextCodeRecipe):
-    """The text-code recipe on self-supervised pairs (``code_pairs``) of unlabeled code."""
-
-    name = "code-ssl"
-
-    def __init__(self, pairs: CodePairsConfig | None = None) -> None:
-        pairs = pairs or CodePairsConfig()
-        self.views, self.valid_every = parse_views(pairs.views), pairs.valid_every
-
-    def load_pairs(self, source, partition, data: PairDataConfig | None = None, max_pairs=None) -> Pairs:
-        """``partition`` "train": the pairs of every function not held out; "valid": of the held-out ones.
-        Records of a labeled corpus's valid or test partition are never read."""
-        if partition not in ("train", "valid"):
-            raise ValueError(f"self-supervised pairs come in partitions train and valid; got {partition!r}")
-        corpus = read_code_search(source, required=("code", "func_name"))
-        records = [r for r in corpus.records if r.get("partition", "train") in ("", "train")]
-        if not records:
-            raise ValueError(f"{source}: no train-partition record (mmssl data mine-code --unlabeled makes them)")
-        valid = partition == "valid"
-        chosen = [r for r in records if held_out(r["code"], self.valid_every) == valid]
-        pairs = code_pairs(chosen, self.views)
-        counts = {v: sum(p.view == v for p in pairs) for v in self.views}
-        log.info("%s: %d %s records -> pairs %s", source, len(chosen), partition, counts)
-        return as_training_pairs(pairs, chosen).sample(max_pairs, seed=0)
-
-
-@dataclass(frozen=True)
-class SharedTowerConfig(TextCodeConfig):
-    """The text-code recipe's tower options; pretraining trains one shared tower."""
-
-    shared: bool = option(True, "one tower for both sides (pretraining makes one tower: keep it)")
-
-
-@dataclass(frozen=True)
-class ContrastivePretrainConfig(TrainConfig):
-    """Pretrain a code tower contrastively on pairs code gives by itself (``--config FILE`` reads
-    TOML/YAML/JSON). ``--train`` is unlabeled code (``mmssl data mine-code --unlabeled``)."""
-
-    text_code: SharedTowerConfig = field(default_factory=SharedTowerConfig)
-    pairs: CodePairsConfig = field(default_factory=CodePairsConfig)
-
-
-def main(config: ContrastivePretrainConfig) -> int:
-    from mmssl.console import launched_as_rank_zero
-    from mmssl.engine import run_training
-    from mmssl.models.card import write_model_cards
-
-    if not config.data.train:
-        raise ValueError("--train UNLABELED.jsonl.gz is required (mmssl data mine-code --unlabeled makes one)")
-    if not config.text_code.shared:
-        raise ValueError("--shared false: contrastive pretraining makes one tower for --text-init")
-    recipe = CodePairsRecipe(config.pairs)
-    run = config.flat()
-    summary = run_training(config.engine, lambda device: recipe.build_task(config, device), run_config=run)
-    if launched_as_rank_zero():  # one process writes the cards
-        write_model_cards(Path(config.engine.out), run, summary, recipe.metric)
-    return 0
