@@ -114,24 +114,40 @@ def _mine_all(files: list[SourceFile], rules: tuple[int, int], workers: int | No
         yield from progress(pool.map(mine, files, chunksize=16), len(files), "mining files")
 
 
-def _check(split_by, on_error, valid_fraction, test_fraction, min_docstring_tokens, min_code_lines, max_files) -> None:
-    if split_by not in ("repo", "file"):
-        raise ValueError(f"split_by must be 'repo' or 'file', got {split_by!r}")
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if not (0 <= valid_fraction <= 1 and 0 <= test_fraction <= 1 and valid_fraction + test_fraction <= 1):
-        raise ValueError(
-            f"valid_fraction ({valid_fraction}) and test_fraction ({test_fraction}) must lie in [0, 1] "
-            "and sum to at most 1"
-        )
-    if min_docstring_tokens < 0 or min_code_lines < 0 or (max_files is not None and max_files < 0):
-        raise ValueError("min_docstring_tokens, min_code_lines and max_files must not be negative")
+@dataclass(frozen=True)
+class MineOptions:
+    """The miner's rules and partition draw (the keyword options of ``mine_python`` and
+    ``mine_unlabeled``), checked when made."""
+
+    split_by: SplitBy = "repo"
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    min_docstring_tokens: int = 3
+    min_code_lines: int = 3
+    max_files: int | None = None
+    on_error: OnError = "skip"
+    workers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.split_by not in ("repo", "file"):
+            raise ValueError(f"split_by must be 'repo' or 'file', got {self.split_by!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        valid, test = self.valid_fraction, self.test_fraction
+        if not (0 <= valid <= 1 and 0 <= test <= 1 and valid + test <= 1):
+            raise ValueError(
+                f"valid_fraction ({valid}) and test_fraction ({test}) must lie in [0, 1] and sum to at most 1"
+            )
+        if self.min_docstring_tokens < 0 or self.min_code_lines < 0 or (self.max_files or 0) < 0:
+            raise ValueError("min_docstring_tokens, min_code_lines and max_files must not be negative")
+
+    @property
+    def rules(self) -> tuple[int, int]:
+        return self.min_docstring_tokens, self.min_code_lines
 
 
-def _parsed_files(
-    sources, max_files: int | None, rules: tuple[int, int], workers: int | None, on_error: OnError,
-    unlabeled: bool, stats: MineStats,
-) -> Iterator[FileResult]:  # fmt: skip
+def _parsed_files(sources, options: MineOptions, unlabeled: bool, stats: MineStats) -> Iterator[FileResult]:
     """The result of each file that parses, in file order; the rest counted in ``stats``."""
     roots = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not roots:
@@ -141,12 +157,12 @@ def _parsed_files(
         stats.files_seen += 1
         if is_test_file(file.rel):
             stats.files_test += 1
-        elif max_files is None or len(todo) < max_files:
+        elif options.max_files is None or len(todo) < options.max_files:
             todo.append(file)
-    for file, outcome in zip(todo, _mine_all(todo, rules, workers, unlabeled)):
+    for file, outcome in zip(todo, _mine_all(todo, options.rules, options.workers, unlabeled)):
         if isinstance(outcome, tuple):  # (reason, line, what): the file could not be read or parsed
             error = DataError(file.path, outcome[1], outcome[2])
-            if on_error == "raise":
+            if options.on_error == "raise":
                 raise error
             stats.files_failed[outcome[0]] = stats.files_failed.get(outcome[0], 0) + 1
             if len(stats.first_errors) < MAX_FIRST_ERRORS:
@@ -164,17 +180,36 @@ def code_key(code: str) -> str:
     return " ".join(code.split())
 
 
-def _assign(
-    records: list[dict[str, Any]], split_by: SplitBy, valid_fraction: float, test_fraction: float, seed: int,
-    stats: MineStats,
-) -> dict[str, str]:  # fmt: skip
+def _mine(
+    sources, options: MineOptions, unlabeled: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], MineStats, dict[str, str]]:
+    """(the labeled records with their partitions, the unlabeled code if asked for, the counts,
+    the partition of each repo or file)."""
+    stats = MineStats()
+    records: list[dict[str, Any]] = []
+    code: list[dict[str, Any]] = []
+    seen_code: set[str] = set()
+    for outcome in _parsed_files(sources, options, unlabeled, stats):
+        for record in outcome.records:
+            key = code_key(record["code"])
+            if key in seen_code:
+                stats.dropped["duplicate"] += 1
+                continue
+            seen_code.add(key)
+            records.append(record)
+        code += outcome.unlabeled
+    return records, code, stats, _assign(records, options, stats)
+
+
+def _assign(records: list[dict[str, Any]], options: MineOptions, stats: MineStats) -> dict[str, str]:
     """Give every record its partition (drawn per repo or file, by function counts); the draw."""
-    key_name = "repo" if split_by == "repo" else "path"
+    key_name = "repo" if options.split_by == "repo" else "path"
     sizes: dict[str, int] = {}
     for record in records:
         sizes[record[key_name]] = sizes.get(record[key_name], 0) + 1
-    fractions = {"train": 1 - valid_fraction - test_fraction, "valid": valid_fraction, "test": test_fraction}
-    assignment = assign_partitions(sizes, fractions, seed) if sizes else {}
+    valid, test = options.valid_fraction, options.test_fraction
+    fractions = {"train": 1 - valid - test, "valid": valid, "test": test}
+    assignment = assign_partitions(sizes, fractions, options.seed) if sizes else {}
     for record in records:
         record["partition"] = assignment[record[key_name]]
         stats.partitions[record["partition"]] += 1
@@ -188,41 +223,18 @@ def _assign(
 
 
 def mine_python(
-    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-    *,
-    split_by: SplitBy = "repo",
-    valid_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    min_docstring_tokens: int = 3,
-    min_code_lines: int = 3,
-    max_files: int | None = None,
-    on_error: OnError = "skip",
-    workers: int | None = None,
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], **options: Any
 ) -> tuple[list[dict[str, Any]], MineStats]:
     """Mine CodeSearchNet-format records from Python source trees (rules in the module docs).
 
-    ``sources``: root folders (or single ``.py`` files). ``max_files`` caps the number of files
-    parsed (the first ones in sorted order). With ``on_error="raise"`` a file that cannot be
-    decoded or parsed raises ``DataError`` (``file:line: what``) instead of being counted.
-    ``workers`` processes parse the files (default: one per CPU; 1: in this process); the records and
-    counts do not depend on it: duplicates are dropped here, in file order.
-    Returns the records (file order, then source order) and the counts.
+    ``sources``: root folders (or single ``.py`` files). ``options``: the fields of ``MineOptions``.
+    ``max_files`` caps the number of files parsed (the first ones in sorted order). With
+    ``on_error="raise"`` a file that cannot be decoded or parsed raises ``DataError`` (``file:line:
+    what``) instead of being counted. ``workers`` processes parse the files (default: one per CPU; 1:
+    in this process); the records and counts do not depend on it: duplicates are dropped here, in
+    file order. Returns the records (file order, then source order) and the counts.
     """
-    _check(split_by, on_error, valid_fraction, test_fraction, min_docstring_tokens, min_code_lines, max_files)
-    stats = MineStats()
-    records: list[dict[str, Any]] = []
-    seen_code: set[str] = set()
-    rules = (min_docstring_tokens, min_code_lines)
-    for outcome in _parsed_files(sources, max_files, rules, workers, on_error, False, stats):
-        for record in outcome.records:
-            key = code_key(record["code"])
-            if key in seen_code:
-                stats.dropped["duplicate"] += 1
-                continue
-            seen_code.add(key)
-            records.append(record)
-    _assign(records, split_by, valid_fraction, test_fraction, seed, stats)
+    records, _, stats, _ = _mine(sources, MineOptions(**options), unlabeled=False)
     return records, stats
 
 
@@ -242,47 +254,24 @@ class UnlabeledStats:
 
 
 def mine_unlabeled(
-    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
-    *,
-    split_by: SplitBy = "repo",
-    valid_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-    min_docstring_tokens: int = 3,
-    min_code_lines: int = 3,
-    max_files: int | None = None,
-    on_error: OnError = "skip",
-    workers: int | None = None,
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]], **options: Any
 ) -> tuple[list[dict[str, Any]], UnlabeledStats]:
     """Code for pretraining from the same trees: every function (docstring or not) and module body
     of the **train** partition only, deduplicated.
 
-    The partitions are the labeled miner's: ``mine_python`` with the same arguments runs in the same
+    The partitions are the labeled miner's: ``mine_python`` with the same ``options`` runs in the same
     pass (each file parsed once) and its draw decides; a repo (file) without a labeled function is
     in no held-out partition and is kept. Code equal (up to whitespace) to a valid or test function
-    of another repo is left out as well. So nothing a labeled corpus mined with the same arguments
+    of another repo is left out as well. So nothing a labeled corpus mined with the same options
     scores on reaches pretraining. Records: ``repo``, ``path``, ``kind`` (function/module),
     ``func_name`` (the module's dotted name for a body), ``code``, ``docstring``, ``url``,
     ``partition`` ("train").
     """
-    _check(split_by, on_error, valid_fraction, test_fraction, min_docstring_tokens, min_code_lines, max_files)
-    stats = UnlabeledStats(MineStats())
-    labeled: list[dict[str, Any]] = []
-    code: list[dict[str, Any]] = []
-    seen_labeled: set[str] = set()
-    rules = (min_docstring_tokens, min_code_lines)
-    for outcome in _parsed_files(sources, max_files, rules, workers, on_error, True, stats.labeled):
-        for record in outcome.records:
-            key = code_key(record["code"])
-            if key in seen_labeled:
-                stats.labeled.dropped["duplicate"] += 1
-                continue
-            seen_labeled.add(key)
-            labeled.append(record)
-        code += outcome.unlabeled
-    assignment = _assign(labeled, split_by, valid_fraction, test_fraction, seed, stats.labeled)
+    mined = MineOptions(**options)
+    labeled, code, labeled_stats, assignment = _mine(sources, mined, unlabeled=True)
+    stats = UnlabeledStats(labeled_stats)
     held_out = {code_key(r["code"]) for r in labeled if r["partition"] != "train"}
-    key_name = "repo" if split_by == "repo" else "path"
+    key_name = "repo" if mined.split_by == "repo" else "path"
     records: list[dict[str, Any]] = []
     seen: set[str] = set()
     for record in code:
