@@ -247,7 +247,7 @@ def main_stage(args, results) -> None:
     jobs = []
     for budget in args.budgets:
         for seed in args.all_seeds if budget == "all" else args.seeds:
-            for init in INITS:
+            for init in args.inits:
                 key = f"{init}/{budget}/s{seed}"
                 if key not in results["finetune"]:
                     model = results["pretrain"][init]["model"]
@@ -389,6 +389,7 @@ def main() -> int:
     p.add_argument("--budgets", default="1000,5000,all")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--all-seeds", default="0,1,2", help="seeds of the all-pairs budget")
+    p.add_argument("--inits", default=",".join(INITS), help="inits fine-tuned (all are pretrained)")
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps, every init and budget")
     p.add_argument("--batch", type=int, default=64, help="fine-tuning batch")
     p.add_argument("--test-pairs", type=int, default=5000)
@@ -399,6 +400,7 @@ def main() -> int:
     args.budgets = args.budgets.split(",")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.all_seeds = [int(s) for s in args.all_seeds.split(",")]
+    args.inits = [i for i in args.inits.split(",") if i]
     (ROOT / args.out).mkdir(parents=True, exist_ok=True)
     saved = ROOT / args.out / "results.json"
     results = json.loads(saved.read_text()) if saved.exists() else {}
