@@ -136,6 +136,11 @@ _LEX_RE = re.compile(
 _TRIPLE_QUOTES = ('"' * 3, "'" * 3)
 
 
+def _holds_code(line: str) -> bool:
+    """Not blank and not only a comment (outside multi-line strings, which ``_rows`` adds)."""
+    return bool(line.strip()) and not line.lstrip().startswith("#")
+
+
 def _rows(source: str, lines: list[str]) -> tuple[set[int], set[int], set[int]]:
     """(rows holding code, rows inside a multi-line string after its first, rows the lexer is not
     sure of) of a whole file: the rows ``_code_and_tokens`` finds by tokenizing, by one regex."""
@@ -152,7 +157,7 @@ def _rows(source: str, lines: list[str]) -> tuple[set[int], set[int], set[int]]:
             string_rows.update(range(first + 1, last + 1))
         else:  # a one-quote string continued by a backslash
             doubtful.update(range(first, last + 1))
-    code_rows = {i for i, line in enumerate(lines, 1) if line.strip() and not line.lstrip().startswith("#")}
+    code_rows = {i for i, line in enumerate(lines, 1) if _holds_code(line)}
     return code_rows | string_rows, string_rows, doubtful
 
 
@@ -315,7 +320,7 @@ class _FileMiner:
             cut.update(range(start, (node.end_lineno or node.lineno) + 1))
         kept = [line.rstrip("\r\n") for i, line in enumerate(lines, 1) if i not in cut]
         code = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip("\n")
-        n_lines = sum(1 for line in kept if line.strip() and not line.lstrip().startswith("#"))
+        n_lines = sum(map(_holds_code, kept))
         if n_lines < self.min_code_lines:
             return None
         module = file.rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")

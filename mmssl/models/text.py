@@ -307,16 +307,7 @@ def _load_backbone(path: str) -> nn.Module:
     from mmssl.console import get_logger
 
     log = get_logger("models")
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    use_safetensors = _has_safetensors(path)
-    try:
-        with loading(path):
-            model, info = AutoModel.from_pretrained(
-                path, use_safetensors=use_safetensors, output_loading_info=True, trust_remote_code=False
-            )
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    model, info = load_with_report(AutoModel, path)
     head = [k for k in info.get("unexpected_keys", []) if k.startswith(LM_HEAD_PREFIXES)]
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(LM_HEAD_PREFIXES)]
     missing = [k for k in info.get("missing_keys", []) if not k.startswith("pooler.")]
@@ -327,6 +318,22 @@ def _load_backbone(path: str) -> nn.Module:
     if missing:
         log.warning("%s: %d weights not in the checkpoint, newly initialized: %s", path, len(missing), missing[:5])
     return model
+
+
+def load_with_report(auto, path: str):
+    """``auto.from_pretrained(path)`` (an ``AutoModel*`` class) and its load report (missing and
+    unexpected weights), returned instead of printed as transformers' table; safetensors only for
+    a local directory, a load error as one line naming ``path``."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    use_safetensors = _has_safetensors(path)
+    try:
+        with loading(path):
+            return auto.from_pretrained(
+                path, use_safetensors=use_safetensors, output_loading_info=True, trust_remote_code=False
+            )
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def _has_safetensors(path: str) -> bool | None:

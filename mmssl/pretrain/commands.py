@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from transformers.utils import logging as hf_logging
 
 from mmssl.console import get_logger
 from mmssl.engine import EngineConfig, run_training
@@ -141,19 +140,12 @@ def build_lm(config: PretrainConfig, tokenizer):
     """A ``*ForMaskedLM`` / ``GPT2LMHeadModel`` from ``--init`` or from the preset's config."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    from mmssl.models.text import PRESETS, TowerConfig, _has_safetensors, backbone_config, max_positions, resolve_init
+    from mmssl.models.text import PRESETS, TowerConfig, backbone_config, load_with_report, max_positions, resolve_init
 
     auto = AutoModelForMaskedLM if isinstance(config, MLMConfig) else AutoModelForCausalLM
     if config.init:
         path = resolve_init(config.init)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # its table of new weights becomes the one line below
-        try:
-            model, info = auto.from_pretrained(
-                path, use_safetensors=_has_safetensors(path), trust_remote_code=False, output_loading_info=True
-            )
-        finally:
-            hf_logging.set_verbosity(verbosity)
+        model, info = load_with_report(auto, path)  # its table of new weights becomes the line below
         new = [k for k in info.get("missing_keys", []) if not k.startswith(("bert.pooler.", "roberta.pooler."))]
         if new:  # MiniLM and other sentence encoders ship no LM head
             log.warning(
