@@ -170,10 +170,11 @@ def pretrain_init(args, out: Path, results, name: str, mlm_options: list[str]) -
 def finetune(args, out: Path, key: str, init: str, budget: str, seed: int) -> dict:
     data = ROOT / args.corpus_dir / f"labeled-{budget}.jsonl.gz"
     run_dir = out / f"ft-{key.replace('/', '-')}"
+    steps = args.all_steps if budget == "all" and args.all_steps else args.steps
     run([*MMSSL, "train", "--train", str(data), "--out", str(run_dir), "--text-init", init, "--shared", "--pooling",
          "mean", "--batch-size", str(args.batch), "--lr", "1e-3", "--max-code-length", str(BLOCK),
-         "--max-text-length", str(TEXT_LEN), "--max-steps", str(args.steps), "--warmup-steps",
-         str(max(10, args.steps // 20)), "--eval-every", str(max(25, args.steps // 3)), "--save-every", "0",
+         "--max-text-length", str(TEXT_LEN), "--max-steps", str(steps), "--warmup-steps",
+         str(max(10, steps // 20)), "--eval-every", str(max(25, steps // 3)), "--save-every", "0",
          "--eval-max-pairs", "1000", "--dropout", "0", "--seed", str(seed), "--overwrite"],
         out / f"ft-{key.replace('/', '-')}.log")  # fmt: skip
     best = run_dir / ("best" if (run_dir / "best").exists() else "final")
@@ -185,8 +186,9 @@ def finetune(args, out: Path, key: str, init: str, budget: str, seed: int) -> di
 def save(args, results) -> None:
     results["meta"] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"), "cores": os.cpu_count(), "jobs": args.jobs,
-        "pretrain_minutes": args.pretrain_minutes, "steps": args.steps, "batch": args.batch,
-        "test_pairs": args.test_pairs, "seeds": args.seeds, "all_seeds": args.all_seeds, "budgets": args.budgets,
+        "pretrain_minutes": args.pretrain_minutes, "steps": args.steps, "all_steps": args.all_steps,
+        "batch": args.batch, "test_pairs": args.test_pairs, "seeds": args.seeds, "all_seeds": args.all_seeds,
+        "budgets": args.budgets,
     }  # fmt: skip
     path = ROOT / args.out / "results.json"
     tmp = path.with_suffix(".tmp")
@@ -242,7 +244,7 @@ def main_stage(args, results) -> None:
     results["mlm_recipe"] = name
     random_control(args, out, results)
     pre = [(n, results["pretrain"], lambda n=n: pretrain_init(args, out, results, n, options))
-           for n in INITS if n != "random" and n not in results["pretrain"]]  # fmt: skip
+           for n in args.inits if n != "random" and n not in results["pretrain"]]  # fmt: skip
     in_parallel(args, pre)
     jobs = []
     for budget in args.budgets:
@@ -255,7 +257,8 @@ def main_stage(args, results) -> None:
                     jobs.append((key, results["finetune"], fn))
     in_parallel(args, jobs)
     if "bm25" not in results:  # BM25 over the same test pairs (any model: eval scores BM25 beside it)
-        model = out / "ft-random-1000-s0" / "final"
+        first = next(k for k in results["finetune"] if not k.startswith("sweep"))
+        model = out / f"ft-{first.replace('/', '-')}" / "final"
         results["bm25"] = evaluate(Path(args.labeled), out, "bm25", args, "--model", str(model), "--bm25")
         results["bm25"].pop("chunk_mrrs", None)
         save(args, results)
@@ -389,8 +392,9 @@ def main() -> int:
     p.add_argument("--budgets", default="1000,5000,all")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--all-seeds", default="0,1,2", help="seeds of the all-pairs budget")
-    p.add_argument("--inits", default=",".join(INITS), help="inits fine-tuned (all are pretrained)")
+    p.add_argument("--inits", default=",".join(INITS), help="inits pretrained and fine-tuned")
     p.add_argument("--steps", type=int, default=150, help="fine-tuning steps, every init and budget")
+    p.add_argument("--all-steps", type=int, default=0, help="fine-tuning steps of the all-pairs budget (0: --steps)")
     p.add_argument("--batch", type=int, default=64, help="fine-tuning batch")
     p.add_argument("--test-pairs", type=int, default=5000)
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="runs side by side, 1 thread each")

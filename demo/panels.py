@@ -45,6 +45,7 @@ def about(item: LoadedIndex) -> str:
         + (f" (the first {m.dim} of the model's {m.embedding['model_dim']} dims)" if prefix else "")
         + f", search parameters {params}"
         + (f", tuned recall@10 {recall:.3f}" if recall is not None and m.search_params else ""),
+        f"- vectors stored as {stored(m)}",
         f"- lexical side (BM25): {'yes' if m.lexical else 'no'}; built {m.created[:19].replace('T', ' ')}",
     ]
     chosen = m.search_defaults
@@ -55,6 +56,22 @@ def about(item: LoadedIndex) -> str:
             f"{chosen.get('queries', '?')} validation queries ({chosen.get('chosen_on', '?')}); MRR {scores}"
         )
     return "\n".join(lines)
+
+
+def stored(m) -> str:
+    """How the index keeps its vectors, and what an item costs in memory and on disk."""
+    from indexing.index import bytes_per_item
+
+    cost = bytes_per_item(m)
+    what = {
+        "float32": "float32",
+        "float16": "float16 (scalar quantizer)",
+        "int8": "int8 (scalar quantizer, each dimension's range trained)",
+        "binary": f"binary sign codes, the best {m.search_params.get('rescore', '?')} x k candidates rescored "
+        "with float32 vectors kept on disk",
+    }.get(m.embedding_dtype, m.embedding_dtype)
+    disk = f", {cost['disk']:,.0f} on disk" if cost["disk"] else ""
+    return f"{what}: {cost['memory']:,.0f} bytes an item in memory{disk}"
 
 
 def notice_of(item: LoadedIndex) -> str:

@@ -129,10 +129,15 @@ def metric():
     return faiss.METRIC_INNER_PRODUCT
 
 
-def new_index(plan: IndexPlan, d: int):
-    """An empty (untrained) CPU index for the plan; ids are the caller's (add_with_ids)."""
+def new_index(plan: IndexPlan, d: int, workdir: Path | None = None):
+    """An empty (untrained) CPU index for the plan; ids are the caller's (add_with_ids). A binary
+    plan's float vectors for rescoring are written under ``workdir`` (``indexing.binary``)."""
     import faiss
 
+    if plan.embedding_dtype == "binary":
+        from indexing.binary import BinaryIndex
+
+        return BinaryIndex.new(d, plan.nlist, workdir)
     try:
         index = faiss.index_factory(d, plan.factory, metric())
     except RuntimeError as e:
@@ -161,9 +166,23 @@ def hnsw_of(index):
     return inner if isinstance(inner, faiss.IndexHNSW) else None
 
 
+def is_binary(index) -> bool:
+    """A binary index with float rescoring (``indexing.binary``), not a FAISS ``Index``."""
+    from indexing.binary import BinaryIndex
+
+    return isinstance(index, BinaryIndex)
+
+
+def try_ivf(index):
+    """The IVF index inside a FAISS index (``faiss.try_extract_index_ivf``), or None (also for a binary one)."""
+    import faiss
+
+    return None if is_binary(index) else faiss.try_extract_index_ivf(index)
+
+
 def supports_remove(index) -> bool:
     """Whether FAISS can drop items from this index (else removed ids become tombstones)."""
-    return hnsw_of(index) is None and refine_of(index) is None
+    return not is_binary(index) and hnsw_of(index) is None and refine_of(index) is None
 
 
 def gpu_count() -> int:
@@ -180,9 +199,11 @@ def train_index(index, plan: IndexPlan, shards: Shards, *, use_gpu: bool, seed: 
 
     start = time.perf_counter()
     xt = shards.sample(max(plan.train_size, 1), seed)
-    ivf = faiss.try_extract_index_ivf(index)
+    ivf = try_ivf(index)
     if ivf is not None:
         ivf.cp.seed = seed
+    if is_binary(index) and index.ivf is not None:
+        index.ivf.cp.seed = seed
     if use_gpu and ivf is not None:
         # Train the coarse quantizer's k-means on the GPU (the expensive part); codes stay CPU-side.
         clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
@@ -236,21 +257,24 @@ def enable_id_lookup(index) -> None:
     """
     import faiss
 
-    if isinstance(index, faiss.IndexIDMap2):  # looks ids up itself
+    if isinstance(index, faiss.IndexIDMap2) or is_binary(index):  # looks ids up itself
         return
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and ivf.direct_map.type != faiss.DirectMap.Hashtable:
         ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
 
 
-def build_in_memory(plan: IndexPlan, shards: Shards, *, use_gpu: bool | None = None, seed: int = 0):
-    """Train and fill a CPU index for ``plan`` (on the GPU when FAISS sees one and the index allows)."""
+def build_in_memory(
+    plan: IndexPlan, shards: Shards, *, use_gpu: bool | None = None, seed: int = 0, workdir: Path | None = None
+):
+    """Train and fill a CPU index for ``plan`` (on the GPU when FAISS sees one and the index allows);
+    ``workdir``: where a binary index writes its float vectors (the directory being built)."""
     import faiss
 
     use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
-    index = new_index(plan, shards.dim)
+    index = new_index(plan, shards.dim, workdir)
     train_index(index, plan, shards, use_gpu=use_gpu, seed=seed)
-    if use_gpu and plan.index_type in ("ivf_flat", "ivf_pq", "flat"):
+    if use_gpu and plan.embedding_dtype == "float32" and plan.index_type in ("ivf_flat", "ivf_pq", "flat"):
         try:
             gpu = faiss.index_cpu_to_all_gpus(index)
         except RuntimeError as e:  # e.g. a PQ size the GPU kernels do not support

@@ -85,6 +85,14 @@ class IndexBuildConfig:
     index_type: Literal["auto", "flat", "hnsw", "ivf_flat", "ivf_fastscan", "ivf_pq"] = field(
         default="auto", metadata={"help": "index kind (auto: from the size and the memory budget)"}
     )
+    embedding_dtype: Literal["auto", "float32", "float16", "int8", "binary"] = field(
+        default="auto",
+        metadata={
+            "help": "how the index stores vectors: float32, float16, int8 (scalar quantizer), binary (sign bits, "
+            "Hamming search, the best candidates rescored with float32 vectors kept on disk); auto: float32, "
+            "or the first smaller one that fits --memory-budget"
+        },
+    )
     factory: str | None = field(default=None, metadata={"help": "any FAISS factory string (overrides index_type)"})
     memory_budget: str | None = field(default=None, metadata={"help": "RAM the index may use, e.g. 2G"})
     target_recall: float = field(default=0.95, metadata={"help": "recall@10 vs exact search that tuning aims for"})
@@ -95,7 +103,10 @@ class IndexBuildConfig:
         default=None, metadata={"help": "embedding shards directory (default OUT.embeddings; resumable)"}
     )
     shard_size: int = field(default=50_000, metadata={"help": "items per embedding shard"})
-    dtype: Literal["float32", "float16"] = field(default="float32", metadata={"help": "dtype of stored embeddings"})
+    dtype: Literal["float32", "float16"] = field(
+        default="float32",
+        metadata={"help": "dtype of the embedding shards on disk (not the index's: --embedding-dtype)"},
+    )
     batch_size: int = field(default=128, metadata={"help": "embedding batch size"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda[:N]"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing index at OUT"})
@@ -179,6 +190,7 @@ def build_main(config: IndexBuildConfig) -> int:
         factory=config.factory,
         opq=config.opq,
         ondisk=config.ondisk,
+        embedding_dtype=config.embedding_dtype,
         target_recall=config.target_recall,
         tune_queries=tune_queries,
         lexical=config.lexical,

@@ -60,6 +60,7 @@ def build_index_dir(
     factory: str | None = None,
     opq: bool = False,
     ondisk: bool = False,
+    embedding_dtype: str = "auto",
     target_recall: float = 0.95,
     tune_queries: np.ndarray | None = None,
     n_tune: int = 1000,
@@ -92,7 +93,14 @@ def build_index_dir(
         if (out / MANIFEST).is_file():  # over an index: an add or remove meanwhile fails instead of vanishing
             held.enter_context(write_lock(out))  # taken first: a busy index is refused before any work
         plan = choose_index(
-            shards.count, shards.dim, memory_budget, index_type=index_type, factory=factory, opq=opq, ondisk=ondisk
+            shards.count,
+            shards.dim,
+            memory_budget,
+            index_type=index_type,
+            factory=factory,
+            opq=opq,
+            ondisk=ondisk,
+            embedding_dtype=embedding_dtype,
         )
         log.info("index for %s vectors of dim %d: %s (%s)", f"{shards.count:,}", shards.dim, plan.factory, plan.reason)
         started = time.perf_counter()
@@ -100,10 +108,11 @@ def build_index_dir(
             if plan.ondisk:
                 index = build_ondisk(plan, shards, tmp, tmp / ONDISK_FILE, seed=seed)
             else:
-                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
+                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed, workdir=tmp)
             if index.ntotal != shards.count:
                 raise RuntimeError(f"index holds {index.ntotal} vectors, expected {shards.count}")
-            reference = None if plan.index_type == "flat" else _tune_reference(shards, tune_queries, n_tune, seed)
+            exact = plan.index_type == "flat" and plan.embedding_dtype == "float32"  # nothing to measure
+            reference = None if exact else _tune_reference(shards, tune_queries, n_tune, seed)
             tuning = tune(index, *reference, target_recall) if reference else Tuning(target=target_recall)
             if not tuning.reached and plan.index_type == "ivf_fastscan" and index_type == "auto" and not factory:
                 # 4-bit codes too coarse for this data even with 64 x K candidates re-ranked: the
@@ -124,8 +133,7 @@ def build_index_dir(
                     target_recall,
                 )
             build_seconds = time.perf_counter() - started
-            write_index_file(index, tmp / INDEX_FILE)
-            names = [INDEX_FILE, META_FILE] + ([ONDISK_FILE] if plan.ondisk else [])
+            names = [*write_index_file(index, tmp / INDEX_FILE), META_FILE] + ([ONDISK_FILE] if plan.ondisk else [])
             shard_ids = shards.all_ids()
             next_id = int(shard_ids.max()) + 1
             with MetadataStore(tmp / META_FILE) as store:
@@ -145,6 +153,7 @@ def build_index_dir(
                 count=int(index.ntotal),
                 index_type=plan.index_type,
                 factory=plan.factory,
+                embedding_dtype=plan.embedding_dtype,
                 search_params=tuning.params,
                 tuning={**tuning.to_dict(), "build_seconds": round(build_seconds, 2), "reason": plan.reason},
                 ondisk=plan.ondisk,

@@ -28,13 +28,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from indexing.build import as_float32_matrix, enable_id_lookup, gpu_count
+from indexing.build import as_float32_matrix, enable_id_lookup, gpu_count, is_binary
 from indexing.lexical import LexicalIndex, reciprocal_rank_fusion
 from indexing.store import (
     INDEX_FILE,
     LEXICAL_DIR,
     MANIFEST,
     META_FILE,
+    ONDISK_FILE,
     IndexDirError,
     Manifest,
     MetadataStore,
@@ -89,7 +90,7 @@ class SearchIndex(Closable):
         manifest = Manifest.from_file(path / MANIFEST)
         check_manifest(path, manifest)
         check_files(path, manifest, verify=verify)
-        index = read_index_file(path / INDEX_FILE, manifest.ondisk)
+        index = read_index_file(path / INDEX_FILE, manifest)
         store = MetadataStore(path / META_FILE, readonly=True)
         try:
             lexical = _load_lexical(path / LEXICAL_DIR) if manifest.lexical else None
@@ -99,7 +100,8 @@ class SearchIndex(Closable):
             raise
         self = cls(path, manifest, index, store, lexical)
         use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
-        if use_gpu and not manifest.ondisk and manifest.index_type in ("ivf_flat", "ivf_pq"):
+        gpu_kind = manifest.index_type in ("ivf_flat", "ivf_pq") and manifest.embedding_dtype == "float32"
+        if use_gpu and not manifest.ondisk and gpu_kind:
             self._to_gpu()
         return self
 
@@ -185,6 +187,8 @@ class SearchIndex(Closable):
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         k = min(k, max(1, self.index.ntotal))  # FAISS allocates (Q, k): never more than the index holds
+        if is_binary(self.index):
+            return self._search_binary(xq, k, ids)
         if ids is None and not len(self._removed):  # the common case: no selector to build
             if self._gpu_index is not None:
                 return self._gpu_index.search(xq, k)
@@ -203,6 +207,14 @@ class SearchIndex(Closable):
             selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(self._removed))
             params = self.manifest.search_params
         return self.index.search(xq, k, params=search_parameters(self.index, params, selector))
+
+    def _search_binary(self, xq: np.ndarray, k: int, ids) -> tuple[np.ndarray, np.ndarray]:
+        """A binary index filters its candidates itself (FAISS's binary IVF takes no selector); a
+        narrow filter is answered exactly from the float vectors, as for the other indexes."""
+        allowed = None if ids is None else np.setdiff1d(np.asarray(ids, dtype=np.int64), self._removed)
+        if allowed is not None and len(allowed) <= EXACT_FILTER_MAX:
+            return self._exact_among(xq, k, allowed)
+        return self.index.search(xq, k, self._params, allowed=allowed, excluded=self._removed)
 
     def _exact_among(self, xq: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Exact top-K among ``allowed`` from reconstructed vectors; None if the index cannot reconstruct."""
@@ -296,6 +308,8 @@ class SearchIndex(Closable):
             "embedding": m.embedding,  # the model's size and the Matryoshka prefix indexed
             "index_type": m.index_type,
             "factory": m.factory,
+            "embedding_dtype": m.embedding_dtype,
+            "bytes_per_item": bytes_per_item(m),
             "search_params": m.search_params,
             "tuning": m.tuning,
             "ondisk": m.ondisk,
@@ -336,3 +350,15 @@ def _set_gpu_params(index, params: dict[str, int]) -> None:
     ps.initialize(index)
     for name, value in params.items():
         ps.set_index_parameter(index, name, value)
+
+
+def bytes_per_item(m: Manifest) -> dict[str, float]:
+    """What an item costs: in memory (the index file, read whole; a binary index's id array too) and
+    on disk beside it (a binary index's float vectors for rescoring, on-disk inverted lists)."""
+    from indexing.binary import IDS_FILE, VECTORS_FILE
+
+    beside = {VECTORS_FILE, ONDISK_FILE}
+    memory = sum(f.bytes for name, f in m.files.items() if name in (INDEX_FILE, IDS_FILE))
+    disk = sum(f.bytes for name, f in m.files.items() if name in beside)
+    n = max(m.count, 1)
+    return {"memory": round(memory / n, 1), "disk": round(disk / n, 1)}

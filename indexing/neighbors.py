@@ -43,7 +43,7 @@ def knn(
     plan = choose_index(len(xb), xb.shape[1], memory_budget, flat_max=flat_max)
     index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
     params = None
-    if plan.index_type != "flat":
+    if plan.index_type != "flat" or plan.embedding_dtype != "float32":  # approximate: tuned
         rng = np.random.default_rng(seed)
         sample = xq[np.sort(rng.choice(len(xq), min(TUNE_QUERIES, len(xq)), replace=False))]
         tuning = tune(index, sample, exact_neighbours(sample, shards, k), target_recall)

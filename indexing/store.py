@@ -7,6 +7,8 @@ a crash leaves the previous version or nothing, never half of one):
                         normalization, index type and parameters, count, each file's size and sha256
     DIR/index.faiss     the FAISS index (a CPU index, whatever built it); ids are the item ids
     DIR/ivf.ondisk      only for on-disk indexes: the inverted lists, memory-mapped at search time
+    DIR/vectors.f32     only for binary indexes (``indexing.binary``): the float32 vectors that rescore
+    DIR/ids.npy         candidates, memory-mapped, and the item id of each of the index's positions
     DIR/meta.sqlite     items(id INTEGER PRIMARY KEY, text, payload JSON, fingerprint): what a hit
                         shows; ``fingerprint`` (indexed) is the sha256 of the item's text and payload,
                         by which ``add`` skips items already there. Schema version: PRAGMA user_version
@@ -62,7 +64,10 @@ class Manifest:
     factory: str  # the FAISS factory string the index was built from
     metric: str = "ip"  # inner product; on L2-normalized vectors, cosine similarity
     normalized: bool = True
-    search_params: dict[str, int] = field(default_factory=dict)  # nprobe / efSearch chosen by tuning
+    search_params: dict[str, int] = field(default_factory=dict)  # nprobe / efSearch / rescore chosen by tuning
+    # how the index stores each vector: float32 | float16 | int8 (FAISS scalar quantizer) | binary
+    # (sign bits searched by Hamming distance, candidates rescored with float32 vectors: indexing.binary)
+    embedding_dtype: str = "float32"
     tuning: dict[str, Any] = field(default_factory=dict)  # target, measured recall, curve
     ondisk: bool = False
     model_path: str | None = None
@@ -319,17 +324,31 @@ class MetadataStore(Closable):
 # ---- the FAISS file -------------------------------------------------------------------------------
 
 
-def write_index_file(index, path: Path) -> None:
+def write_index_file(index, path: Path) -> list[str]:
+    """Write the index at ``path`` (a binary index also its sibling files); the names written."""
     import faiss
 
+    from indexing.build import is_binary
+
+    if is_binary(index):
+        return index.write(path)
     faiss.write_index(index, str(path))
+    return [path.name]
 
 
-def read_index_file(path: Path, ondisk: bool):
+def read_index_file(path: Path, manifest: Manifest):
     import faiss
 
-    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if ondisk else 0
+    if manifest.embedding_dtype == "binary":
+        from indexing.binary import BinaryIndex
+
+        return BinaryIndex.load(path, manifest.count, manifest.dim)
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR if manifest.ondisk else 0
     try:
         return faiss.read_index(str(path), flags)
     except RuntimeError as e:
-        raise IndexDirError(f"{path}: FAISS cannot read it ({str(e).strip().splitlines()[-1]})") from None
+        why = str(e).strip().splitlines()[-1]
+        binary = " (a binary index?)" if '"IBxF"' in why or '"IBwF"' in why else ""
+        raise IndexDirError(
+            f"{path}: FAISS cannot read it{binary}; {MANIFEST} says embedding_dtype {manifest.embedding_dtype} ({why})"
+        ) from None

@@ -4,19 +4,21 @@ Shape legend: Q queries, K neighbours, D dimension.
 
 Tuning (``tune``): held-out queries, their exact top-K over the whole collection as the reference,
 and the smallest ``nprobe`` (IVF) or ``efSearch`` (HNSW) whose recall@K reaches the target (the
-re-ranked fast-scan also raises its ``k_factor``). Recall here is the overlap of the approximate
-and exact top-K (|A ∩ E| / K), averaged over queries.
+re-ranked fast-scan also raises its ``k_factor``, a binary index its rescoring depth ``rescore``).
+Recall here is the overlap of the approximate and exact top-K (|A ∩ E| / K), averaged over queries.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from indexing.build import Shards, hnsw_of, metric, refine_of
+from indexing.binary import BinaryParams
+from indexing.build import Shards, hnsw_of, is_binary, metric, refine_of
 
 REFINE_K_FACTOR = 8  # fast-scan candidates re-ranked per result (k_factor x K)
+RESCORE_DEPTHS = (2, 4, 8, 16, 32, 64, 128, 256)  # binary candidates rescored per result, tried in turn
 
 
 def search_parameters(index, params: dict[str, int] | None = None, selector=None):
@@ -24,6 +26,8 @@ def search_parameters(index, params: dict[str, int] | None = None, selector=None
     import faiss
 
     params = params or {}
+    if is_binary(index):  # its candidates are filtered by indexing.binary itself, not by a selector
+        return BinaryParams(int(params.get("rescore", BinaryParams.rescore)), int(params.get("nprobe", 1)))
     ivf = faiss.try_extract_index_ivf(index)
     if refine_of(index) is not None:
         # IndexRefine hands only base_index_params down (it ignores a selector on itself), and the
@@ -100,6 +104,8 @@ def tune(index, xq: np.ndarray, exact: np.ndarray, target: float = 0.95) -> Tuni
     import faiss
 
     k = exact.shape[1]
+    if is_binary(index):
+        return _tune_binary(index, xq, exact, target)
     ivf = faiss.try_extract_index_ivf(index)
     if refine_of(index) is not None:
         # Re-ranked fast-scan: recall is capped by how many candidates are re-ranked, so the
@@ -120,6 +126,37 @@ def tune(index, xq: np.ndarray, exact: np.ndarray, target: float = 0.95) -> Tuni
     _, found = index.search(xq, k)
     recall = recall_at(found, exact)
     return Tuning(recall=recall, target=target, k=k, queries=len(xq), reached=recall >= target)
+
+
+def _tune_binary(index, xq, exact, target: float) -> Tuning:
+    """The smallest rescoring depth (then nprobe, for a binary IVF) that reaches ``target``: the
+    Hamming ranking decides which candidates reach the float vectors, so depth caps recall."""
+    k = exact.shape[1]
+    full = max(index.nlist, 1)  # a binary IVF probing every list ranks as the exact Hamming scan does
+    curve: list[tuple[int, float]] = []
+    for depth in RESCORE_DEPTHS:
+        _, found = index.search(xq, k, BinaryParams(rescore=depth, nprobe=full))
+        curve.append((depth, recall_at(found, exact)))
+        if curve[-1][1] >= target:
+            break
+    if curve[-1][1] >= target and len(curve) > 1:  # bisect between the last two depths
+        lo, hi = curve[-2][0], curve[-1][0]
+        while hi - lo > max(1, hi // 8):
+            mid = (lo + hi) // 2
+            _, found = index.search(xq, k, BinaryParams(rescore=mid, nprobe=full))
+            curve.append((mid, recall_at(found, exact)))
+            lo, hi = (lo, mid) if curve[-1][1] >= target else (mid, hi)
+        curve = sorted(curve)
+        depth = hi
+    best = max(r for _, r in curve)
+    if best < target:
+        depth = min(d for d, r in curve if r >= best - 0.005)
+    recall = dict(curve)[depth]
+    if index.ivf is None:
+        return Tuning({"rescore": depth}, recall, target, k, len(xq), curve, recall >= target)
+    # nprobe for the recall that depth reaches with every list probed (the target, or the best there is)
+    t = _tune_one(index, xq, exact, min(target, recall), "nprobe", index.nlist, 1, {"rescore": depth})
+    return replace(t, target=target, reached=t.recall >= target)
 
 
 def _tune_one(index, xq, exact, target: float, name: str, values_max: int, start: int, fixed=None) -> Tuning:

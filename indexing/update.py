@@ -58,14 +58,15 @@ def _new_version(path: Path, manifest: Manifest, change) -> Manifest:
     """Copy the index directory, apply ``change(tmp_dir, index, manifest) -> manifest``, swap it in
     (the caller holds the write lock and has read ``manifest`` with ``_current``)."""
     with atomic_dir(path) as tmp:
-        for name in (layout.INDEX_FILE, layout.META_FILE):
-            shutil.copy2(path / name, tmp / name)
-        index = read_index_file(tmp / layout.INDEX_FILE, False)
+        for name in manifest.files:  # the index's files (a binary one's vectors too); lexical/ is rebuilt
+            if not name.startswith(f"{layout.LEXICAL_DIR}/"):
+                shutil.copy2(path / name, tmp / name)
+        index = read_index_file(tmp / layout.INDEX_FILE, manifest)
         with MetadataStore(tmp / layout.META_FILE, readonly=True) as store:
             check_index(path, manifest, index, store)
         manifest = change(tmp, index, manifest)
-        write_index_file(index, tmp / layout.INDEX_FILE)
-        names = [layout.INDEX_FILE, layout.META_FILE] + ([layout.LEXICAL_DIR] if manifest.lexical else [])
+        names = [*write_index_file(index, tmp / layout.INDEX_FILE), layout.META_FILE]
+        names += [layout.LEXICAL_DIR] if manifest.lexical else []
         if manifest.lexical:
             with MetadataStore(tmp / layout.META_FILE, readonly=True) as store:
                 ids, texts = [], []

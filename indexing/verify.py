@@ -8,7 +8,8 @@ On every load (cheap: no file is read whole):
 - ``files`` lists every file the index needs (``index.faiss``, ``meta.sqlite``, ``ivf.ondisk`` for
   an on-disk index, each file of ``lexical/`` for a lexical one), and each is there with its size;
 - the FAISS index read from ``index.faiss`` has the manifest's dimension, count and metric, is of
-  its ``index_type`` (on-disk lists when ``ondisk``) and takes its search parameters;
+  its ``index_type`` and ``embedding_dtype`` (on-disk lists when ``ondisk``) and takes its search
+  parameters; a binary index's float vectors and id array have its count and dimension;
 - the metadata store holds as many items (with the tombstones) as the index holds vectors (or
   none: an index built from vectors alone), and the lexical index as many as the store.
 With ``verify=True`` (``--verify``), also every file's sha256, which reads every byte.
@@ -22,8 +23,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from indexing.build import hnsw_of, refine_of
-from indexing.plan import INDEX_TYPES
+from indexing.build import hnsw_of, is_binary, refine_of, try_ivf
+from indexing.plan import EMBEDDING_DTYPES, INDEX_TYPES
 from indexing.store import (
     INDEX_FILE,
     LEXICAL_DIR,
@@ -37,6 +38,7 @@ from indexing.store import (
 )
 
 INDEX_KINDS = (*(t for t in INDEX_TYPES if t != "auto"), "custom")
+DTYPES = tuple(t for t in EMBEDDING_DTYPES if t != "auto")
 _MODALITY = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -59,6 +61,8 @@ def check_manifest(root: Path, m: Manifest) -> None:
         raise bad("metric", f"is {m.metric!r}; known: {', '.join(_metrics())}")
     if m.index_type not in INDEX_KINDS:
         raise bad("index_type", f"is {m.index_type!r}; known: {', '.join(INDEX_KINDS)}")
+    if m.embedding_dtype not in DTYPES:
+        raise bad("embedding_dtype", f"is {m.embedding_dtype!r}; known: {', '.join(DTYPES)}")
     if not isinstance(m.search_params, dict) or not all(
         isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
         for k, v in m.search_params.items()
@@ -73,6 +77,10 @@ def check_manifest(root: Path, m: Manifest) -> None:
     if not isinstance(m.ondisk, bool):
         raise bad("ondisk", f"must be true or false, got {m.ondisk!r}")
     needed = [INDEX_FILE, META_FILE] + ([ONDISK_FILE] if m.ondisk else [])
+    if m.embedding_dtype == "binary":
+        from indexing.binary import IDS_FILE, VECTORS_FILE
+
+        needed += [VECTORS_FILE, IDS_FILE]
     if m.lexical:
         lexical = root / LEXICAL_DIR
         needed.append(f"{LEXICAL_DIR}/ids.npy")
@@ -100,9 +108,12 @@ def check_files(root: Path, manifest: Manifest, verify: bool = False) -> None:
 
 
 def index_kind(index) -> str:
-    """flat | hnsw | ivf_flat | ivf_fastscan | ivf_pq (``indexing.plan``'s kinds), or custom."""
+    """flat | hnsw | ivf_flat | ivf_fastscan | ivf_pq (``indexing.plan``'s kinds), or custom; an exact
+    scan or IVF over scalar-quantized or binary codes is flat or ivf_flat (``index_dtype`` says which)."""
     import faiss
 
+    if is_binary(index):
+        return index.kind
     if hnsw_of(index) is not None:
         return "hnsw"
     refine = refine_of(index)
@@ -112,20 +123,40 @@ def index_kind(index) -> str:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf = faiss.downcast_index(ivf)
-        if isinstance(ivf, faiss.IndexIVFFlat):
+        if isinstance(ivf, faiss.IndexIVFFlat | faiss.IndexIVFScalarQuantizer):
             return "ivf_flat"
         if isinstance(ivf, faiss.IndexIVFPQ) and not isinstance(ivf, faiss.IndexIVFPQR):
             return "ivf_pq"
         return "custom"
-    if isinstance(index, faiss.IndexIDMap2) and isinstance(faiss.downcast_index(index.index), faiss.IndexFlat):
+    if isinstance(index, faiss.IndexIDMap2) and isinstance(
+        faiss.downcast_index(index.index), faiss.IndexFlat | faiss.IndexScalarQuantizer
+    ):
         return "flat"
     return "custom"
+
+
+def index_dtype(index) -> str:
+    """How the index stores vectors (``indexing.plan``'s embedding dtypes): binary, float16 / int8
+    (FAISS's scalar quantizer), else float32."""
+    import faiss
+
+    if is_binary(index):
+        return "binary"
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
+    ivf = try_ivf(index)
+    sq = faiss.downcast_index(ivf) if ivf is not None else inner
+    if isinstance(sq, faiss.IndexScalarQuantizer | faiss.IndexIVFScalarQuantizer):
+        names = {faiss.ScalarQuantizer.QT_fp16: "float16", faiss.ScalarQuantizer.QT_8bit: "int8"}
+        return names.get(sq.sq.qtype, "custom")
+    return "float32"
 
 
 def search_parameter_names(index) -> set[str]:
     """The names ``indexing.tune.search_parameters`` sets on this index."""
     import faiss
 
+    if is_binary(index):
+        return {"rescore", "nprobe"} if index.ivf is not None else {"rescore"}
     if refine_of(index) is not None:
         return {"nprobe", "k_factor"}
     if faiss.try_extract_index_ivf(index) is not None:
@@ -150,7 +181,10 @@ def check_index(root: Path, m: Manifest, index, store: MetadataStore, lexical=No
     kind = index_kind(index)
     if m.index_type != "custom" and kind != m.index_type:
         raise IndexDirError(f"{index_file}: an index of type {kind}, {MANIFEST} says index_type {m.index_type}")
-    ivf = faiss.try_extract_index_ivf(index)
+    dtype = index_dtype(index)
+    if m.index_type != "custom" and dtype != m.embedding_dtype:
+        raise IndexDirError(f"{index_file}: {dtype} vectors, {MANIFEST} says embedding_dtype {m.embedding_dtype}")
+    ivf = try_ivf(index)
     ondisk = ivf is not None and isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
     if ondisk != m.ondisk:
         lists = "on disk" if ondisk else "in memory"

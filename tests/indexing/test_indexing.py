@@ -55,15 +55,24 @@ def test_choice_follows_size_and_memory_budget():
     flat_mem = memory_estimate("ivf_flat", 1_000_000, 256, 2048)
     assert flat_mem < medium.memory_bytes
     assert choose_index(1_000_000, 256, flat_mem).index_type == "ivf_flat"
+    # smaller codes of the same vectors before PQ: float16, int8, then binary (rescored from disk)
+    for dtype, factory in (("float16", "IVF2048,SQfp16"), ("int8", "IVF2048,SQ8"), ("binary", "BIVF2048")):
+        need = memory_estimate("ivf_flat", 1_000_000, 256, 2048, dtype=dtype)
+        plan = choose_index(1_000_000, 256, need)
+        assert (plan.embedding_dtype, plan.factory, plan.index_type) == (dtype, factory, "ivf_flat")
+        assert plan.memory_bytes == need
+    assert choose_index(1_000_000, 256, 200 * 2**20).embedding_dtype == "binary"  # int8 needs ~280 MB
+    # PQ when not even the binary codes fit, or when the vectors must stay float32
+    assert choose_index(1_000_000, 256, 40 * 2**20).index_type == "ivf_pq"
     budget = 200 * 2**20  # exact vectors need ~1 GiB
-    tight = choose_index(1_000_000, 256, budget)
+    tight = choose_index(1_000_000, 256, budget, embedding_dtype="float32")
     assert tight.index_type == "ivf_pq" and tight.memory_bytes <= budget
     m = int(tight.factory.split("PQ")[1].removesuffix("np"))
     assert 256 % m == 0 and memory_estimate("ivf_pq", 1_000_000, 256, tight.nlist, m) <= budget
     assert (
         memory_estimate("ivf_pq", 1_000_000, 256, tight.nlist, 2 * m) > budget or 2 * m > 128
     )  # the largest that fits
-    assert choose_index(1_000_000, 256, budget, opq=True).factory.startswith(f"OPQ{m},")
+    assert choose_index(1_000_000, 256, budget, opq=True, embedding_dtype="float32").factory.startswith(f"OPQ{m},")
     assert choose_index(1_000_000, 256, 20 * 2**20).ondisk  # nothing fits in 20 MiB: lists on disk
     assert choose_index(1_000_000, 256, factory="IVF256,SQ8").factory == "IVF256,SQ8"
     with pytest.raises(ValueError, match="index type"):
@@ -125,7 +134,7 @@ def test_ivf_index_reaches_its_target_recall_on_held_out_queries(tmp_path, index
 def test_pq_index_under_a_tight_budget_reports_what_it_reaches(tmp_path):
     xb = clustered(12_000, 32)
     budget = memory_estimate("ivf_flat", 12_000, 32, 128) // 3
-    manifest = build_index_dir(tmp_path / "idx", ArrayShards(xb), memory_budget=budget)
+    manifest = build_index_dir(tmp_path / "idx", ArrayShards(xb), memory_budget=budget, embedding_dtype="float32")
     assert manifest.index_type == "ivf_pq"
     t = manifest.tuning
     recalls = [r for _, r in t["curve"]]

@@ -1,0 +1,162 @@
+"""Quantized indexes: float16 / int8 scalar quantizers, binary codes with float rescoring, each
+against exact search; their manifests, updates, filters and the command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from indexing import ArrayShards, IndexDirError, SearchIndex, add_items, build_index_dir, remove_items
+from indexing.binary import VECTORS_FILE, BinaryIndex, BinaryParams, binary_codes
+from indexing.tune import exact_neighbours, recall_at
+from tests.indexing.test_indexing import brute_force, items_for
+
+
+def low_rank(n: int, d: int, seed: int = 0, latent: int = 16, centers: int = 50) -> np.ndarray:
+    """Unit vectors of a Gaussian mixture in a ``latent``-dimensional space mapped to D by one fixed
+    random matrix, plus a little noise: what embeddings look like (their signs carry their angles)."""
+    rng = np.random.default_rng(seed)
+    fixed = np.random.default_rng(99)
+    proj, mu = fixed.normal(size=(latent, d)), fixed.normal(size=(centers, latent))
+    x = (mu[rng.integers(0, centers, n)] + rng.normal(size=(n, latent))) @ proj + 0.1 * rng.normal(size=(n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_binary_codes_are_packed_signs_and_faiss_counts_the_flipped_ones():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 70)).astype(np.float32)  # 70 dims: the last byte is padded
+    x[0, :5] = 0.0  # zero is not positive: bit 0
+    codes = binary_codes(x)
+    np.testing.assert_array_equal(codes, np.packbits(x > 0, axis=1))
+    assert codes.shape == (300, 9) and codes[0, 0] >> 3 == 0
+    index = BinaryIndex.new(70)
+    index.add_with_ids(x, np.arange(300) + 1000)
+    q = rng.normal(size=(4, 70)).astype(np.float32)
+    dist, pos = index.codes.search(binary_codes(q), 300)
+    flips = ((q[:, None, :] > 0) != (x[None, :, :] > 0)).sum(axis=2)  # the slow reference: (4, 300)
+    np.testing.assert_array_equal(dist, np.take_along_axis(flips, pos, axis=1))
+    np.testing.assert_array_equal(np.sort(dist, axis=1), np.sort(flips, axis=1))
+
+
+def test_rescoring_recovers_exact_top_k():
+    xb = low_rank(2_000, 64)
+    ids = np.arange(2_000, dtype=np.int64) * 3 + 7
+    xq = low_rank(30, 64, seed=4)
+    index = BinaryIndex.new(64)
+    index.add_with_ids(xb, ids)
+    ref_s, ref_i = brute_force(xq, xb, ids, 10)
+    scores, found = index.search(xq, 10, BinaryParams(rescore=200))  # every item a candidate: exact
+    np.testing.assert_array_equal(found, ref_i)
+    np.testing.assert_allclose(scores, ref_s, rtol=1e-5, atol=1e-5)
+    _, shallow = index.search(xq, 10, BinaryParams(rescore=1))  # Hamming order alone: worse
+    assert recall_at(shallow, ref_i) < recall_at(index.search(xq, 10, BinaryParams(rescore=8))[1], ref_i) <= 1
+    np.testing.assert_array_equal(index.reconstruct_batch(ids[[5, 0, 1999]]), xb[[5, 0, 1999]])
+    with pytest.raises(RuntimeError):
+        index.reconstruct_batch(np.array([8]))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "binary"])
+@pytest.mark.parametrize("index_type", ["flat", "ivf_flat"])
+def test_quantized_index_reaches_its_target_on_held_out_queries(tmp_path, dtype, index_type):
+    n, d = 12_000, 64
+    xb = low_rank(n, d)
+    shards = ArrayShards(xb, shard_size=5_000)
+    build_index_dir(tmp_path / "f32", shards, index_type="flat")
+    manifest = build_index_dir(
+        tmp_path / "idx", shards, items_for(np.arange(n)), index_type=index_type, embedding_dtype=dtype,
+        tune_queries=low_rank(300, d, seed=2),
+    )  # fmt: skip
+    assert (manifest.embedding_dtype, manifest.index_type) == (dtype, index_type)
+    assert manifest.tuning["reached"] and manifest.tuning["recall"] >= 0.95
+    if dtype == "binary":
+        params = manifest.search_params
+        assert params["rescore"] >= 1 and (index_type == "flat") == ("nprobe" not in params)
+    xq = low_rank(200, d, seed=3)
+    exact = exact_neighbours(xq, shards, 10)
+    with SearchIndex.load(tmp_path / "idx", verify=True) as index, SearchIndex.load(tmp_path / "f32") as full:
+        scores, found = index.search_vectors(xq, 10)
+        assert recall_at(found, exact) >= 0.93
+        if dtype == "binary":  # rescored with the float vectors: the scores are exact inner products
+            np.testing.assert_allclose(scores[:, 0], np.einsum("qd,qd->q", xq, xb[found[:, 0]]), atol=1e-5)
+        info, f32 = index.info(), full.info()
+        assert info["embedding_dtype"] == dtype
+        ratio = info["bytes_per_item"]["memory"] / f32["bytes_per_item"]["memory"]
+        assert ratio < {"float16": 0.55, "int8": 0.3, "binary": 0.1}[dtype]
+        assert info["bytes_per_item"]["disk"] == (4 * d if dtype == "binary" else 0)
+        hits = index.search_vectors(xq[:5], 10, ids=np.arange(0, n, 3))[1]  # a filter: exact among the kept
+        assert (hits % 3 == 0).all() and recall_at(hits, brute_force(xq[:5], xb[::3], np.arange(0, n, 3), 10)[1]) > 0.9
+
+
+def test_binary_index_adds_removes_and_filters_widely(tmp_path, monkeypatch):
+    n, d = 6_000, 32
+    xb = low_rank(n, d)
+    path = tmp_path / "idx"
+    build_index_dir(path, ArrayShards(xb), items_for(np.arange(n)), embedding_dtype="binary", index_type="ivf_flat")
+    new = low_rank(3, d, seed=9)
+    added = add_items(path, new, ["a", "b", "c"], [{"repo": "new"}] * 3)
+    np.testing.assert_array_equal(added, [n, n + 1, n + 2])
+    with SearchIndex.load(path, verify=True) as index:
+        assert index.manifest.count == n + 3 and (path / VECTORS_FILE).stat().st_size == (n + 3) * d * 4
+        assert index.search_vectors(new, 1)[1][:, 0].tolist() == added.tolist()
+    assert remove_items(path, [n + 1, 5]) == 2
+    monkeypatch.setattr("indexing.index.EXACT_FILTER_MAX", 10)  # filters go through the candidates
+    with SearchIndex.load(path) as index:
+        assert len(index) == n + 1
+        found = index.search_vectors(new, 5)[1]
+        assert n + 1 not in found and found[0, 0] == n and found[2, 0] == n + 2
+        kept = index.filter_ids({"repo": "repo3"})
+        hits = index.search_vectors(low_rank(20, d, seed=5), 10, ids=kept)[1]
+        assert np.isin(hits[hits >= 0], kept).all() and (hits >= 0).sum() >= 150
+
+
+def test_manifest_and_files_of_a_quantized_index_are_checked(tmp_path):
+    xb = low_rank(3_000, 16)
+    path = tmp_path / "idx"
+    build_index_dir(path, ArrayShards(xb), embedding_dtype="binary", index_type="flat")
+    manifest = path / "manifest.json"
+    raw = json.loads(manifest.read_text())
+    for value, match in (
+        ("float16", r"cannot read it \(a binary index\?\); manifest.json says embedding_dtype float16"),
+        ("int4", "field 'embedding_dtype' is 'int4'"),
+    ):
+        manifest.write_text(json.dumps({**raw, "embedding_dtype": value}))
+        with pytest.raises(IndexDirError, match=match):
+            SearchIndex.load(path)
+    files = {k: v for k, v in raw["files"].items() if k != VECTORS_FILE}
+    manifest.write_text(json.dumps({**raw, "files": files}))
+    with pytest.raises(IndexDirError, match="does not list vectors.f32"):
+        SearchIndex.load(path)
+    manifest.write_text(json.dumps(raw))
+    with open(path / VECTORS_FILE, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(IndexDirError, match="vectors.f32: 100 bytes.*truncated"):
+        SearchIndex.load(path)
+
+
+def test_quantized_choices_are_refused_where_they_do_not_apply(tmp_path):
+    shards = ArrayShards(low_rank(500, 16))
+    for kwargs, match in (
+        ({"index_type": "ivf_pq"}, "goes with --index-type flat or ivf_flat"),
+        ({"ondisk": True}, "on-disk lists hold float32"),
+        ({"factory": "IVF16,Flat"}, "not both"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            build_index_dir(tmp_path / "x", shards, embedding_dtype="int8", **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+def test_index_build_command_takes_the_embedding_dtype(tmp_path, code_corpus, tiny_model, capsys):
+    from mmssl import cli
+
+    out = tmp_path / "idx"
+    argv = ["index", "build", "--model", str(tiny_model), "--data", code_corpus, "--out", str(out)]
+    assert cli.main([*argv, "--embedding-dtype", "binary", "--max-items", "200"]) == 0
+    capsys.readouterr()
+    assert cli.main(["index", "info", "--index", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["embedding_dtype"] == "binary" and "rescore" in info["search_params"]
+    with SearchIndex.load(out) as index:
+        hits = index.search(["read a file"], k=3)[0]
+        assert len(hits) == 3 and hits[0].score >= hits[1].score >= hits[2].score
