@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export GRADIO_ANALYTICS_ENABLED := False
 
-.PHONY: install test lint bench bench-deps demo clean
+.PHONY: install test lint bench bench-deps spark-deps demo clean
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ bench: $(STAMP)
 # The peer trainer of benchmarks/bench_openclip_train.py (open_clip_train) needs open_clip's training extra.
 bench-deps: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,onnx,bench]'
+
+# PySpark for `--engine spark` (a Java 17+ runtime too: Debian's openjdk-17-jre-headless).
+spark-deps: $(STAMP)
+	$(PY) -m pip install -q -e '.[test,onnx,spark]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
 # Debian packages of the demo's emoji image set (installed when missing and apt-get can; without
 # them the demo opens without its image tabs and says so).

@@ -197,14 +197,21 @@ def main() -> None:
         "flat": dict(index_type="flat"),
         "auto": dict(),
         "ivf_flat": dict(index_type="ivf_flat"),
-        "ivf_pq": dict(memory_budget=pq_budget),
-        "ondisk": dict(memory_budget=parse_budget(args.ondisk_budget)),
+        # float32 kept: under these budgets the layer's auto choice would quantize (bench_quantized.py)
+        "ivf_pq": dict(memory_budget=pq_budget, embedding_dtype="float32"),
+        "ondisk": dict(memory_budget=parse_budget(args.ondisk_budget), embedding_dtype="float32"),
     }
     rows, exact_qps, exact_p50 = [], None, None
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-index-"))
     for name in args.only.split(","):
         kw = configs[name]
-        plan = choose_index(n, d, kw.get("memory_budget"), index_type=kw.get("index_type", "auto"))
+        plan = choose_index(
+            n,
+            d,
+            kw.get("memory_budget"),
+            index_type=kw.get("index_type", "auto"),
+            embedding_dtype=kw.get("embedding_dtype", "auto"),
+        )
         print(f"\n[{name}] {plan.factory} ({plan.reason})", flush=True)
         row = {"config": name, "factory": plan.factory, "reason": plan.reason}
         if not plan.ondisk and plan.index_type != "flat":

@@ -111,6 +111,12 @@ class IndexBuildConfig:
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda[:N]"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing index at OUT"})
     seed: int = field(default=0, metadata={"help": "seed of training and tuning samples"})
+    engine: Literal["local", "spark"] = field(
+        default="local", metadata={"help": "embed in this process (local, or torchrun) or on Spark, a task per file"}
+    )
+    spark_master: str | None = field(
+        default=None, metadata={"help": "Spark master: local[N], spark://HOST:PORT, yarn (default: spark-submit's)"}
+    )
 
 
 def prefix_of(shards, dim: int | None, model):
@@ -153,23 +159,28 @@ def build_main(config: IndexBuildConfig) -> int:
     if modality not in (first, second):
         raise ValueError(f"--modality {modality!r}: the model embeds {first} and {second}")
     query_modality = first if modality == second else second
-    collection = read_items(model, config.data, modality, config.text_field, config.partition, config.max_items)
-    items, texts, payloads, queries = collection.items, collection.texts, collection.payloads, collection.queries
-    ids = np.arange(len(texts), dtype=np.int64)
     sha = model_fingerprint(config.model)
     emb_dir = Path(config.embeddings or f"{out}.embeddings")
-    embed_collection(
-        model,
-        modality,
-        items,
-        ids,
-        emb_dir,
-        model_sha256=sha,
-        shard_size=config.shard_size,
-        dtype=config.dtype,
-        batch_size=config.batch_size,
-        replace_stale=config.overwrite,  # --overwrite rebuilds: shards of another collection are not reused
-    )
+    if config.engine == "spark":
+        texts, payloads, queries, available = _embed_on_spark(config, modality, sha, emb_dir)
+    else:
+        collection = read_items(model, config.data, modality, config.text_field, config.partition, config.max_items)
+        texts, payloads, queries, available = (
+            collection.texts, collection.payloads, collection.queries, collection.available
+        )  # fmt: skip
+        embed_collection(
+            model,
+            modality,
+            collection.items,
+            np.arange(len(texts), dtype=np.int64),
+            emb_dir,
+            model_sha256=sha,
+            shard_size=config.shard_size,
+            dtype=config.dtype,
+            batch_size=config.batch_size,
+            replace_stale=config.overwrite,  # --overwrite rebuilds: shards of another collection are not reused
+        )
+    ids = np.arange(len(texts), dtype=np.int64)
     if get_rank() != 0:
         return 0
     shards, embedding = prefix_of(ShardDir(emb_dir), config.dim, model)
@@ -198,7 +209,7 @@ def build_main(config: IndexBuildConfig) -> int:
         model_sha256=sha,
         modality=modality,
         query_modality=query_modality,
-        collection=collection_card(config.data, config.partition, collection.available),
+        collection=collection_card(config.data, config.partition, available),
         embedding=embedding,
         overwrite=config.overwrite,
         seed=config.seed,
@@ -207,6 +218,19 @@ def build_main(config: IndexBuildConfig) -> int:
     recall = f", recall@10 {t['recall']:.3f} at {manifest.search_params}" if manifest.search_params else ""
     print(f"{out}: {manifest.count:,} {modality} items, {manifest.factory}{recall}; embeddings in {emb_dir}")
     return 0
+
+
+def _embed_on_spark(config: IndexBuildConfig, modality: str, sha: str, emb_dir: Path):
+    """(texts, payloads, queries, available) of the collection, embedded into ``emb_dir`` on Spark."""
+    from indexing.spark import embed_on_spark
+
+    if config.max_items is not None:
+        raise ValueError("--max-items with --engine spark: a Spark build indexes whole files (give fewer files)")
+    emb = embed_on_spark(
+        config.model, config.data, emb_dir, modality=modality, model_sha256=sha, text_field=config.text_field,
+        partition=config.partition, master=config.spark_master, batch_size=config.batch_size, dtype=config.dtype,
+    )  # fmt: skip
+    return emb.texts, emb.payloads, emb.queries, emb.available
 
 
 @dataclass(frozen=True)

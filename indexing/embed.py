@@ -4,6 +4,7 @@ Shape legend: N items, S items per shard, D embedding size.
 
 Layout of an embeddings directory:
     DIR/embeddings.json        model hash, modality, D, dtype, S, N: what every shard was made with
+                               (a Spark build, ``indexing.spark``: each shard's own size, ``counts``)
     DIR/shard-00000.npy        (S, D) float32 or float16 embeddings, L2-normalized
     DIR/shard-00000.ids.npy    (S,) int64 item ids: written last, so its presence marks a finished shard
 
@@ -48,10 +49,18 @@ class EmbeddingSpec:
     shard_size: int
     count: int
     content_sha256: str = ""
+    counts: tuple[int, ...] = ()  # shards of their own sizes (one per part of a Spark build), else () : shard_size each
 
     @property
     def n_shards(self) -> int:
-        return (self.count + self.shard_size - 1) // self.shard_size
+        return len(self.counts) if self.counts else (self.count + self.shard_size - 1) // self.shard_size
+
+    def shard_count(self, i: int) -> int:
+        return self.counts[i] if self.counts else min(self.shard_size, self.count - i * self.shard_size)
+
+    def shard_start(self, i: int) -> int:
+        """The row of the collection shard ``i`` starts at."""
+        return sum(self.counts[:i]) if self.counts else i * self.shard_size
 
 
 def content_fingerprint(items: Sequence, ids: np.ndarray) -> str:
@@ -81,7 +90,8 @@ class ShardDir:
         if not spec_file.is_file():
             raise FileNotFoundError(f"{self.path}: not an embeddings directory (no {SPEC})")
         try:
-            self.spec = EmbeddingSpec(**json.loads(spec_file.read_text()))
+            raw = json.loads(spec_file.read_text())
+            self.spec = EmbeddingSpec(**{**raw, "counts": tuple(raw.get("counts", ()))})
         except (json.JSONDecodeError, TypeError) as e:
             raise ValueError(f"{spec_file}: malformed ({e})") from None
         self.dim, self.count = self.spec.dim, self.spec.count
@@ -101,7 +111,7 @@ class ShardDir:
             raise ValueError(
                 f"{base}.npy: unreadable ({e}); delete the shard's files and rerun the embedding"
             ) from None
-        expected = min(self.spec.shard_size, self.count - i * self.spec.shard_size)
+        expected = self.spec.shard_count(i)
         if x.shape != (expected, self.dim) or ids.shape != (expected,):
             raise ValueError(f"{base}.npy: shape {x.shape} / ids {ids.shape}, expected ({expected}, {self.dim})")
         return ids, np.asarray(x, dtype=np.float32)
@@ -120,8 +130,8 @@ class ShardDir:
         rows = sample_rows(self.count, m, seed)
         out = []
         for i in range(self.spec.n_shards):
-            lo = i * self.spec.shard_size
-            mine = rows[(rows >= lo) & (rows < lo + self.spec.shard_size)] - lo
+            lo = self.spec.shard_start(i)
+            mine = rows[(rows >= lo) & (rows < lo + self.spec.shard_count(i))] - lo
             if len(mine):
                 x = np.load(self.path / f"{shard_name(i)}.npy", mmap_mode="r")
                 out.append(np.asarray(x[mine], dtype=np.float32))
@@ -197,6 +207,7 @@ def embed_collection(
     if get_rank() == 0:
         if spec_file.is_file():
             old = json.loads(spec_file.read_text())
+            old["counts"] = tuple(old.get("counts", ()))  # JSON's list; absent before Spark builds
             diff = [k for k, v in asdict(spec).items() if old.get(k) != v]
             if diff and not replace_stale:
                 raise ValueError(

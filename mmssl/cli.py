@@ -93,6 +93,9 @@ COMMANDS: dict[str, Command] = {
     "index build": Command(
         "indexing.commands", "IndexBuildConfig", "embed a collection and build a search index", entry="build_main"
     ),
+    "embed": Command(
+        "indexing.parquet", "EmbedConfig", "embed a collection into parquet files (local or Spark)", entry="embed_main"
+    ),
     "index add": Command("indexing.commands", "IndexAddConfig", "embed and add records to an index", entry="add_main"),
     "index remove": Command(
         "indexing.commands", "IndexRemoveConfig", "remove items by id or payload field", entry="remove_main"
