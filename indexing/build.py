@@ -33,7 +33,7 @@ version plugs into the project's shard format, id handling and manifest.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -265,10 +265,17 @@ def enable_id_lookup(index) -> None:
 
 
 def build_in_memory(
-    plan: IndexPlan, shards: Shards, *, use_gpu: bool | None = None, seed: int = 0, workdir: Path | None = None
+    plan: IndexPlan,
+    shards: Shards,
+    *,
+    use_gpu: bool | None = None,
+    seed: int = 0,
+    workdir: Path | None = None,
+    fill: Callable | None = None,
 ):
     """Train and fill a CPU index for ``plan`` (on the GPU when FAISS sees one and the index allows);
-    ``workdir``: where a binary index writes its float vectors (the directory being built)."""
+    ``workdir``: where a binary index writes its float vectors (the directory being built); ``fill``:
+    ``fill(index, shards)`` instead of ``fill_index`` (``indexing.spark.spark_fill``: per partition)."""
     import faiss
 
     use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
@@ -282,7 +289,7 @@ def build_in_memory(
         else:
             fill_index(gpu, shards)
             return faiss.index_gpu_to_cpu(gpu)
-    fill_index(index, shards)
+    (fill or fill_index)(index, shards)
     return index
 
 

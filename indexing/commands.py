@@ -213,6 +213,7 @@ def build_main(config: IndexBuildConfig) -> int:
         embedding=embedding,
         overwrite=config.overwrite,
         seed=config.seed,
+        fill=_spark_fill(config, out) if config.engine == "spark" else None,
     )
     t = manifest.tuning
     recall = f", recall@10 {t['recall']:.3f} at {manifest.search_params}" if manifest.search_params else ""
@@ -231,6 +232,12 @@ def _embed_on_spark(config: IndexBuildConfig, modality: str, sha: str, emb_dir: 
         partition=config.partition, master=config.spark_master, batch_size=config.batch_size, dtype=config.dtype,
     )  # fmt: skip
     return emb.texts, emb.payloads, emb.queries, emb.available
+
+
+def _spark_fill(config: IndexBuildConfig, out: Path):
+    from indexing.spark import spark_fill
+
+    return spark_fill(out.parent, config.spark_master)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,12 +74,14 @@ def build_index_dir(
     use_gpu: bool | None = None,
     overwrite: bool = False,
     seed: int = 0,
+    fill: Callable | None = None,
 ) -> Manifest:
     """Choose, build, tune and write an index directory for ``shards`` (atomically).
 
     ``items`` = (ids, texts, payloads) fills the metadata store (ids must be the shards' ids);
     ``tune_queries`` (Q, D) are the held-out queries the search parameters are tuned on (default:
-    a sample of the collection's own vectors). Returns the manifest written.
+    a sample of the collection's own vectors). ``fill(index, shards)`` fills the trained index in
+    place of ``indexing.build.fill_index`` (``indexing.spark.spark_fill``). Returns the manifest written.
     """
     out = Path(out)
     check_target(out, overwrite)
@@ -108,7 +110,7 @@ def build_index_dir(
             if plan.ondisk:
                 index = build_ondisk(plan, shards, tmp, tmp / ONDISK_FILE, seed=seed)
             else:
-                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed, workdir=tmp)
+                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed, workdir=tmp, fill=fill)
             if index.ntotal != shards.count:
                 raise RuntimeError(f"index holds {index.ntotal} vectors, expected {shards.count}")
             exact = plan.index_type == "flat" and plan.embedding_dtype == "float32"  # nothing to measure
@@ -123,7 +125,7 @@ def build_index_dir(
                     reason=f"fast-scan codes reached recall@10 {tuning.recall:.3f} < {target_recall}: exact vectors",
                 )
                 del index
-                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed)
+                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed, fill=fill)
                 tuning = tune(index, *reference, target_recall)
             if not tuning.reached:
                 log.warning(

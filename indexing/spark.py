@@ -23,6 +23,12 @@ part cannot add an id twice; a part without its ``part.json`` never enters the i
 tests, ``MMSSL_SPARK_FAULT=PART:FLAG_FILE`` makes the first attempt at part PART write half its
 shard and kill its Python worker (the flag file records that it did).
 
+Filling the index (``spark_fill``, the way autofaiss does it): an inverted-file index is trained
+once on the driver, on a sample; a task per shard adds that shard's vectors to a copy of the
+trained index and writes it; the driver moves the parts' inverted lists into one index in shard
+order (``merge_from``), so its lists are those a local fill makes. Other kinds (exact scans, the
+re-ranked fast-scan, binary codes) are filled on the driver: there is no encoding to spread.
+
 GPUs: with ``spark.task.resource.gpu.amount`` set, a task embeds on the GPU that Spark assigned it
 (``TaskContext.resources()["gpu"].addresses``), not on GPU 0.
 """
@@ -258,3 +264,56 @@ def finish(out: Path, tasks: Sequence[PartTask], embedded: int) -> SparkEmbeddin
     has_queries = any(q is not None for q in queries)
     available = sum(r.get("available", r["count"]) for r in records)
     return SparkEmbedding(out, texts, payloads, queries if has_queries else None, embedded, available)
+
+
+def _fill_part(job: tuple[str, str, int, str]) -> str:
+    """Add shard ``i`` of the embeddings directory to a copy of the trained index; the part's file (a task)."""
+    import faiss
+
+    from indexing.embed import ShardDir
+
+    trained, shards_dir, i, out = job
+    index = faiss.read_index(trained)
+    ids, x = ShardDir(shards_dir).shard(i)
+    index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    path = Path(out) / f"filled-{i:05d}.faiss"
+    with atomic_file(path) as f:
+        f.write(faiss.serialize_index(index).tobytes())
+    return str(path)
+
+
+def spark_fill(workdir: Path, master: str | None = None):
+    """A ``fill(index, shards)`` for ``indexing.create.build_index_dir`` that fills an IVF index on Spark,
+    a task per shard of a ``ShardDir``, and merges the parts' lists on the driver (the module docstring)."""
+    import tempfile
+
+    from indexing.build import fill_index, is_binary, refine_of
+
+    def fill(index, shards) -> None:
+        import faiss
+
+        ivf = None if is_binary(index) or refine_of(index) is not None else faiss.try_extract_index_ivf(index)
+        spec = getattr(shards, "spec", None)
+        if ivf is None or spec is None or not hasattr(shards, "path") or spec.n_shards < 2:
+            fill_index(index, shards)  # nothing to encode in parallel, or not a shard directory
+            return
+        work = Path(tempfile.mkdtemp(prefix="fill-", dir=workdir))
+        trained = work / "trained.faiss"
+        faiss.write_index(index, str(trained))
+        jobs = [(str(trained), str(shards.path), i, str(work)) for i in range(spec.n_shards)]
+        session, own = spark_session(master)
+        try:
+            parts = session.sparkContext.parallelize(jobs, len(jobs)).map(_fill_part).collect()
+        finally:
+            if own:
+                session.stop()
+        for path in parts:  # in shard order: the lists a local fill makes
+            part = faiss.read_index(path)
+            index.merge_from(part, 0)
+            del part
+            Path(path).unlink()
+        trained.unlink()
+        work.rmdir()
+        log.info("filled %s from %d shards on Spark", type(ivf).__name__, len(parts))
+
+    return fill

@@ -133,3 +133,33 @@ def test_embed_on_spark_writes_the_same_parquet_as_the_local_engine(spark, folde
     assert distributed["id"] == local["id"] == list(range(1000))
     assert distributed["text"] == local["text"] and distributed["payload"] == local["payload"]
     np.testing.assert_allclose(distributed["embedding"], local["embedding"], atol=1e-6)
+
+
+def test_an_ivf_index_filled_on_spark_equals_one_filled_locally(spark, tmp_path, caplog):
+    from indexing import build_index_dir
+    from indexing.spark import spark_fill
+    from tests.indexing.test_quantized import low_rank
+
+    emb = tmp_path / "emb"  # an embeddings directory of three shards of their own sizes, as Spark writes
+    x = low_rank(6_000, 32)
+    counts = (1_500, 2_500, 2_000)
+    emb.mkdir()
+    start = 0
+    for i, n in enumerate(counts):
+        np.save(emb / f"shard-{i:05d}.npy", x[start : start + n])
+        np.save(emb / f"shard-{i:05d}.ids.npy", np.arange(start, start + n, dtype=np.int64))
+        start += n
+    spec = {"model_sha256": "0" * 64, "modality": "code", "dim": 32, "dtype": "float32", "shard_size": 2_500,
+            "count": 6_000, "counts": list(counts)}  # fmt: skip
+    (emb / "embeddings.json").write_text(json.dumps(spec))
+    shards = ShardDir(emb)
+    caplog.set_level("INFO")
+    for kind in ("ivf_flat", "ivf_pq"):
+        local = build_index_dir(tmp_path / f"local-{kind}", shards, index_type=kind)
+        spread = build_index_dir(tmp_path / f"spark-{kind}", shards, index_type=kind, fill=spark_fill(tmp_path))
+        assert spread.search_params == local.search_params and spread.tuning["curve"] == local.tuning["curve"]
+        with SearchIndex.load(tmp_path / f"local-{kind}") as a, SearchIndex.load(tmp_path / f"spark-{kind}") as b:
+            xq = low_rank(50, 32, seed=7)
+            np.testing.assert_array_equal(a.search_vectors(xq, 10)[1], b.search_vectors(xq, 10)[1])
+    assert caplog.text.count("from 3 shards on Spark") == 2  # filled there, not on the driver
+    assert not list(tmp_path.glob("fill-*"))  # the parts are merged and removed
