@@ -29,7 +29,8 @@ trained index and writes it; the driver moves the parts' inverted lists into one
 order (``merge_from``), so its lists are those a local fill makes. Other kinds (exact scans, the
 re-ranked fast-scan, binary codes) are filled on the driver: there is no encoding to spread.
 
-GPUs: with ``spark.task.resource.gpu.amount`` set, a task embeds on the GPU that Spark assigned it
+Threads: a task computes on ``spark.task.cpus`` threads (1 by default, so ``local[N]`` runs N tasks
+on N cores without oversubscribing them). GPUs: with ``spark.task.resource.gpu.amount`` set, a task embeds on the GPU that Spark assigned it
 (``TaskContext.resources()["gpu"].addresses``), not on GPU 0.
 """
 
@@ -113,10 +114,15 @@ def _device() -> str:
 
 
 def _model(path: str, device: str):
+    """The model on this task's device, computing on the task's CPUs (``spark.task.cpus``, 1 by default)."""
+    from pyspark import TaskContext
+
     from mmssl.export.onnx_encoder import load_encoder
 
+    ctx = TaskContext.get()
+    cpus = ctx.cpus() if ctx is not None else None
     if (path, device) not in _MODELS:
-        _MODELS[(path, device)] = load_encoder(path, device)
+        _MODELS[(path, device)] = load_encoder(path, device, threads=cpus)
     return _MODELS[(path, device)]
 
 

@@ -21,6 +21,7 @@ model directory is named: ``load_encoder(path)`` opens either.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,13 +116,20 @@ def same_model(path: str | Path, sha256: str) -> bool:
     return config.quantize is None and config.source_sha256 == sha256
 
 
-def load_encoder(path: str | Path, device: str = "cpu"):
+def load_encoder(path: str | Path, device: str = "cpu", threads: int | None = None):
     """The encoder a model directory holds: an ONNX export (``OnnxEncoder``, CPU) or an mmssl dual
-    encoder (``DualEncoder`` on ``device``, in eval mode)."""
+    encoder (``DualEncoder`` on ``device``, in eval mode). ``threads``: CPU threads it computes on
+    (default: ``OMP_NUM_THREADS`` when set, as torch reads it, else every core)."""
+    threads = threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or None
     if is_onnx_export(path):
-        return OnnxEncoder.from_dir(path)
+        return OnnxEncoder.from_dir(path, threads)
+    import torch
+
     from mmssl.models import DualEncoder
     from mmssl.runtime import resolve_device
+
+    if threads:
+        torch.set_num_threads(threads)
 
     return DualEncoder.from_pretrained(path, device=resolve_device(device)).eval()
 
