@@ -87,26 +87,25 @@ class BinaryIndex:
     @classmethod
     def load(cls, path: Path, count: int, d: int) -> BinaryIndex:
         """The index written to ``path`` (index.faiss) and its sibling files; ``count`` and ``d`` from the
-        manifest, checked against the files."""
+        manifest, checked against the files (a ValueError naming the file: ``indexing.store`` makes it
+        an ``IndexDirError``)."""
         import faiss
-
-        from indexing.store import IndexDirError
 
         try:
             codes = faiss.read_index_binary(str(path))
         except RuntimeError as e:
             why = str(e).strip().splitlines()[-1]
-            raise IndexDirError(f"{path}: FAISS cannot read it as a binary index ({why})") from None
+            raise ValueError(f"{path}: FAISS cannot read it as a binary index ({why})") from None
         ids_path, vectors_path = path.parent / IDS_FILE, path.parent / VECTORS_FILE
         try:
             ids = np.load(ids_path, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise IndexDirError(f"{ids_path}: not a readable id array ({e})") from None
+            raise ValueError(f"{ids_path}: not a readable id array ({e})") from None
         if ids.dtype != np.int64 or ids.shape != (count,):
-            raise IndexDirError(f"{ids_path}: {ids.dtype} array of shape {ids.shape}, expected int64 ({count},)")
+            raise ValueError(f"{ids_path}: {ids.dtype} array of shape {ids.shape}, expected int64 ({count},)")
         size = vectors_path.stat().st_size if vectors_path.is_file() else -1
         if size != count * d * 4:
-            raise IndexDirError(f"{vectors_path}: {size} bytes, expected {count} x {d} float32 ({count * d * 4})")
+            raise ValueError(f"{vectors_path}: {size} bytes, expected {count} x {d} float32 ({count * d * 4})")
         return cls(codes, d, ids, vectors_path)  # read_index_binary gives the subclass (a downcast would not own it)
 
     def __del__(self) -> None:

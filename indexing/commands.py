@@ -21,17 +21,10 @@ from typing import Literal
 
 import numpy as np
 
+from indexing.embed import read_items
 from mmssl.console import get_logger, setup_logging
 
 log = get_logger("index")
-
-
-def read_items(model, data: str, modality: str, text_field: str | None, partition: str | None, max_items=None):
-    """A collection for ``model``'s ``modality`` (``mmssl.recipes.IndexItems``), read by the recipe of
-    the model's modalities (``mmssl.recipes``)."""
-    from mmssl.recipes import recipe_for_model
-
-    return recipe_for_model(model).index_items(model, data, modality, text_field, partition, max_items)
 
 
 def collection_card(data: str, partition: str | None, available: int | None = None) -> dict:

@@ -162,6 +162,14 @@ class PrefixShards:
         return truncate(self.shards.sample(m, seed), self.dim)
 
 
+def read_items(model, data: str, modality: str, text_field: str | None, partition: str | None, max_items=None):
+    """A collection for ``model``'s ``modality`` (``mmssl.recipes.IndexItems``), read by the recipe of
+    the model's modalities (``mmssl.recipes``)."""
+    from mmssl.recipes import recipe_for_model
+
+    return recipe_for_model(model).index_items(model, data, modality, text_field, partition, max_items)
+
+
 def embed_texts(model, modality: str, texts: Sequence, batch_size: int = 128, bar=None) -> np.ndarray:
     """(len(texts), D) float32 L2-normalized embeddings by the model's ``embed`` (a ``DualEncoder``, or
     an ONNX export's ``OnnxEncoder``), in bf16 on a GPU

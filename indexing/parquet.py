@@ -75,8 +75,7 @@ class EmbedConfig:
 
 
 def embed_main(config: EmbedConfig) -> int:
-    from indexing.commands import read_items
-    from indexing.embed import embed_collection
+    from indexing.embed import embed_collection, read_items
     from mmssl.console import setup_logging
     from mmssl.export.onnx_encoder import load_encoder
     from mmssl.io import model_fingerprint

@@ -29,9 +29,10 @@ trained index and writes it; the driver moves the parts' inverted lists into one
 order (``merge_from``), so its lists are those a local fill makes. Other kinds (exact scans, the
 re-ranked fast-scan, binary codes) are filled on the driver: there is no encoding to spread.
 
-Threads: a task computes on ``spark.task.cpus`` threads (1 by default, so ``local[N]`` runs N tasks
-on N cores without oversubscribing them). GPUs: with ``spark.task.resource.gpu.amount`` set, a task embeds on the GPU that Spark assigned it
-(``TaskContext.resources()["gpu"].addresses``), not on GPU 0.
+Threads: a task computes on ``spark.task.cpus`` threads (1 by default, so ``local[N]`` runs N
+tasks on N cores without oversubscribing them). GPUs: with ``spark.task.resource.gpu.amount`` set,
+a task embeds on the GPU that Spark assigned it (``TaskContext.resources()["gpu"].addresses``), not
+on GPU 0.
 """
 
 from __future__ import annotations
@@ -142,8 +143,7 @@ def _save(path: Path, write) -> None:
 
 def embed_part(task: PartTask) -> dict:
     """Embed one part into its shard files (skipped when already finished); its ``part.json``."""
-    from indexing.commands import read_items
-    from indexing.embed import embed_texts
+    from indexing.embed import embed_texts, read_items
 
     done = part_done(task)
     if done is not None:

@@ -328,9 +328,9 @@ def write_index_file(index, path: Path) -> list[str]:
     """Write the index at ``path`` (a binary index also its sibling files); the names written."""
     import faiss
 
-    from indexing.build import is_binary
+    from indexing.binary import BinaryIndex
 
-    if is_binary(index):
+    if isinstance(index, BinaryIndex):
         return index.write(path)
     faiss.write_index(index, str(path))
     return [path.name]
@@ -342,7 +342,10 @@ def read_index_file(path: Path, manifest: Manifest):
     if manifest.embedding_dtype == "binary":
         from indexing.binary import BinaryIndex
 
-        return BinaryIndex.load(path, manifest.count, manifest.dim)
+        try:
+            return BinaryIndex.load(path, manifest.count, manifest.dim)
+        except ValueError as e:
+            raise IndexDirError(str(e)) from None
     flags = faiss.IO_FLAG_ONDISK_SAME_DIR if manifest.ondisk else 0
     try:
         return faiss.read_index(str(path), flags)
