@@ -235,7 +235,7 @@ def embed_collection(
     done = len(range(rank, spec.n_shards, world)) - len(todo)
     if done:
         log.info("resuming: %d shard(s) already embedded", done)
-    total = sum(min(shard_size, len(texts) - i * shard_size) for i in todo)
+    total = sum(spec.shard_count(i) for i in todo)
     ticks = iter(progress(range(total), total=total, description=f"embedding {modality}"))
 
     def bar(n: int) -> None:
@@ -243,7 +243,8 @@ def embed_collection(
             next(ticks, None)
 
     for i in todo:
-        lo, hi = i * shard_size, min((i + 1) * shard_size, len(texts))
+        lo = spec.shard_start(i)
+        hi = lo + spec.shard_count(i)
         x = embed_texts(model, modality, texts[lo:hi], batch_size, bar)
         _save_npy(out / f"{shard_name(i)}.npy", x.astype(dtype))
         _save_npy(out / f"{shard_name(i)}.ids.npy", ids[lo:hi])  # last: marks the shard finished

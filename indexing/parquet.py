@@ -113,8 +113,7 @@ def embed_main(config: EmbedConfig) -> int:
                      shard_size=config.shard_size, batch_size=config.batch_size)  # fmt: skip
     shards = ShardDir(shards_dir)
     for i, (shard_ids, x) in enumerate(shards):
-        lo = int(shard_ids[0])
-        texts = collection.texts[lo : lo + len(shard_ids)]
-        write_part(out / f"part-{i:05d}.parquet", shard_ids, x, texts, collection.payloads[lo : lo + len(shard_ids)])
+        lo, hi = shards.spec.shard_start(i), shards.spec.shard_start(i) + len(shard_ids)
+        write_part(out / f"part-{i:05d}.parquet", shard_ids, x, collection.texts[lo:hi], collection.payloads[lo:hi])
     print(f"{out}: {shards.count:,} {modality} embeddings in {shards.spec.n_shards} parquet file(s)")
     return 0

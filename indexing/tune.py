@@ -18,7 +18,7 @@ from indexing.binary import BinaryParams
 from indexing.build import Shards, hnsw_of, is_binary, metric, refine_of
 
 REFINE_K_FACTOR = 8  # fast-scan candidates re-ranked per result (k_factor x K)
-RESCORE_DEPTHS = (2, 4, 8, 16, 32, 64, 128, 256)  # binary candidates rescored per result, tried in turn
+RESCORE_MAX = 256  # binary candidates rescored per result, at most (tuning doubles from 2)
 
 
 def search_parameters(index, params: dict[str, int] | None = None, selector=None):
@@ -130,32 +130,15 @@ def tune(index, xq: np.ndarray, exact: np.ndarray, target: float = 0.95) -> Tuni
 
 def _tune_binary(index, xq, exact, target: float) -> Tuning:
     """The smallest rescoring depth (then nprobe, for a binary IVF) that reaches ``target``: the
-    Hamming ranking decides which candidates reach the float vectors, so depth caps recall."""
-    k = exact.shape[1]
-    full = max(index.nlist, 1)  # a binary IVF probing every list ranks as the exact Hamming scan does
-    curve: list[tuple[int, float]] = []
-    for depth in RESCORE_DEPTHS:
-        _, found = index.search(xq, k, BinaryParams(rescore=depth, nprobe=full))
-        curve.append((depth, recall_at(found, exact)))
-        if curve[-1][1] >= target:
-            break
-    if curve[-1][1] >= target and len(curve) > 1:  # bisect between the last two depths
-        lo, hi = curve[-2][0], curve[-1][0]
-        while hi - lo > max(1, hi // 8):
-            mid = (lo + hi) // 2
-            _, found = index.search(xq, k, BinaryParams(rescore=mid, nprobe=full))
-            curve.append((mid, recall_at(found, exact)))
-            lo, hi = (lo, mid) if curve[-1][1] >= target else (mid, hi)
-        curve = sorted(curve)
-        depth = hi
-    best = max(r for _, r in curve)
-    if best < target:
-        depth = min(d for d, r in curve if r >= best - 0.005)
-    recall = dict(curve)[depth]
+    Hamming ranking decides which candidates reach the float vectors, so depth caps recall. Depth is
+    tuned with every list probed (a binary IVF then ranks as the exact Hamming scan does)."""
+    probe_all = {"nprobe": index.nlist} if index.ivf is not None else {}
+    depth = _tune_one(index, xq, exact, target, "rescore", RESCORE_MAX, 2, probe_all)
     if index.ivf is None:
-        return Tuning({"rescore": depth}, recall, target, k, len(xq), curve, recall >= target)
+        return depth
     # nprobe for the recall that depth reaches with every list probed (the target, or the best there is)
-    t = _tune_one(index, xq, exact, min(target, recall), "nprobe", index.nlist, 1, {"rescore": depth})
+    fixed = {"rescore": depth.params["rescore"]}
+    t = _tune_one(index, xq, exact, min(target, depth.recall), "nprobe", index.nlist, 1, fixed)
     return replace(t, target=target, reached=t.recall >= target)
 
 
