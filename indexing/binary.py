@@ -1,25 +1,32 @@
-"""Binary embeddings with float rescoring: sign-bit codes searched by Hamming distance with FAISS's
-binary indexes, the best candidates re-ranked by inner product with the float vectors kept on disk
-(the quantize-and-rescore of sentence-transformers).
+"""Binary embeddings with float rescoring: sign-bit codes searched by Hamming distance with FAISS,
+the best candidates re-ranked by inner product with the float vectors kept on disk (the
+quantize-and-rescore of sentence-transformers; FAISS's ``knn_inner_products_by_idx`` rescores).
 
 Shape legend: N items, Q queries, K results, C candidates, D embedding size, B = ceil(D / 8) bytes.
 
-An item's code is the sign of each dimension (1 where the value is > 0), eight to a byte, first
-dimension in the highest bit (``numpy.packbits``). A search takes the C = ``rescore`` x K codes
-nearest the query's code in Hamming distance, over every code (``IndexBinaryFlat``: exact) or over
-the lists of the ``nprobe`` nearest of ``nlist`` binary centroids (``IndexBinaryIVF``), and scores
-those candidates by inner product of the float query with their float32 vectors. The vectors are
-memory-mapped from ``vectors.f32``, so what the index holds in memory is the codes (B bytes an item)
-and the id array (8), and a query reads C rows through the page cache.
+An item's code is the sign of each dimension, eight to a byte. A search takes the C = ``rescore`` x K
+codes nearest the query's code in Hamming distance and scores those candidates by inner product of
+the float query with their float32 vectors. Two structures hold the codes:
+    flat  ``IndexBinaryFlat``: every code, exact Hamming. Codes are ``binary_codes`` (1 where > 0,
+          first dimension in the highest bit: ``numpy.packbits``).
+    IVF   ``IndexIVFSpectralHash`` with an identity transform and a global threshold at 0: inverted
+          lists assigned by float k-means centroids (inner product), each holding its items' sign
+          bits (FAISS's layout: 1 where < 0, first dimension in the lowest bit; Hamming distances are
+          the same), scanned in the ``nprobe`` lists nearest the float query. Float centroids
+          partition the space as finely as a float IVF's, so nprobe stays near a float IVF's where
+          k-means over the codes themselves (``IndexBinaryIVF``) needs about 12x more lists.
+The vectors are memory-mapped from ``vectors.f32``, so what the index holds in memory is the codes
+(B bytes an item, with 8 bytes of list id in an IVF), the id array (8) and an IVF's centroids, and a
+query reads C rows through the page cache.
 
 Files of an index directory (``indexing.store``) with ``embedding_dtype`` binary:
-    index.faiss   the binary FAISS index; its ids are positions 0..N-1
+    index.faiss   the FAISS index (binary flat, or float IVF of sign codes); its ids are positions 0..N-1
     vectors.f32   (N, D) float32, row-major, no header (the manifest holds N and D), position order
     ids.npy       (N,) int64: the item id at each position
 
-FAISS's binary IVF takes no id selector, so filters and tombstones are applied to the candidates
-here, with as many more candidates as the filter leaves out. Items are never dropped from the codes:
-removed ids are tombstones (``indexing.update``).
+Filters and tombstones are applied to the candidates here (FAISS's binary indexes take no id
+selector), with as many more candidates as the filter leaves out. Items are never dropped from the
+codes: removed ids are tombstones (``indexing.update``).
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ import numpy as np
 VECTORS_FILE = "vectors.f32"
 IDS_FILE = "ids.npy"
 RESCORE_FACTOR = 4  # candidates rescored per result, before tuning
-QUERY_CHUNK = 256  # queries rescored at a time: C x D floats each
+# IndexIVFSpectralHash's bit is floor(x * 2 / period) & 1: with a period far above any coordinate
+# it is the sign (1 where x < 0); 1e20 keeps x * 2e-20 a normal float down to |x| ~ 1e-18.
+SIGN_PERIOD = 1e20
 
 
 def binary_codes(x: np.ndarray) -> np.ndarray:
@@ -44,18 +53,23 @@ def binary_codes(x: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(x) > 0, axis=1)
 
 
+def _float32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class BinaryParams:
-    """Search parameters: candidates per result, and lists visited (binary IVF)."""
+    """Search parameters: candidates per result, and lists visited (IVF)."""
 
     rescore: int = RESCORE_FACTOR
     nprobe: int = 1
 
 
 class BinaryIndex:
-    """Binary codes (a FAISS ``IndexBinaryFlat`` or ``IndexBinaryIVF``) with float32 vectors for
-    rescoring; the index surface the layer uses (``d``, ``ntotal``, ``train``, ``add_with_ids``,
-    ``search``, ``reconstruct_batch``)."""
+    """Sign codes (a FAISS ``IndexBinaryFlat``, or an ``IndexIVFSpectralHash`` of sign bits; an
+    ``IndexBinaryIVF`` written by earlier versions still loads) with float32 vectors for rescoring;
+    the index surface the layer uses (``d``, ``ntotal``, ``train``, ``add_with_ids``, ``search``,
+    ``reconstruct_batch``)."""
 
     def __init__(self, codes, d: int, ids: np.ndarray, vectors_path: Path, owns_file: bool = False) -> None:
         import faiss
@@ -68,20 +82,32 @@ class BinaryIndex:
         self._owns_file = owns_file  # a scratch file of a new index, removed if it is never written
         self._vectors: np.ndarray | None = None
         self._order: np.ndarray | None = None
-        self.ivf = codes if isinstance(codes, faiss.IndexBinaryIVF) else None
+        self.ivf = codes if isinstance(codes, faiss.IndexBinaryIVF | faiss.IndexIVF) else None
+        # FAISS's binary indexes take packed codes; the IVF of sign bits takes the float vectors
+        self._encode = binary_codes if isinstance(codes, faiss.IndexBinary) else _float32
 
     @classmethod
     def new(cls, d: int, nlist: int = 0, workdir: Path | None = None) -> BinaryIndex:
-        """An empty index: exact Hamming search (``nlist`` 0) or a binary IVF of ``nlist`` lists; its
-        float vectors go to a scratch file in ``workdir`` (the directory being written) until saved."""
+        """An empty index: exact Hamming search (``nlist`` 0) or ``nlist`` float-centroid lists of sign
+        codes; its float vectors go to a scratch file in ``workdir`` (the directory being written)
+        until saved."""
         import faiss
 
-        bits = 8 * math.ceil(d / 8)
-        codes = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, nlist) if nlist else faiss.IndexBinaryFlat(bits)
+        if nlist:
+            quantizer = faiss.IndexFlatIP(d)
+            codes = faiss.IndexIVFSpectralHash(quantizer, d, nlist, d, SIGN_PERIOD)
+            identity = faiss.LinearTransform(d, d, False)
+            faiss.copy_array_to_vector(np.eye(d, dtype=np.float32).ravel(), identity.A)
+            identity.is_trained = True
+            codes.replace_vt(identity, True)
+            identity.thisown = False  # the index owns it now
+            codes.threshold_type = faiss.IndexIVFSpectralHash.Thresh_global  # 0: the sign
+        else:
+            codes = faiss.IndexBinaryFlat(8 * math.ceil(d / 8))
         fd, scratch = tempfile.mkstemp(prefix="vectors-", suffix=".f32", dir=workdir)
         os.close(fd)
         index = cls(codes, d, np.zeros(0, dtype=np.int64), Path(scratch), owns_file=True)
-        index._keep = codes.quantizer if nlist else None  # SWIG: the IVF holds its quantizer by pointer
+        index._keep = quantizer if nlist else None  # SWIG: the IVF holds its quantizer by pointer
         return index
 
     @classmethod
@@ -91,11 +117,15 @@ class BinaryIndex:
         an ``IndexDirError``)."""
         import faiss
 
+        with open(path, "rb") as f:
+            binary = f.read(2) == b"IB"  # the fourcc of FAISS's binary indexes (IBxF flat, IBwF IVF)
         try:
-            codes = faiss.read_index_binary(str(path))
+            codes = faiss.read_index_binary(str(path)) if binary else faiss.read_index(str(path))
         except RuntimeError as e:
             why = str(e).strip().splitlines()[-1]
             raise ValueError(f"{path}: FAISS cannot read it as a binary index ({why})") from None
+        if not binary and not isinstance(codes, faiss.IndexIVFSpectralHash):
+            raise ValueError(f"{path}: a {type(codes).__name__}, not sign codes (IndexIVFSpectralHash)")
         ids_path, vectors_path = path.parent / IDS_FILE, path.parent / VECTORS_FILE
         try:
             ids = np.load(ids_path, allow_pickle=False)
@@ -124,7 +154,7 @@ class BinaryIndex:
 
     @property
     def kind(self) -> str:
-        """``indexing.plan``'s structure: flat (exact Hamming) or ivf_flat (binary IVF)."""
+        """``indexing.plan``'s structure: flat (exact Hamming) or ivf_flat (inverted lists of codes)."""
         return "ivf_flat" if self.ivf is not None else "flat"
 
     @property
@@ -132,15 +162,15 @@ class BinaryIndex:
         return self.ivf.nlist if self.ivf is not None else 0
 
     def train(self, x: np.ndarray) -> None:
-        self.codes.train(binary_codes(x))
+        self.codes.train(self._encode(x))
 
     def add_with_ids(self, x: np.ndarray, ids: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
         positions = np.arange(self.ntotal, self.ntotal + len(x), dtype=np.int64)
         if self.ivf is not None:
-            self.codes.add_with_ids(binary_codes(x), positions)
+            self.codes.add_with_ids(self._encode(x), positions)
         else:
-            self.codes.add(binary_codes(x))
+            self.codes.add(self._encode(x))
         with open(self.vectors_path, "ab") as f:
             f.write(x.tobytes())
         self.ids = np.concatenate([self.ids, np.asarray(ids, dtype=np.int64)])
@@ -201,25 +231,29 @@ class BinaryIndex:
         search_params = None
         if self.ivf is not None:
             search_params = faiss.SearchParametersIVF(nprobe=int(min(self.nlist, math.ceil(params.nprobe * widen))))
-        _, cand = self.codes.search(binary_codes(xq), n_cand, params=search_params)  # (Q, C) positions
-        vectors = self.vectors()
-        for start in range(0, len(xq), QUERY_CHUNK):
-            pos = cand[start : start + QUERY_CHUNK]
-            valid = pos >= 0
-            item = np.where(valid, self.ids[np.maximum(pos, 0)], -1)
+        _, cand = self.codes.search(self._encode(xq), n_cand, params=search_params)  # (Q, C) positions
+        valid = cand >= 0
+        if allowed is not None or extra:
+            item = np.where(valid, self.ids[np.maximum(cand, 0)], -1)
             if allowed is not None:
                 valid &= np.isin(item, allowed)
             if extra:
                 valid &= ~np.isin(item, excluded)
-            rows = vectors[np.maximum(pos, 0).ravel()].reshape(*pos.shape, self.d)  # (q, C, D)
-            sims = np.einsum("qcd,qd->qc", rows, xq[start : start + QUERY_CHUNK])
-            sims[~valid] = -np.inf
-            top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-            top_s = np.take_along_axis(sims, top, axis=1)
-            top_i = np.where(np.isfinite(top_s), np.take_along_axis(item, top, axis=1), -1)
-            n = top.shape[1]
-            scores[start : start + len(pos), :n] = top_s
-            found[start : start + len(pos), :n] = top_i
+            # FAISS's rescoring reads a row's candidates up to its first -1: the kept ones go first
+            order = np.argsort(~valid, axis=1, kind="stable")
+            cand = np.take_along_axis(np.where(valid, cand, -1), order, axis=1)
+        xq = np.ascontiguousarray(xq, dtype=np.float32)
+        cand = np.ascontiguousarray(cand, dtype=np.int64)
+        vectors = self.vectors()
+        top_s = np.empty((len(xq), k), dtype=np.float32)
+        top_p = np.empty((len(xq), k), dtype=np.int64)
+        faiss.knn_inner_products_by_idx(  # the top K by inner product among each query's candidates
+            faiss.swig_ptr(xq), faiss.swig_ptr(vectors), faiss.swig_ptr(cand), self.d, len(xq), self.ntotal,
+            cand.shape[1], k, faiss.swig_ptr(top_s), faiss.swig_ptr(top_p), cand.shape[1],
+        )  # fmt: skip
+        hit = top_p >= 0
+        scores[:, :k] = np.where(hit, top_s, -np.inf)
+        found[:, :k] = np.where(hit, self.ids[np.maximum(top_p, 0)], -1)
         return scores, found
 
     # ---- files ------------------------------------------------------------------------------------
@@ -228,7 +262,10 @@ class BinaryIndex:
         """Write index.faiss at ``path`` and its sibling files; returns the files' names."""
         import faiss
 
-        faiss.write_index_binary(self.codes, str(path))
+        if isinstance(self.codes, faiss.IndexBinary):
+            faiss.write_index_binary(self.codes, str(path))
+        else:
+            faiss.write_index(self.codes, str(path))
         np.save(path.parent / IDS_FILE, self.ids, allow_pickle=False)
         target = path.parent / VECTORS_FILE
         if self.vectors_path.resolve() != target.resolve():

@@ -209,7 +209,7 @@ class SearchIndex(Closable):
         return self.index.search(xq, k, params=search_parameters(self.index, params, selector))
 
     def _search_binary(self, xq: np.ndarray, k: int, ids) -> tuple[np.ndarray, np.ndarray]:
-        """A binary index filters its candidates itself (FAISS's binary IVF takes no selector); a
+        """A binary index filters its candidates itself (FAISS's binary indexes take no selector); a
         narrow filter is answered exactly from the float vectors, as for the other indexes."""
         allowed = None if ids is None else np.setdiff1d(np.asarray(ids, dtype=np.int64), self._removed)
         if allowed is not None and len(allowed) <= EXACT_FILTER_MAX:

@@ -6,8 +6,9 @@ graph, PQ codes) and how each vector is stored (``embedding_dtype``):
     float32   the vectors as they are (D x 4 bytes)
     float16   half precision, FAISS's scalar quantizer ``SQfp16`` (D x 2 bytes)
     int8      FAISS's 8-bit scalar quantizer ``SQ8``, each dimension's range trained on a sample (D bytes)
-    binary    the signs, D / 8 bytes, searched by Hamming distance with FAISS's binary indexes, the
-              best candidates rescored with float32 vectors memory-mapped from disk (``indexing.binary``)
+    binary    the signs, D / 8 bytes, searched by Hamming distance with FAISS (every code, or the
+              lists of float centroids), the best candidates rescored with float32 vectors
+              memory-mapped from disk (``indexing.binary``)
 float16, int8 and binary go with an exact scan (``flat``) or an inverted file (``ivf_flat``); PQ
 codes (``ivf_pq``, ``ivf_fastscan``) are a compression of their own. Under a memory budget with
 ``embedding_dtype="auto"``, the first that fits, best recall first: float32 fast-scan, float32
@@ -71,7 +72,7 @@ def memory_estimate(
         return n * code + ids
     if index_type == "hnsw":
         return n * (4 * d + 32 * 2 * 4 + 8) + ids  # vectors + 2M neighbour links on level 0 + levels
-    centroids = nlist * (code if dtype == "binary" else 4 * d)
+    centroids = nlist * 4 * d + (4 * d * d if dtype == "binary" and nlist else 0)  # binary IVF: its identity transform
     if ondisk:
         return centroids  # lists and their ids stay on disk (a filtered search adds the id lookup)
     if index_type == "ivf_flat":
@@ -202,7 +203,7 @@ def quantized(n: int, d: int, dtype: str, nlist: int, reason: str) -> IndexPlan:
     """An exact scan (``nlist`` 0) or an inverted file over vectors stored as ``dtype``."""
     kind = "ivf_flat" if nlist else "flat"
     if dtype == "binary":  # indexing.binary's factory: a FAISS binary index, and rescoring beside it
-        factory = f"BIVF{nlist}" if nlist else "BFlat"
+        factory = f"IVF{nlist},BinarySign" if nlist else "BFlat"
     else:
         code = SQ_CODES.get(dtype, "Flat")
         factory = f"IVF{nlist},{code}" if nlist else code

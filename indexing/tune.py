@@ -129,9 +129,9 @@ def tune(index, xq: np.ndarray, exact: np.ndarray, target: float = 0.95) -> Tuni
 
 
 def _tune_binary(index, xq, exact, target: float) -> Tuning:
-    """The smallest rescoring depth (then nprobe, for a binary IVF) that reaches ``target``: the
-    Hamming ranking decides which candidates reach the float vectors, so depth caps recall. Depth is
-    tuned with every list probed (a binary IVF then ranks as the exact Hamming scan does)."""
+    """The smallest rescoring depth (then nprobe, for an IVF of sign codes) that reaches ``target``:
+    the Hamming ranking decides which candidates reach the float vectors, so depth caps recall. Depth
+    is tuned with every list probed (the IVF then ranks as the exact Hamming scan does)."""
     probe_all = {"nprobe": index.nlist} if index.ivf is not None else {}
     depth = _tune_one(index, xq, exact, target, "rescore", RESCORE_MAX, 2, probe_all)
     if index.ivf is None:

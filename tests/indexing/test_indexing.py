@@ -56,7 +56,7 @@ def test_choice_follows_size_and_memory_budget():
     assert flat_mem < medium.memory_bytes
     assert choose_index(1_000_000, 256, flat_mem).index_type == "ivf_flat"
     # smaller codes of the same vectors before PQ: float16, int8, then binary (rescored from disk)
-    for dtype, factory in (("float16", "IVF2048,SQfp16"), ("int8", "IVF2048,SQ8"), ("binary", "BIVF2048")):
+    for dtype, factory in (("float16", "IVF2048,SQfp16"), ("int8", "IVF2048,SQ8"), ("binary", "IVF2048,BinarySign")):
         need = memory_estimate("ivf_flat", 1_000_000, 256, 2048, dtype=dtype)
         plan = choose_index(1_000_000, 256, need)
         assert (plan.embedding_dtype, plan.factory, plan.index_type) == (dtype, factory, "ivf_flat")
