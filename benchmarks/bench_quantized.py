@@ -16,8 +16,9 @@ searched by ``SearchIndex.search_vectors`` with the parameters its tuning chose 
     float32-ivf     float32 IVF-Flat
     float16         ``--embedding-dtype float16`` (FAISS SQfp16), the layer's structure for N
     int8            ``--embedding-dtype int8`` (FAISS SQ8)
-    binary          ``--embedding-dtype binary``: sign codes (float-centroid lists of them beyond 20,000 items, else exact
-                    Hamming), the best ``rescore`` x 10 rescored against float32 vectors memory-mapped from disk
+    binary          ``--embedding-dtype binary``: sign codes (in the lists of float centroids beyond 20,000
+                    items, else exact Hamming), the best ``rescore`` x 10 rescored against float32
+                    vectors memory-mapped from disk
     binary-exact    the same with exact Hamming search over every code (synthetic only: at 20,000 items
                     ``binary`` already is that)
     pq-fastscan     4-bit PQ fast-scan codes alone, D/4 bytes (``--factory IVF{nlist},PQ{D/2}x4fs``: custom)
