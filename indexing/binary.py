@@ -161,6 +161,15 @@ class BinaryIndex:
     def nlist(self) -> int:
         return self.ivf.nlist if self.ivf is not None else 0
 
+    def bytes_read(self, params: BinaryParams, k: int) -> int:
+        """Bytes one query reads (the cost tuning weighs): the codes and list ids of the lists it scans
+        (every code, exact), and the float rows it rescores."""
+        if self.ivf is None:
+            scan = self.ntotal * self.codes.code_size
+        else:  # an IVF's lists hold each code's 8-byte id beside it
+            scan = self.ntotal * min(params.nprobe, self.nlist) / self.nlist * (self.codes.code_size + 8)
+        return int(scan + params.rescore * k * 4 * self.d)
+
     def train(self, x: np.ndarray) -> None:
         self.codes.train(self._encode(x))
 

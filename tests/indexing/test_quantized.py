@@ -88,6 +88,29 @@ def test_a_binary_ivf_of_earlier_versions_still_loads_and_searches(tmp_path, mon
         BinaryIndex.load(path / "index.faiss", 3_000, 32)
 
 
+def test_binary_ivf_tuning_keeps_the_depth_and_nprobe_that_read_the_fewest_bytes():
+    from indexing.tune import _tune_one, search_parameters, tune
+
+    xb = low_rank(12_000, 64)
+    index = BinaryIndex.new(64, nlist=64)
+    index.train(xb)
+    index.add_with_ids(xb, np.arange(12_000))
+    # bytes a query reads: the lists' codes and ids (8 + 8 bytes an item), then the float rows
+    assert index.bytes_read(BinaryParams(rescore=5, nprobe=16), 10) == 12_000 * 16 // 64 * 16 + 5 * 10 * 256
+    flat = BinaryIndex.new(64)
+    flat.add_with_ids(xb, np.arange(12_000))
+    assert flat.bytes_read(BinaryParams(rescore=5), 10) == 12_000 * 8 + 5 * 10 * 256
+    xq = low_rank(300, 64, seed=2)
+    exact = exact_neighbours(xq, ArrayShards(xb), 10)
+    chosen = tune(index, xq, exact, 0.95)
+    assert chosen.reached
+    smallest = _tune_one(index, xq, exact, 0.95, "rescore", 256, 2, {"nprobe": 64}).params["rescore"]
+    at_smallest = _tune_one(index, xq, exact, 0.95, "nprobe", 64, 1, {"rescore": smallest})
+    assert chosen.params["rescore"] >= smallest
+    cost = index.bytes_read(search_parameters(index, chosen.params), 10)
+    assert cost <= index.bytes_read(search_parameters(index, at_smallest.params), 10)
+
+
 def test_rescoring_recovers_exact_top_k():
     xb = low_rank(2_000, 64)
     ids = np.arange(2_000, dtype=np.int64) * 3 + 7
