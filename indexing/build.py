@@ -33,7 +33,7 @@ version plugs into the project's shard format, id handling and manifest.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -249,6 +249,42 @@ def fill_index(index, shards: Iterable[tuple[np.ndarray, np.ndarray]], total: in
         index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
 
 
+def fill_part(trained: Path, ids: np.ndarray, x: np.ndarray, out: Path) -> Path:
+    """A copy of the trained index in ``trained`` holding (ids, x), written to ``out`` (atomically)."""
+    import faiss
+
+    from mmssl.io import atomic_file
+
+    part = faiss.read_index(str(trained))
+    part.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
+    with atomic_file(out) as f:
+        f.write(faiss.serialize_index(part).tobytes())
+    return out
+
+
+class Filler(Protocol):
+    """How a trained index gets its vectors: in place (``fill``), or as one filled copy of the trained
+    index per shard (``fill_parts``, in shard order) whose lists an on-disk build merges.
+    ``LocalFill`` here; ``indexing.spark.SparkFill`` fills a shard per Spark task."""
+
+    def fill(self, index, shards: Shards) -> None: ...
+
+    def fill_parts(self, trained: Path, shards: Shards, workdir: Path) -> list[Path]: ...
+
+
+class LocalFill:
+    """Filling in this process, a shard at a time."""
+
+    def fill(self, index, shards: Shards) -> None:
+        fill_index(index, shards)
+
+    def fill_parts(self, trained: Path, shards: Shards, workdir: Path) -> list[Path]:
+        return [
+            fill_part(trained, ids, x, workdir / f"part-{i:05d}.faiss")
+            for i, (ids, x) in enumerate(progress(shards, description="filling shards"))
+        ]
+
+
 def enable_id_lookup(index) -> None:
     """Make ``reconstruct(id)`` work on IVF indexes (a hash-table direct map; flat/HNSW use IDMap2).
 
@@ -271,11 +307,11 @@ def build_in_memory(
     use_gpu: bool | None = None,
     seed: int = 0,
     workdir: Path | None = None,
-    fill: Callable | None = None,
+    filler: Filler | None = None,
 ):
     """Train and fill a CPU index for ``plan`` (on the GPU when FAISS sees one and the index allows);
-    ``workdir``: where a binary index writes its float vectors (the directory being built); ``fill``:
-    ``fill(index, shards)`` instead of ``fill_index`` (``indexing.spark.spark_fill``: per partition)."""
+    ``workdir``: where a binary index writes its float vectors (the directory being built); ``filler``:
+    how it is filled on the CPU (default ``LocalFill``; ``indexing.spark.SparkFill``: per partition)."""
     import faiss
 
     use_gpu = gpu_count() > 0 if use_gpu is None else use_gpu
@@ -289,12 +325,15 @@ def build_in_memory(
         else:
             fill_index(gpu, shards)
             return faiss.index_gpu_to_cpu(gpu)
-    (fill or fill_index)(index, shards)
+    (filler or LocalFill()).fill(index, shards)
     return index
 
 
-def build_ondisk(plan: IndexPlan, shards: Shards, workdir: Path, ondisk_path: Path, *, seed: int = 0):
-    """Train once, fill one small index per shard, merge their inverted lists into ``ondisk_path``.
+def build_ondisk(
+    plan: IndexPlan, shards: Shards, workdir: Path, ondisk_path: Path, *, seed: int = 0, filler: Filler | None = None
+):
+    """Train once, fill one small index per shard (``filler.fill_parts``), merge their inverted lists
+    into ``ondisk_path``.
 
     Memory: the training sample and one shard at a time; the merged lists never sit in RAM.
     """
@@ -305,15 +344,10 @@ def build_ondisk(plan: IndexPlan, shards: Shards, workdir: Path, ondisk_path: Pa
     train_index(trained, plan, shards, use_gpu=gpu_count() > 0, seed=seed)
     trained_path = workdir / "trained.faiss"
     faiss.write_index(trained, str(trained_path))
-    parts = []
-    for i, (ids, x) in enumerate(progress(shards, description="filling shards")):
-        part = faiss.read_index(str(trained_path))
-        part.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-        parts.append(str(workdir / f"part-{i:05d}.faiss"))
-        faiss.write_index(part, parts[-1])
-        del part
+    del trained
+    parts = (filler or LocalFill()).fill_parts(trained_path, shards, workdir)
     index = faiss.read_index(str(trained_path))
-    merge_ondisk(index, parts, str(ondisk_path))
-    for p in [*parts, str(trained_path)]:
+    merge_ondisk(index, [str(p) for p in parts], str(ondisk_path))
+    for p in [*parts, trained_path]:
         Path(p).unlink()
     return index

@@ -206,7 +206,7 @@ def build_main(config: IndexBuildConfig) -> int:
         embedding=embedding,
         overwrite=config.overwrite,
         seed=config.seed,
-        fill=_spark_fill(config, out) if config.engine == "spark" else None,
+        filler=_spark_fill(config, out) if config.engine == "spark" else None,
     )
     t = manifest.tuning
     recall = f", recall@10 {t['recall']:.3f} at {manifest.search_params}" if manifest.search_params else ""
@@ -228,9 +228,9 @@ def _embed_on_spark(config: IndexBuildConfig, modality: str, sha: str, emb_dir: 
 
 
 def _spark_fill(config: IndexBuildConfig, out: Path):
-    from indexing.spark import spark_fill
+    from indexing.spark import SparkFill
 
-    return spark_fill(out.parent, config.spark_master)
+    return SparkFill(out.parent, config.spark_master)
 
 
 @dataclass(frozen=True)

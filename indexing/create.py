@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from indexing.build import Shards, as_float32_matrix, as_ids, build_in_memory, build_ondisk
+from indexing.build import Filler, Shards, as_float32_matrix, as_ids, build_in_memory, build_ondisk
 from indexing.lexical import LexicalIndex
 from indexing.lock import write_lock
 from indexing.plan import choose_index
@@ -74,14 +74,15 @@ def build_index_dir(
     use_gpu: bool | None = None,
     overwrite: bool = False,
     seed: int = 0,
-    fill: Callable | None = None,
+    filler: Filler | None = None,
 ) -> Manifest:
     """Choose, build, tune and write an index directory for ``shards`` (atomically).
 
     ``items`` = (ids, texts, payloads) fills the metadata store (ids must be the shards' ids);
     ``tune_queries`` (Q, D) are the held-out queries the search parameters are tuned on (default:
-    a sample of the collection's own vectors). ``fill(index, shards)`` fills the trained index in
-    place of ``indexing.build.fill_index`` (``indexing.spark.spark_fill``). Returns the manifest written.
+    a sample of the collection's own vectors). ``filler`` fills the trained index (default
+    ``indexing.build.LocalFill``; ``indexing.spark.SparkFill``: a shard per Spark task). Returns the
+    manifest written.
     """
     out = Path(out)
     check_target(out, overwrite)
@@ -108,9 +109,9 @@ def build_index_dir(
         started = time.perf_counter()
         with atomic_dir(out) as tmp:
             if plan.ondisk:
-                index = build_ondisk(plan, shards, tmp, tmp / ONDISK_FILE, seed=seed)
+                index = build_ondisk(plan, shards, tmp, tmp / ONDISK_FILE, seed=seed, filler=filler)
             else:
-                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed, workdir=tmp, fill=fill)
+                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed, workdir=tmp, filler=filler)
             if index.ntotal != shards.count:
                 raise RuntimeError(f"index holds {index.ntotal} vectors, expected {shards.count}")
             exact = plan.index_type == "flat" and plan.embedding_dtype == "float32"  # nothing to measure
@@ -125,7 +126,7 @@ def build_index_dir(
                     reason=f"fast-scan codes reached recall@10 {tuning.recall:.3f} < {target_recall}: exact vectors",
                 )
                 del index
-                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed, fill=fill)
+                index = build_in_memory(plan, shards, use_gpu=use_gpu, seed=seed, filler=filler)
                 tuning = tune(index, *reference, target_recall)
             if not tuning.reached:
                 log.warning(

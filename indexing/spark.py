@@ -23,11 +23,15 @@ part cannot add an id twice; a part without its ``part.json`` never enters the i
 tests, ``MMSSL_SPARK_FAULT=PART:FLAG_FILE`` makes the first attempt at part PART write half its
 shard and kill its Python worker (the flag file records that it did).
 
-Filling the index (``spark_fill``, the way autofaiss does it): an inverted-file index is trained
+Filling the index (``SparkFill``, the way autofaiss does it): an inverted-file index is trained
 once on the driver, on a sample; a task per shard adds that shard's vectors to a copy of the
 trained index and writes it; the driver moves the parts' inverted lists into one index in shard
-order (``merge_from``), so its lists are those a local fill makes. Other kinds (exact scans, the
+order (``merge_from``), so its lists are those a local fill makes. An on-disk index
+(``--ondisk``) is filled the same way and its parts' lists merged into the on-disk file by FAISS's
+``merge_ondisk``, so the lists never sit in the driver's memory. Other kinds (exact scans, the
 re-ranked fast-scan, binary codes) are filled on the driver: there is no encoding to spread.
+The parts are written beside the index being built: on a cluster that is storage every executor
+reaches (as the embeddings directory is).
 
 Threads: a task computes on ``spark.task.cpus`` threads (1 by default, so ``local[N]`` runs N
 tasks on N cores without oversubscribing them). GPUs: with ``spark.task.resource.gpu.amount`` set,
@@ -47,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexing.embed import SPEC, EmbeddingSpec, shard_name
+from indexing.embed import SPEC, EmbeddingSpec, PrefixShards, ShardDir, shard_name
 from mmssl.console import get_logger
 from mmssl.io import atomic_file
 
@@ -272,54 +276,73 @@ def finish(out: Path, tasks: Sequence[PartTask], embedded: int) -> SparkEmbeddin
     return SparkEmbedding(out, texts, payloads, queries if has_queries else None, embedded, available)
 
 
-def _fill_part(job: tuple[str, str, int, str]) -> str:
-    """Add shard ``i`` of the embeddings directory to a copy of the trained index; the part's file (a task)."""
-    import faiss
+def _fill_part(job: tuple[str, str, int | None, int, str]) -> str:
+    """Add shard ``i`` of the embeddings directory (cut to ``dim``: a Matryoshka prefix) to a copy of
+    the trained index; the part's file (a task)."""
+    from indexing.build import fill_part
+    from indexing.embed import ShardDir, truncate
 
-    from indexing.embed import ShardDir
-
-    trained, shards_dir, i, out = job
-    index = faiss.read_index(trained)
+    trained, shards_dir, dim, i, out = job
     ids, x = ShardDir(shards_dir).shard(i)
-    index.add_with_ids(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(ids, dtype=np.int64))
-    path = Path(out) / f"filled-{i:05d}.faiss"
-    with atomic_file(path) as f:
-        f.write(faiss.serialize_index(index).tobytes())
-    return str(path)
+    return str(fill_part(Path(trained), ids, truncate(x, dim) if dim else x, Path(out)))
 
 
-def spark_fill(workdir: Path, master: str | None = None):
-    """A ``fill(index, shards)`` for ``indexing.create.build_index_dir`` that fills an IVF index on Spark,
-    a task per shard of a ``ShardDir``, and merges the parts' lists on the driver (the module docstring)."""
-    import tempfile
+def _shard_source(shards) -> tuple[ShardDir, int | None] | None:
+    """(the embeddings directory, the prefix ``dim`` or None) a task can read ``shards`` from; None
+    for vectors only this process holds."""
+    if isinstance(shards, ShardDir):
+        return shards, None
+    if isinstance(shards, PrefixShards):
+        return shards.shards, shards.dim
+    return None
 
-    from indexing.build import fill_index, is_binary, refine_of
 
-    def fill(index, shards) -> None:
-        import faiss
+@dataclass(frozen=True)
+class SparkFill:
+    """An ``indexing.build.Filler`` that fills a shard per Spark task (the module docstring), in the
+    active Spark session or one made on ``master``; ``workdir`` must be on storage the executors share."""
 
-        ivf = None if is_binary(index) or refine_of(index) is not None else faiss.try_extract_index_ivf(index)
-        spec = getattr(shards, "spec", None)
-        if ivf is None or spec is None or not hasattr(shards, "path") or spec.n_shards < 2:
-            fill_index(index, shards)  # nothing to encode in parallel, or not a shard directory
-            return
-        work = Path(tempfile.mkdtemp(prefix="fill-", dir=workdir))
-        trained = work / "trained.faiss"
-        faiss.write_index(index, str(trained))
-        jobs = [(str(trained), str(shards.path), i, str(work)) for i in range(spec.n_shards)]
-        session, own = spark_session(master)
+    workdir: Path
+    master: str | None = None
+
+    def fill_parts(self, trained: Path, shards, workdir: Path) -> list[Path]:
+        from indexing.build import LocalFill
+
+        source = _shard_source(shards)
+        if source is None or source[0].spec.n_shards < 2:
+            return LocalFill().fill_parts(trained, shards, workdir)  # nothing to spread
+        shard_dir, dim = source
+        jobs = [(str(trained), str(shard_dir.path), dim, i, str(workdir / f"part-{i:05d}.faiss"))
+                for i in range(shard_dir.spec.n_shards)]  # fmt: skip
+        session, own = spark_session(self.master)
         try:
             parts = session.sparkContext.parallelize(jobs, len(jobs)).map(_fill_part).collect()
         finally:
             if own:
                 session.stop()
+        log.info("filled %d shards on Spark", len(parts))
+        return [Path(p) for p in parts]
+
+    def fill(self, index, shards) -> None:
+        import tempfile
+
+        import faiss
+
+        from indexing.build import fill_index, is_binary, refine_of
+
+        ivf = None if is_binary(index) or refine_of(index) is not None else faiss.try_extract_index_ivf(index)
+        if ivf is None:
+            fill_index(index, shards)  # an exact scan, binary codes, a re-ranked fast-scan: nothing to encode
+            return
+        work = Path(tempfile.mkdtemp(prefix="fill-", dir=self.workdir))
+        trained = work / "trained.faiss"
+        faiss.write_index(index, str(trained))
+        parts = self.fill_parts(trained, shards, work)
         for path in parts:  # in shard order: the lists a local fill makes
-            part = faiss.read_index(path)
+            part = faiss.read_index(str(path))
             index.merge_from(part, 0)
             del part
-            Path(path).unlink()
+            path.unlink()
         trained.unlink()
         work.rmdir()
-        log.info("filled %s from %d shards on Spark", type(ivf).__name__, len(parts))
-
-    return fill
+        log.info("filled %s from %d shards", type(ivf).__name__, len(parts))

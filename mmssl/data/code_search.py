@@ -1,8 +1,9 @@
 """Read, check and write corpora in the CodeSearchNet format.
 
 Format: JSON Lines, one function per line, UTF-8, optionally gzip-compressed (``.jsonl.gz``);
-CodeSearchNet ships each language as shards ``{lang}_{partition}_{i}.jsonl.gz``. Each line is an
-object with these fields (``CODE_SEARCH_FIELDS``)::
+CodeSearchNet ships each language as shards ``{lang}_{partition}_{i}.jsonl.gz``. Parquet files
+(``.parquet``, one record per row, a column per field) are read too, never written. Each line is
+an object with these fields (``CODE_SEARCH_FIELDS``)::
 
     repo              str        owner/name of the repository (mined corpora: top-level package)
     path              str        file path inside the repository
@@ -24,10 +25,12 @@ field such as ``caption``). ``null`` counts as missing.
 
 Blank lines are ignored, and so is a UTF-8 byte-order mark at the start of a file.
 Every problem in a file is a ``DataError`` whose message names the place: ``"{path}:{line}: {what}"``
-(lines count from 1 and include blank lines). With ``on_error="skip"`` the bad line is skipped and
-counted by reason in ``CorpusStats.skipped`` (reasons: ``encoding``, ``json``, ``not_object``,
-``missing_field``, ``wrong_type``, ``truncated``); a truncated or corrupt gzip stream ends that
-file and is counted as ``truncated``.
+(lines count from 1 and include blank lines; in a parquet file the line is the row, from 1). With
+``on_error="skip"`` the bad line is skipped and counted by reason in ``CorpusStats.skipped``
+(reasons: ``encoding``, ``json``, ``not_object``, ``missing_field``, ``wrong_type``,
+``truncated``); a truncated or corrupt gzip stream, or a parquet file that cannot be read, ends
+that file and is counted as ``truncated``. A parquet value that JSON has no type for (a timestamp,
+a decimal, bytes) is kept in an extra field as its ``str``.
 
 Nothing here imports ``datasets`` until a function that needs it is called.
 """
@@ -65,7 +68,8 @@ CODE_SEARCH_FIELDS: tuple[str, ...] = (
     "partition",
 )
 _LIST_FIELDS = frozenset({"code_tokens", "docstring_tokens"})
-SHARD_SUFFIXES: tuple[str, ...] = (".jsonl", ".jsonl.gz")
+SHARD_SUFFIXES: tuple[str, ...] = (".jsonl", ".jsonl.gz")  # what is written
+READ_SUFFIXES: tuple[str, ...] = (*SHARD_SUFFIXES, ".parquet")  # what is read
 MAX_FIRST_ERRORS = 5
 
 # Column names of the Hugging Face hub's ``code_search_net`` dataset -> ours.
@@ -201,9 +205,9 @@ def files_below(folder: Path, keep: Callable[[str], bool]) -> list[Path]:
 def shard_files(sources: PathLike | Iterable[PathLike]) -> list[Path]:
     """The shard files named by ``sources``: files as given, directories expanded.
 
-    A directory contributes every ``*.jsonl`` / ``*.jsonl.gz`` below it (hidden files and folders
-    left out), sorted by relative path. Raises ``FileNotFoundError`` for a missing path and
-    ``ValueError`` for a file of another kind or a directory without shards.
+    A directory contributes every ``*.jsonl`` / ``*.jsonl.gz`` / ``*.parquet`` below it (hidden
+    files and folders left out), sorted by relative path. Raises ``FileNotFoundError`` for a missing
+    path and ``ValueError`` for a file of another kind or a directory without shards.
     """
     paths = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not paths:
@@ -211,13 +215,13 @@ def shard_files(sources: PathLike | Iterable[PathLike]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = files_below(p, lambda name: name.endswith(SHARD_SUFFIXES))
+            found = files_below(p, lambda name: name.endswith(READ_SUFFIXES))
             if not found:
-                raise ValueError(f"{p}: no *.jsonl or *.jsonl.gz files in this directory")
+                raise ValueError(f"{p}: no *.jsonl, *.jsonl.gz or *.parquet files in this directory")
             files += found
         elif p.is_file():
-            if not p.name.endswith(SHARD_SUFFIXES):
-                raise ValueError(f"{p}: expected a .jsonl or .jsonl.gz file or a directory")
+            if not p.name.endswith(READ_SUFFIXES):
+                raise ValueError(f"{p}: expected a .jsonl, .jsonl.gz or .parquet file or a directory")
             files.append(p)
         else:
             raise FileNotFoundError(f"{p}: no such file or directory")
@@ -228,10 +232,55 @@ def _open_binary(path: Path) -> IO[bytes]:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
+_JSON_TYPES = (str, int, float, bool, list, dict, type(None))
+
+
+def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of a parquet file as dicts, a record batch at a time (never the whole file)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as f:
+        for batch in f.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                yield {k: v if isinstance(v, _JSON_TYPES) else str(v) for k, v in row.items()}
+
+
+def _iter_parquet(
+    path: Path, stats: CorpusStats, on_error: OnError, required: tuple[str, ...]
+) -> Iterator[dict[str, Any]]:
+    """Stream the valid records of one parquet file; a row's number is its "line"."""
+    import pyarrow as pa
+
+    rows, lineno = _parquet_rows(path), 0
+    while True:
+        try:
+            obj = next(rows)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            error = DataError(path, lineno + 1, f"unreadable parquet after {lineno} row(s): {e}")
+            if on_error == "raise":
+                raise error from None
+            stats.add_skip(error, "truncated")
+            return
+        lineno += 1
+        stats.n_read += 1
+        try:
+            yield _normalize_record(obj, required)
+        except _BadRecord as e:
+            error = DataError(path, lineno, e.what)
+            if on_error == "raise":
+                raise error from None
+            stats.add_skip(error, e.reason)
+
+
 def _iter_records(
     path: Path, stats: CorpusStats, on_error: OnError, required: tuple[str, ...]
 ) -> Iterator[dict[str, Any]]:
     """Stream the valid records of one file (line by line: a gz file is never held in memory)."""
+    if path.name.endswith(".parquet"):
+        yield from _iter_parquet(path, stats, on_error, required)
+        return
     lineno = 0
 
     def fail(reason: str, what: str) -> None:
@@ -278,7 +327,7 @@ def read_code_search(
     on_error: OnError = "raise",
     required: Iterable[str] = ("docstring", "code"),
 ) -> CodeSearchCorpus:
-    """Read CodeSearchNet-format records from files and directories of ``.jsonl[.gz]`` shards.
+    """Read CodeSearchNet-format records from files and directories of ``.jsonl[.gz]`` / ``.parquet`` shards.
 
     ``partition`` keeps only records whose ``partition`` field is that value (or one of those
     values). ``on_error="raise"`` stops at the first bad line with a ``DataError`` naming its file
@@ -360,12 +409,16 @@ def load_code_search_dataset(
     if isinstance(name_or_files, Mapping):
         return datasets.load_dataset("json", data_files=dict(name_or_files), split=split, cache_dir=cache_dir)
     is_name = isinstance(name_or_files, str) and not Path(name_or_files).exists()
-    if is_name and not name_or_files.endswith(SHARD_SUFFIXES):  # type: ignore[union-attr]
+    if is_name and not name_or_files.endswith(READ_SUFFIXES):  # type: ignore[union-attr]
         ds = datasets.load_dataset(name_or_files, config, split=split, cache_dir=cache_dir)
         renames = {old: new for old, new in _HUB_COLUMNS.items() if old in ds.column_names and old != new}
         return ds.rename_columns(renames) if renames else ds
     files = [str(p) for p in shard_files(name_or_files)]  # type: ignore[arg-type]
-    ds = datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
+    parquet = [f for f in files if f.endswith(".parquet")]
+    if parquet and len(parquet) < len(files):
+        raise ValueError(f"{parquet[0]}: parquet and JSON Lines shards in one dataset: keep one kind")
+    builder = "parquet" if parquet else "json"
+    ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir)
     if split is None:
         return ds
     if "partition" not in ds.column_names:

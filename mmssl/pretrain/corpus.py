@@ -3,7 +3,8 @@
 Shape legend: N blocks, T tokens per block (``block_size``).
 
 Documents (``read_documents``), from files and folders:
-- ``.jsonl`` / ``.jsonl.gz`` (CodeSearchNet shards, caption files, any JSON Lines): each of
+- ``.jsonl`` / ``.jsonl.gz`` / ``.parquet`` (CodeSearchNet shards, caption files, any JSON Lines
+  or parquet rows): each of
   ``fields`` of each record is one document; ``partition`` keeps the records of one partition
   (pretraining on the test split would leak it into the evaluation); records without a
   ``partition`` field are kept. A bad line is a ``DataError`` naming file and line.
@@ -37,11 +38,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from mmssl.data.code_search import SHARD_SUFFIXES, DataError, files_below, read_code_search
+from mmssl.data.code_search import READ_SUFFIXES, DataError, files_below, read_code_search
 
 Unit = Literal["line", "file"]
 IDENTIFIER = re.compile(r"[^\W\d]\w*")  # a Python identifier: one unit of identifier masking
-DEFAULT_PATTERN = "*.jsonl,*.jsonl.gz,*.txt"
+DEFAULT_PATTERN = "*.jsonl,*.jsonl.gz,*.parquet,*.txt"
 
 
 def _files(sources: Sequence[str | os.PathLike], pattern: str) -> list[Path]:
@@ -90,7 +91,7 @@ def read_documents(
     fields = tuple(fields)
     docs: list[str] = []
     for path in _files(sources, pattern):
-        if path.name.endswith(SHARD_SUFFIXES):
+        if path.name.endswith(READ_SUFFIXES):
             corpus = read_code_search(path, required=fields)
             kept = [r for r in corpus if not partition or not r.get("partition") or r["partition"] == partition]
             if corpus.records and not kept:

@@ -162,6 +162,60 @@ def test_bad_sources_are_clear_errors(tmp_path):
         read_code_search(tmp_path, on_error="ignore")  # type: ignore[arg-type]
 
 
+def _parquet(path: Path, rows: list[dict], row_group_size: int = 2) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    return path
+
+
+def test_parquet_rows_read_as_the_same_records_as_json_lines(tmp_path):
+    import datetime
+
+    records = [_rec(i, ["train", "test"][i % 2]) for i in range(5)]
+    (tmp_path / "j").mkdir()
+    _write_lines(tmp_path / "j" / "a.jsonl", _jsonl(records))
+    (tmp_path / "p").mkdir()
+    _parquet(tmp_path / "p" / "a.parquet", records)  # three row groups: read a batch at a time
+    assert read_code_search(tmp_path / "p").records == read_code_search(tmp_path / "j").records
+    assert read_code_search(tmp_path / "p", partition="test").docstrings() == ["Return the number 1.",
+                                                                               "Return the number 3."]  # fmt: skip
+    # a column JSON has no type for is kept as its str; nulls read as missing fields
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    minimal = [{"docstring": "Add.", "code": "def add(): pass", "stars": 3, "seen": when, "path": None}]
+    record = read_code_search(_parquet(tmp_path / "m.parquet", minimal)).records[0]
+    assert record["stars"] == 3 and record["seen"] == str(when) and record["path"] == ""
+
+
+def test_a_bad_parquet_row_names_file_and_row_or_is_skipped(tmp_path):
+    rows = [{"docstring": "One.", "code": "x"}, {"docstring": None, "code": "y"}, {"docstring": "Three.", "code": "z"}]
+    path = _parquet(tmp_path / "rows.parquet", rows)
+    with pytest.raises(DataError, match=r"rows\.parquet:2: missing required field\(s\) 'docstring'"):
+        read_code_search(path)
+    corpus = read_code_search(path, on_error="skip")
+    assert corpus.docstrings() == ["One.", "Three."] and corpus.stats.skipped == {"missing_field": 1}
+    typed = _parquet(tmp_path / "typed.parquet", [{"docstring": "A.", "code": "a", "url": 7}])
+    with pytest.raises(DataError, match=r"typed\.parquet:1: field 'url' must be a string, got int"):
+        read_code_search(typed)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(DataError, match=r"broken\.parquet:1: unreadable parquet after 0 row\(s\)"):
+        read_code_search(broken)
+    assert read_code_search([path, broken], on_error="skip").stats.skipped == {"missing_field": 1, "truncated": 1}
+
+
+def test_hf_dataset_from_parquet_shards_and_no_mixing(tmp_path):
+    records = [_rec(i, ["train", "valid"][i % 2]) for i in range(4)]
+    (tmp_path / "d").mkdir()
+    _parquet(tmp_path / "d" / "c.parquet", records)
+    valid = load_code_search_dataset(tmp_path / "d", split="valid", cache_dir=str(tmp_path / "cache"))
+    assert valid["func_name"] == ["f1", "f3"]
+    write_code_search(records, tmp_path / "d" / "c.jsonl")
+    with pytest.raises(ValueError, match=r"c\.parquet: parquet and JSON Lines shards in one dataset"):
+        load_code_search_dataset(tmp_path / "d", split=None)
+
+
 def test_data_error_is_a_value_error_and_pickles():
     e = DataError("a/b.jsonl", 7, "malformed JSON")
     assert isinstance(e, ValueError) and str(e) == "a/b.jsonl:7: malformed JSON"

@@ -135,12 +135,12 @@ def test_embed_on_spark_writes_the_same_parquet_as_the_local_engine(spark, folde
     np.testing.assert_allclose(distributed["embedding"], local["embedding"], atol=1e-6)
 
 
-def test_an_ivf_index_filled_on_spark_equals_one_filled_locally(spark, tmp_path, caplog):
-    from indexing import build_index_dir
-    from indexing.spark import spark_fill
+@pytest.fixture
+def three_shards(tmp_path):
+    """An embeddings directory of three shards of their own sizes, as Spark writes, and its vectors."""
     from tests.indexing.test_quantized import low_rank
 
-    emb = tmp_path / "emb"  # an embeddings directory of three shards of their own sizes, as Spark writes
+    emb = tmp_path / "emb"
     x = low_rank(6_000, 32)
     counts = (1_500, 2_500, 2_000)
     emb.mkdir()
@@ -152,14 +152,74 @@ def test_an_ivf_index_filled_on_spark_equals_one_filled_locally(spark, tmp_path,
     spec = {"model_sha256": "0" * 64, "modality": "code", "dim": 32, "dtype": "float32", "shard_size": 2_500,
             "count": 6_000, "counts": list(counts)}  # fmt: skip
     (emb / "embeddings.json").write_text(json.dumps(spec))
-    shards = ShardDir(emb)
+    return ShardDir(emb)
+
+
+def _same_answers(a_dir, b_dir, dim: int = 32) -> None:
+    from tests.indexing.test_quantized import low_rank
+
+    with SearchIndex.load(a_dir) as a, SearchIndex.load(b_dir, verify=True) as b:
+        assert a.manifest.factory == b.manifest.factory and a.manifest.count == b.manifest.count
+        xq = low_rank(50, 32, seed=7)[:, :dim]
+        xq /= np.linalg.norm(xq, axis=1, keepdims=True)
+        s_a, found_a = a.search_vectors(xq, 10)
+        s_b, found_b = b.search_vectors(xq, 10)
+        np.testing.assert_array_equal(found_b, found_a)
+        np.testing.assert_allclose(s_b, s_a, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_pq"])
+def test_an_ivf_index_filled_on_spark_equals_one_filled_locally(spark, three_shards, tmp_path, caplog, kind):
+    from indexing import build_index_dir
+    from indexing.spark import SparkFill
+
     caplog.set_level("INFO")
-    for kind in ("ivf_flat", "ivf_pq"):
-        local = build_index_dir(tmp_path / f"local-{kind}", shards, index_type=kind)
-        spread = build_index_dir(tmp_path / f"spark-{kind}", shards, index_type=kind, fill=spark_fill(tmp_path))
-        assert spread.search_params == local.search_params and spread.tuning["curve"] == local.tuning["curve"]
-        with SearchIndex.load(tmp_path / f"local-{kind}") as a, SearchIndex.load(tmp_path / f"spark-{kind}") as b:
-            xq = low_rank(50, 32, seed=7)
-            np.testing.assert_array_equal(a.search_vectors(xq, 10)[1], b.search_vectors(xq, 10)[1])
-    assert caplog.text.count("from 3 shards on Spark") == 2  # filled there, not on the driver
+    local = build_index_dir(tmp_path / "local", three_shards, index_type=kind)
+    spread = build_index_dir(tmp_path / "spark", three_shards, index_type=kind, filler=SparkFill(tmp_path))
+    assert spread.search_params == local.search_params and spread.tuning["curve"] == local.tuning["curve"]
+    _same_answers(tmp_path / "local", tmp_path / "spark")
+    assert "filled 3 shards on Spark" in caplog.text  # filled there, not on the driver
     assert not list(tmp_path.glob("fill-*"))  # the parts are merged and removed
+
+
+def test_on_disk_lists_and_matryoshka_prefixes_are_filled_on_spark(spark, three_shards, tmp_path, caplog):
+    from indexing import build_index_dir
+    from indexing.embed import PrefixShards
+    from indexing.spark import SparkFill
+
+    caplog.set_level("INFO")
+    local = build_index_dir(tmp_path / "local", three_shards, index_type="ivf_flat", ondisk=True)
+    spread = build_index_dir(tmp_path / "spark", three_shards, index_type="ivf_flat", ondisk=True,
+                             filler=SparkFill(tmp_path))  # fmt: skip
+    assert spread.ondisk and spread.search_params == local.search_params
+    assert (tmp_path / "spark" / "ivf.ondisk").stat().st_size == (tmp_path / "local" / "ivf.ondisk").stat().st_size
+    _same_answers(tmp_path / "local", tmp_path / "spark")
+    assert caplog.text.count("filled 3 shards on Spark") == 1
+    assert not list((tmp_path / "spark").glob("part-*")) and not list(tmp_path.glob("spark.*/part-*"))
+    # --dim 16: each task cuts its shard to the prefix and renormalizes, as the local fill does
+    prefix = PrefixShards(three_shards, 16)
+    build_index_dir(tmp_path / "local16", prefix, index_type="ivf_flat")
+    build_index_dir(tmp_path / "spark16", prefix, index_type="ivf_flat", filler=SparkFill(tmp_path))
+    assert caplog.text.count("filled 3 shards on Spark") == 2
+    _same_answers(tmp_path / "local16", tmp_path / "spark16", dim=16)
+
+
+def test_a_parquet_collection_builds_the_index_its_json_lines_build(spark, folder, tiny_model, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmssl.data.code_search import read_code_search
+
+    (tmp_path / "pq").mkdir()
+    for part in collection_parts(folder):
+        rows = read_code_search(part).records
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "pq" / part.name.replace(".jsonl.gz", ".parquet"))
+    assert [p.suffix for p in collection_parts(tmp_path / "pq")] == [".parquet"] * 3
+    argv = ["index", "build", "--model", str(tiny_model)]
+    assert cli.main([*argv, "--data", str(folder), "--out", str(tmp_path / "jsonl")]) == 0
+    assert cli.main([*argv, "--data", str(tmp_path / "pq"), "--out", str(tmp_path / "spark"), "--engine", "spark"]) == 0
+    assert ShardDir(tmp_path / "spark.embeddings").spec.counts == (300, 350, 350)
+    with SearchIndex.load(tmp_path / "jsonl") as a, SearchIndex.load(tmp_path / "spark") as b:
+        assert a.store.get(list(range(1000))) == b.store.get(list(range(1000)))
+        xq = a.embed_queries(["sort a list", "open a file"])
+        np.testing.assert_array_equal(a.search_vectors(xq, 10)[1], b.search_vectors(xq, 10)[1])
