@@ -177,14 +177,18 @@ def build_main(config: IndexBuildConfig) -> int:
     if get_rank() != 0:
         return 0
     shards, embedding = prefix_of(ShardDir(emb_dir), config.dim, model)
-    tune_queries = None
-    if queries is not None:
-        rng = np.random.default_rng(config.seed + 1)
-        sample = rng.permutation(len(queries))[:1000]
+
+    def tune_queries() -> np.ndarray | None:
+        """The collection's own queries (docstrings, captions) embedded: up to 1,000, at least 50."""
+        if queries is None:
+            return None
+        sample = np.random.default_rng(config.seed + 1).permutation(len(queries))[:1000]
         pick = [i for i in sample if not isinstance(queries[i], str) or queries[i].strip()]
-        if len(pick) >= 50:
-            tune_queries = embed_texts(model, query_modality, [queries[i] for i in pick], config.batch_size)
-            tune_queries = truncate(tune_queries, shards.dim) if config.dim else tune_queries
+        if len(pick) < 50:
+            return None
+        xq = embed_texts(model, query_modality, [queries[i] for i in pick], config.batch_size)
+        return truncate(xq, shards.dim) if config.dim else xq
+
     manifest = build_index_dir(
         out,
         shards,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,7 +62,7 @@ def build_index_dir(
     ondisk: bool = False,
     embedding_dtype: str = "auto",
     target_recall: float = 0.95,
-    tune_queries: np.ndarray | None = None,
+    tune_queries: np.ndarray | Callable[[], np.ndarray | None] | None = None,
     n_tune: int = 1000,
     lexical: bool = False,
     model_path: str | None = None,
@@ -79,8 +79,9 @@ def build_index_dir(
     """Choose, build, tune and write an index directory for ``shards`` (atomically).
 
     ``items`` = (ids, texts, payloads) fills the metadata store (ids must be the shards' ids);
-    ``tune_queries`` (Q, D) are the held-out queries the search parameters are tuned on (default:
-    a sample of the collection's own vectors). ``filler`` fills the trained index (default
+    ``tune_queries`` (Q, D) are the held-out queries the search parameters are tuned on, or a
+    function that embeds them, called only when there is something to tune (not for an exact
+    float scan); default: a sample of the collection's own vectors. ``filler`` fills the trained index (default
     ``indexing.build.LocalFill``; ``indexing.spark.SparkFill``: a shard per Spark task). Returns the
     manifest written.
     """
@@ -188,6 +189,7 @@ def _lexical_info() -> dict:
 
 def _tune_reference(shards: Shards, xq, n_tune: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(held-out queries (Q, D), their exact top-10 ids over the collection (Q, 10)) for ``tune``."""
+    xq = xq() if callable(xq) else xq
     xq = shards.sample(n_tune, seed + 1) if xq is None else as_float32_matrix(xq, "tune queries")
     if xq.shape[1] != shards.dim:
         raise ValueError(f"tune queries have dim {xq.shape[1]}, the collection {shards.dim}")

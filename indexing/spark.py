@@ -11,9 +11,10 @@ the same ids, the same order.
 Per part, in the embeddings directory (each file written to a temporary name and renamed):
     shard-00003.npy             (n, D) embeddings
     shard-00003.items.jsonl.gz  one line per item: its text, payload and tuning query
-    shard-00003.part.json       written last: source file, model hash, settings, count. A part
-                                with it is finished and a rerun skips it; one made with another
-                                model or settings is made again
+    shard-00003.part.json       written last: source file, model hash, settings, count, the
+                                task's seconds (model load, read + embed, write). A part with it
+                                is finished and a rerun skips it; one made with another model or
+                                settings is made again
 The driver then writes ``shard-00003.ids.npy`` (its ids: offset .. offset + n) and
 ``embeddings.json`` (every part's count): a ``ShardDir``.
 
@@ -45,6 +46,7 @@ import gzip
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -153,9 +155,12 @@ def embed_part(task: PartTask) -> dict:
     if done is not None:
         return {**done, "skipped": True}
     out, base = Path(task.out), shard_name(task.part)
+    started = time.perf_counter()
     model = _model(task.model, _device())
+    loaded = time.perf_counter()
     collection = read_items(model, task.source, task.modality, task.text_field, task.partition)
     x = embed_texts(model, task.modality, collection.items, task.batch_size).astype(task.dtype)
+    embedded = time.perf_counter()
     _save(out / f"{base}.npy", lambda f: np.save(f, x))
     fail_at = len(x) // 2 if _fault_now(task.part) else -1
     queries = collection.queries or [None] * len(collection.texts)
@@ -170,7 +175,9 @@ def embed_part(task: PartTask) -> dict:
                 z.write(json.dumps({"text": text, "payload": payload, "query": query}, ensure_ascii=False) + "\n")
 
     _save(out / f"{base}.items.jsonl.gz", items)
-    record = {**task.stamp(), "count": len(x), "dim": int(x.shape[1]), "available": collection.available}
+    seconds = {"load": loaded - started, "embed": embedded - loaded, "write": time.perf_counter() - embedded}
+    record = {**task.stamp(), "count": len(x), "dim": int(x.shape[1]), "available": collection.available,
+              "seconds": {k: round(v, 3) for k, v in seconds.items()}}  # fmt: skip
     _save(out / f"{base}.part.json", lambda f: f.write(json.dumps(record, indent=2).encode()))
     return {**record, "skipped": False}
 

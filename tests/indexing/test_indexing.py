@@ -463,3 +463,23 @@ def test_k_beyond_the_index_size_is_clamped_in_every_mode(tiny_model, code_corpu
     assert scores.shape == found.shape == (2, 60)
     with pytest.raises(ValueError, match="k must be positive"):
         index.search(["x"], k=0)
+
+
+def test_the_collections_queries_are_embedded_only_for_an_index_that_is_tuned(tiny_model, code_corpus, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    import indexing.embed
+
+    embedded = []
+    real = indexing.embed.embed_texts
+
+    def spy(model, modality, texts, *args, **kw):
+        embedded.append((modality, len(texts)))
+        return real(model, modality, texts, *args, **kw)
+
+    monkeypatch.setattr(indexing.embed, "embed_texts", spy)  # the build imports it at its start
+    argv = ["index", "build", "--model", str(tiny_model), "--data", code_corpus]
+    assert cli.main([*argv, "--out", str(tmp_path / "flat")]) == 0
+    assert [m for m, _ in embedded] == ["code"]  # an exact scan: nothing to tune, no docstring embedded
+    assert cli.main([*argv, "--out", str(tmp_path / "ivf"), "--index-type", "ivf_flat"]) == 0
+    assert embedded[1:] == [("code", 1000), ("text", 1000)]  # and the docstrings it is tuned on
+    assert SearchIndex.load(tmp_path / "ivf").manifest.tuning["queries"] == 1000
