@@ -14,10 +14,8 @@ every function with at least ``min_code_lines`` lines of code, docstring or not 
 from __future__ import annotations
 
 import ast
-import bisect
 import inspect
 import io
-import itertools
 import re
 import tokenize
 import warnings
@@ -26,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmssl.data.python_rows import Rows, char_col, file_rows, function_lines, holds_code
 from mmssl.data.sources import SourceFile
 
 DROP_REASONS: tuple[str, ...] = (
@@ -54,11 +53,6 @@ def docstring_tokens(text: str) -> list[str]:
 def first_paragraph(docstring: str) -> str:
     """The cleaned docstring up to its first blank line."""
     return _PARAGRAPH_RE.split(inspect.cleandoc(docstring).strip(), maxsplit=1)[0].strip()
-
-
-def _char_col(line: str, byte_col: int) -> int:
-    """``ast`` column offsets count UTF-8 bytes; turn one into a ``str`` index into ``line``."""
-    return byte_col if line.isascii() else len(line.encode("utf-8")[:byte_col].decode("utf-8", "replace"))
 
 
 def _slice(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> str:
@@ -125,81 +119,20 @@ def _code_and_tokens(code: str, indent: str) -> tuple[str, list[str], int]:
     return code, tokens, len(code_rows)
 
 
-# Comments and string literals, in source order: enough of Python's lexer to tell which rows lie
-# inside a multi-line string (``tokenize`` is pure Python and would be most of the miner's time).
-_LEX_RE = re.compile(
-    r"""\#[^\r\n]*
-    | [rRbBuUfF]{0,2}(?: '{3}(?:\\.|[^\\])*?'{3} | "{3}(?:\\.|[^\\])*?"{3} )
-    | [rRbBuUfF]{0,2}(?: '(?:\\.|[^\\'\r\n])*' | "(?:\\.|[^\\"\r\n])*" )""",
-    re.X | re.S,
-)
-_TRIPLE_QUOTES = ('"' * 3, "'" * 3)
+def _original(lines: list[str], node: ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    """The function's exact source, from ``def`` to its last character."""
+    assert node.end_lineno is not None and node.end_col_offset is not None
+    start = (node.lineno, char_col(lines[node.lineno - 1], node.col_offset))
+    return _slice(lines, start, (node.end_lineno, char_col(lines[node.end_lineno - 1], node.end_col_offset)))
 
 
-def _holds_code(line: str) -> bool:
-    """Not blank and not only a comment (outside multi-line strings, which ``_rows`` adds)."""
-    return bool(line.strip()) and not line.lstrip().startswith("#")
-
-
-def _rows(source: str, lines: list[str]) -> tuple[set[int], set[int], set[int]]:
-    """(rows holding code, rows inside a multi-line string after its first, rows the lexer is not
-    sure of) of a whole file: the rows ``_code_and_tokens`` finds by tokenizing, by one regex."""
-    starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
-    string_rows: set[int] = set()
-    doubtful: set[int] = set()
-    for match in _LEX_RE.finditer(source):
-        text = match.group()
-        if text[0] == "#" or ("\n" not in text and "\r" not in text):
-            continue
-        first = bisect.bisect_right(starts, match.start())
-        last = bisect.bisect_right(starts, match.end() - 1)
-        if text.lstrip("rRbBuUfF")[:3] in _TRIPLE_QUOTES:
-            string_rows.update(range(first + 1, last + 1))
-        else:  # a one-quote string continued by a backslash
-            doubtful.update(range(first, last + 1))
-    code_rows = {i for i, line in enumerate(lines, 1) if _holds_code(line)}
-    return code_rows | string_rows, string_rows, doubtful
-
-
-def _function_lines(
-    lines: list[str],
-    node: ast.FunctionDef | ast.AsyncFunctionDef,
-    has_docstring: bool,
-    rows: tuple[set[int], set[int], set[int]],
-) -> tuple[str, int] | None:
-    """The code of ``_without_docstring`` and its lines of code from the file's ``_rows``, with no
-    tokenizing; None where the rows are in doubt or the docstring shares a line with code."""
-    code_rows, string_rows, doubtful = rows
-    first, last = node.lineno, node.end_lineno or node.lineno
-    if any(first <= row <= last for row in doubtful):
-        return None
-    skip: range = range(0)
-    if has_docstring:
-        doc, after = node.body[0], node.body[1]
-        doc_col = _char_col(lines[doc.lineno - 1], doc.col_offset)
-        if doc.lineno == first or after.lineno == doc.end_lineno or lines[doc.lineno - 1][:doc_col].strip():
-            return None
-        skip = range(doc.lineno, (doc.end_lineno or doc.lineno) + 1)
-    def_col = _char_col(lines[first - 1], node.col_offset)
-    indent = lines[first - 1][:def_col]
-    end_col = _char_col(lines[last - 1], node.end_col_offset or 0)
-    out = []
-    for row in range(first, last + 1):
-        if row in skip:
-            continue
-        line = lines[row - 1]
-        if row == last:
-            line = line[:end_col]
-        if row == first:
-            line = line[def_col:]
-        elif row not in string_rows and line.startswith(indent):
-            line = line[len(indent) :]
-        elif row not in string_rows and not line.strip():
-            line = line.lstrip(" \t\f")
-        out.append(line)
-    code = "".join(out)
-    n_lines = sum(1 for r in range(first, last + 1) if r in code_rows and r not in skip)
-    return code, n_lines
+def _parsed(code: str) -> bool:
+    """Whether ``code`` parses (a cut function must: the pairs' code is checked)."""
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _without_docstring(
@@ -209,26 +142,25 @@ def _without_docstring(
     tokens, its lines of code), or None when that code does not tokenize (or, with ``parse``, parse)."""
     assert node.end_lineno is not None and node.end_col_offset is not None
     first, last = node.lineno, node.end_lineno
-    def_col = _char_col(lines[first - 1], node.col_offset)
-    start, end = (first, def_col), (last, _char_col(lines[last - 1], node.end_col_offset))
-    original = _slice(lines, start, end)
-    raw_code = original
+    def_col = char_col(lines[first - 1], node.col_offset)
+    start, end = (first, def_col), (last, char_col(lines[last - 1], node.end_col_offset))
+    original = raw_code = _original(lines, node)
     if has_docstring:
         doc_stmt, after = node.body[0], node.body[1]
         assert doc_stmt.end_lineno is not None and doc_stmt.end_col_offset is not None
         doc_first, doc_last = doc_stmt.lineno, doc_stmt.end_lineno
-        doc_col = _char_col(lines[doc_first - 1], doc_stmt.col_offset)
+        doc_col = char_col(lines[doc_first - 1], doc_stmt.col_offset)
         if after.lineno == doc_last:  # `"""Doc."""; statement` on one line: cut up to the statement
-            cut_start, cut_end = (doc_first, doc_col), (doc_last, _char_col(lines[doc_last - 1], after.col_offset))
+            cut_start, cut_end = (doc_first, doc_col), (doc_last, char_col(lines[doc_last - 1], after.col_offset))
         else:  # cut the rest of the line; the whole line when the docstring starts it
             own_line = doc_first != first and not lines[doc_first - 1][:doc_col].strip()
             cut_start, cut_end = (doc_first, 0 if own_line else doc_col), (doc_last + 1, 0)
         raw_code = _slice(lines, start, cut_start) + _slice(lines, cut_end, end)
     try:
         code, code_tokens, n_lines = _code_and_tokens(raw_code, lines[first - 1][:def_col])
-        if parse:
-            ast.parse(code)
-    except (tokenize.TokenError, SyntaxError, ValueError, RecursionError):
+    except (tokenize.TokenError, SyntaxError, ValueError):
+        return None
+    if parse and not _parsed(code):
         return None
     return original, code, code_tokens, n_lines
 
@@ -259,11 +191,11 @@ class _FileMiner:
         caller) into ``result.records``; with ``unlabeled``, its code for pretraining into
         ``result.unlabeled``."""
         lines = _LINE_RE.findall(source)
-        rows = _rows(source, lines) if unlabeled else None
+        rows = file_rows(source, lines) if unlabeled else None
         functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
         for node, scope, in_test in _functions(tree):
             self.result.functions_seen += 1
-            record = self.function_record(file, lines, node, scope, in_test)
+            record = self.function_record(file, lines, node, scope, in_test, rows)
             if record is not None:
                 self.result.records.append(record)
             if unlabeled:
@@ -280,7 +212,7 @@ class _FileMiner:
         node: ast.FunctionDef | ast.AsyncFunctionDef,
         scope: tuple[str, ...],
         labeled: dict[str, Any] | None,
-        rows: tuple[set[int], set[int], set[int]] | None,
+        rows: Rows | None,
     ) -> dict[str, Any] | None:
         """Any function, docstring or not (only ``min_code_lines`` applies): its code without the
         docstring (``labeled``'s when the function is also a pair), the whole cleaned docstring
@@ -291,7 +223,7 @@ class _FileMiner:
         else:
             if doc is not None and len(node.body) == 1:
                 return None
-            fast = _function_lines(lines, node, doc is not None, rows) if rows is not None else None
+            fast = function_lines(lines, node, doc is not None, rows) if rows is not None else None
             if fast is None:  # not parsed again: pretraining text need not compile (the pairs' is checked)
                 cut = _without_docstring(lines, node, has_docstring=doc is not None, parse=False)
                 fast = None if cut is None else (cut[1], cut[3])
@@ -320,7 +252,7 @@ class _FileMiner:
             cut.update(range(start, (node.end_lineno or node.lineno) + 1))
         kept = [line.rstrip("\r\n") for i, line in enumerate(lines, 1) if i not in cut]
         code = re.sub(r"\n{3,}", "\n\n", "\n".join(kept)).strip("\n")
-        n_lines = sum(map(_holds_code, kept))
+        n_lines = sum(map(holds_code, kept))
         if n_lines < self.min_code_lines:
             return None
         module = file.rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
@@ -342,7 +274,12 @@ class _FileMiner:
         node: ast.FunctionDef | ast.AsyncFunctionDef,
         scope: tuple[str, ...],
         in_test: bool,
+        rows: Rows | None = None,
     ) -> dict[str, Any] | None:
+        """The function's record, or None (counted) where a rule drops it. With the file's ``rows``
+        (the unlabeled pass, whose labeled records only draw the partitions and hold out their code)
+        the code is cut by the row scan where it is sure and parsed, not tokenized: the same code and
+        the same rules, without ``code_tokens`` (left empty)."""
         name = node.name
         if in_test or name.startswith("test"):
             return self.drop("test")
@@ -358,8 +295,12 @@ class _FileMiner:
         if len(node.body) == 1:  # nothing but the docstring
             return self.drop("short_code")
 
-        cut = _without_docstring(lines, node, has_docstring=True)
-        if cut is None:
+        fast = function_lines(lines, node, True, rows) if rows is not None else None
+        if fast is not None:
+            cut = _parsed(fast[0]) and (_original(lines, node), fast[0], [], fast[1])
+        else:
+            cut = _without_docstring(lines, node, has_docstring=True)
+        if not cut:
             return self.drop("bad_code")
         original, code, code_tokens, n_lines = cut
         if n_lines < self.min_code_lines:

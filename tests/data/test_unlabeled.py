@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mmssl.data import python_file as pf
+from mmssl.data import python_rows as pr
 from mmssl.data.code_search import read_code_search
 from mmssl.data.commands import MineCodeConfig, mine_code
 from mmssl.data.mine import code_key, mine_python, mine_unlabeled
@@ -179,14 +180,14 @@ class K:
 def _every_function(source: str):
     tree = ast.parse(source)
     lines = pf._LINE_RE.findall(source)
-    rows = pf._rows(source, lines)
+    rows = pr.file_rows(source, lines)
     for node, _, _ in pf._functions(tree):
         doc = ast.get_docstring(node, clean=False)
         if doc is not None and len(node.body) == 1:
             continue
         yield (
             node,
-            pf._function_lines(lines, node, doc is not None, rows),
+            pr.function_lines(lines, node, doc is not None, rows),
             pf._without_docstring(lines, node, doc is not None, parse=False),
         )
 
@@ -214,3 +215,19 @@ def test_the_fast_path_on_the_standard_library(module):
                 checked += 1
                 assert fast == (slow[1], slow[3]), f"{path}:{node.lineno}"
     assert checked > 20
+
+
+def test_the_unlabeled_pass_draws_the_labeled_miners_partitions_from_the_same_records():
+    """Its labeled records are cut by the row scan (not tokenized): the same functions, code and
+    partitions as ``mine_python``'s on real code, so the held-out repos are the same."""
+    from mmssl.data.mine import MineOptions, _mine
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    roots = [stdlib / "json", stdlib / "email", stdlib / "argparse.py", stdlib / "inspect.py", stdlib / "asyncio"]
+    options = dict(split_by="file", valid_fraction=0.2, test_fraction=0.2, seed=1, workers=1)
+    labeled, _ = mine_python(roots, **options)
+    drawn, code, stats, _ = _mine(roots, MineOptions(**options), unlabeled=True)
+    keys = ("repo", "path", "func_name", "original_string", "code", "docstring", "partition", "url")
+    assert [[r[k] for k in keys] for r in drawn] == [[r[k] for k in keys] for r in labeled]
+    assert len(labeled) > 300 and code
+    assert sum(not r["code_tokens"] for r in drawn) > len(drawn) // 2  # most were not tokenized
