@@ -14,13 +14,16 @@ Configurations, at equal cores (a Spark task computes on ``spark.task.cpus`` = 1
     local[2]  ``--engine spark --spark-master local[2]``: two tasks side by side
 Each run is a fresh process and a fresh output (nothing resumed), the configurations taking turns
 in ``--repeats`` rounds of alternating order; wall seconds are medians. Overhead = Spark's seconds /
-its peer's - 1 at the full size; per-item costs from the two sizes.
+its peer's - 1 at the full size; per-item costs from the two sizes, and from those lines the
+overhead projected to ``--project`` items (a projection, said so). "in tasks": the seconds Spark's
+tasks spent reading and embedding their parts (from each part's ``part.json``), the rest of a
+Spark run being the JVM, the workers, model loads, the driver's reading back and the index build.
 
 Target (reported): Spark's overhead at local[1] <= 15 %. Prints a table and an estimate for 1
 billion items on N GPU nodes from the per-item costs (``--gpu-items-per-s``: one GPU's MiniLM rate,
 an assumption stated in the output, since no GPU is measured here).
 
-    .venv/bin/python benchmarks/bench_spark.py [--items 2400] [--files 8] [--repeats 2]
+    .venv/bin/python benchmarks/bench_spark.py [--items 2400] [--files 8] [--repeats 2] [--configs plain-1,local[1]]
 """
 
 from __future__ import annotations
@@ -72,7 +75,8 @@ def minilm(work: Path) -> Path:
     return work / "onnx"
 
 
-def build(config: str, model: Path, data: Path, out: Path) -> float:
+def build(config: str, model: Path, data: Path, out: Path) -> tuple[float, float | None]:
+    """(wall seconds, seconds the Spark tasks spent reading and embedding (their part.json), or None)."""
     extra, env = CONFIGS[config]
     for p in (out, Path(f"{out}.embeddings")):
         shutil.rmtree(p, ignore_errors=True)
@@ -82,7 +86,8 @@ def build(config: str, model: Path, data: Path, out: Path) -> float:
     seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(f"{config}: exit {done.returncode}\n{done.stderr[-3000:]}")
-    return seconds
+    parts = [json.loads(f.read_text()) for f in Path(f"{out}.embeddings").glob("*.part.json")]
+    return seconds, sum(r["seconds"]["embed"] for r in parts) if parts else None
 
 
 def main() -> None:
@@ -93,52 +98,70 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--gpu-items-per-s", type=float, default=5000.0, help="assumed MiniLM items/s of one GPU")
     p.add_argument("--node-cores", type=int, default=16, help="CPU cores per node for Spark's per-item work")
+    p.add_argument("--project", type=int, default=200_000, help="items to project the overhead to from the line")
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma list of the configurations to run")
     p.add_argument("--out", default="runs/bench-spark/results.json")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-spark-"))
     model = minilm(work)
     sizes = {"full": args.items, "quarter": args.items // 4}
     data = {k: write_collection(ROOT / args.corpus, n, args.files, work / f"data-{k}") for k, n in sizes.items()}
-    seconds: dict[str, dict[str, list[float]]] = {k: {c: [] for c in CONFIGS} for k in sizes}
+    configs = [c for c in CONFIGS if c in args.configs.split(",")]
+    seconds: dict[str, dict[str, list[float]]] = {k: {c: [] for c in configs} for k in sizes}
+    in_tasks: dict[str, list[float]] = {c: [] for c in configs}
     for r in range(args.repeats):
         for size in sizes:
-            order = list(CONFIGS) if r % 2 == 0 else list(CONFIGS)[::-1]
+            order = configs if r % 2 == 0 else configs[::-1]
             for config in order:
-                t = build(config, model, data[size], work / "idx")
+                t, tasks = build(config, model, data[size], work / "idx")
                 seconds[size][config].append(t)
-                print(f"round {r} {size:<7} {config:<9} {t:6.1f} s", flush=True)
+                if size == "full" and tasks is not None:
+                    in_tasks[config].append(tasks)
+                print(f"round {r} {size:<7} {config:<9} {t:6.1f} s" + (f" ({tasks:.1f} s in tasks)" if tasks else ""),
+                      flush=True)  # fmt: skip
     rows = {}
-    for config in CONFIGS:
+    for config in configs:
         full = statistics.median(seconds["full"][config])
         quarter = statistics.median(seconds["quarter"][config])
         per_item = (full - quarter) / (sizes["full"] - sizes["quarter"])
         rows[config] = {"seconds": full, "quarter_seconds": quarter, "items_per_s": sizes["full"] / full,
                         "per_item_ms": 1000 * per_item, "fixed_s": full - per_item * sizes["full"]}  # fmt: skip
-    for spark, plain in (("local[1]", "plain-1"), ("local[2]", "plain-2")):
-        rows[spark]["overhead"] = rows[spark]["seconds"] / rows[plain]["seconds"] - 1
-        rows[spark]["per_item_overhead"] = rows[spark]["per_item_ms"] / rows[plain]["per_item_ms"] - 1
+        if in_tasks[config]:
+            rows[config]["in_tasks_s"] = statistics.median(in_tasks[config])
+    pairs = [(s, p) for s, p in (("local[1]", "plain-1"), ("local[2]", "plain-2")) if s in rows and p in rows]
+    for spark, plain in pairs:
+        a, b = rows[spark], rows[plain]
+        a["overhead"] = a["seconds"] / b["seconds"] - 1
+        a["per_item_overhead"] = a["per_item_ms"] / b["per_item_ms"] - 1
+        # the fitted lines at --project items (a projection: not measured at that size)
+        a["projected_overhead"] = (a["fixed_s"] + a["per_item_ms"] * args.project / 1000) / (
+            b["fixed_s"] + b["per_item_ms"] * args.project / 1000
+        ) - 1
     print(f"\n{args.items:,} items in {args.files} files ({sizes['quarter']:,} for the fixed cost), medians of "
           f"{args.repeats}")  # fmt: skip
-    print(f"{'config':<9} {'seconds':>8} {'items/s':>8} {'ms/item':>8} {'fixed s':>8} {'overhead':>9} {'per item':>9}")
+    print(f"{'config':<9} {'seconds':>8} {'in tasks':>8} {'items/s':>8} {'ms/item':>8} {'fixed s':>8} "
+          f"{'overhead':>9} {'per item':>9} {'at ' + format(args.project, ','):>10}")  # fmt: skip
     for config, r in rows.items():
-        over = f"{r['overhead']:+.1%}" if "overhead" in r else "-"
-        per = f"{r['per_item_overhead']:+.1%}" if "per_item_overhead" in r else "-"
-        print(f"{config:<9} {r['seconds']:8.1f} {r['items_per_s']:8.1f} {r['per_item_ms']:8.2f} {r['fixed_s']:8.1f} "
-              f"{over:>9} {per:>9}")  # fmt: skip
-    # 1 billion items: embedding at the GPU rate plus Spark's measured per-item overhead, per GPU node
-    spark_ms = max(rows["local[1]"]["per_item_ms"] - rows["plain-1"]["per_item_ms"], 0.0)
-    gpu_ms = 1000 / args.gpu_items_per_s
-    print(f"\nestimate for 1e9 items (assumed {args.gpu_items_per_s:,.0f} items/s per GPU; Spark's measured "
-          f"per-item overhead {spark_ms:.3f} ms of one core, spread over a node's cores):")  # fmt: skip
+        over, per, projected = (f"{r[k]:+.1%}" if k in r else "-"
+                                for k in ("overhead", "per_item_overhead", "projected_overhead"))  # fmt: skip
+        tasks = f"{r['in_tasks_s']:.1f}" if "in_tasks_s" in r else "-"
+        print(f"{config:<9} {r['seconds']:8.1f} {tasks:>8} {r['items_per_s']:8.1f} {r['per_item_ms']:8.2f} "
+              f"{r['fixed_s']:8.1f} {over:>9} {per:>9} {projected:>10}")  # fmt: skip
     estimate = {}
-    for nodes in (1, 10, 100):
-        hours = 1e9 * (gpu_ms + spark_ms / args.node_cores) / 1000 / nodes / 3600
-        estimate[nodes] = hours
-        print(f"  {nodes:>3} node(s) of 1 GPU and {args.node_cores} cores: {hours:8.1f} h")
+    if "overhead" in rows.get("local[1]", {}):
+        # 1 billion items: embedding at the GPU rate plus Spark's measured per-item overhead, per GPU node
+        spark_ms = max(rows["local[1]"]["per_item_ms"] - rows["plain-1"]["per_item_ms"], 0.0)
+        gpu_ms = 1000 / args.gpu_items_per_s
+        print(f"\nestimate for 1e9 items (assumed {args.gpu_items_per_s:,.0f} items/s per GPU; Spark's measured "
+              f"per-item overhead {spark_ms:.3f} ms of one core, spread over a node's cores):")  # fmt: skip
+        for nodes in (1, 10, 100):
+            hours = 1e9 * (gpu_ms + spark_ms / args.node_cores) / 1000 / nodes / 3600
+            estimate[nodes] = hours
+            print(f"  {nodes:>3} node(s) of 1 GPU and {args.node_cores} cores: {hours:8.1f} h")
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "args": vars(args), "sizes": sizes,
-              "seconds": seconds, "rows": rows, "estimate_hours": estimate}  # fmt: skip
+              "seconds": seconds, "in_tasks": in_tasks, "rows": rows, "estimate_hours": estimate}  # fmt: skip
     out.write_text(json.dumps(record, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     print(f"results: {out}")
