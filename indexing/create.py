@@ -81,9 +81,9 @@ def build_index_dir(
     ``items`` = (ids, texts, payloads) fills the metadata store (ids must be the shards' ids);
     ``tune_queries`` (Q, D) are the held-out queries the search parameters are tuned on, or a
     function that embeds them, called only when there is something to tune (not for an exact
-    float scan); default: a sample of the collection's own vectors. ``filler`` fills the trained index (default
-    ``indexing.build.LocalFill``; ``indexing.spark.SparkFill``: a shard per Spark task). Returns the
-    manifest written.
+    float scan); default: a sample of the collection's own vectors. ``filler`` fills the trained
+    index (default ``indexing.build.LocalFill``; ``indexing.spark.SparkFill``: a shard per Spark
+    task). Returns the manifest written.
     """
     out = Path(out)
     check_target(out, overwrite)

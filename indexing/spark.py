@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexing.embed import SPEC, EmbeddingSpec, PrefixShards, ShardDir, shard_name
+from indexing.embed import SPEC, EmbeddingSpec, PrefixShards, ShardDir, shard_name, truncate
 from mmssl.console import get_logger
 from mmssl.io import atomic_file
 
@@ -287,7 +287,6 @@ def _fill_part(job: tuple[str, str, int | None, int, str]) -> str:
     """Add shard ``i`` of the embeddings directory (cut to ``dim``: a Matryoshka prefix) to a copy of
     the trained index; the part's file (a task)."""
     from indexing.build import fill_part
-    from indexing.embed import ShardDir, truncate
 
     trained, shards_dir, dim, i, out = job
     ids, x = ShardDir(shards_dir).shard(i)
