@@ -293,14 +293,16 @@ def _fill_part(job: tuple[str, str, int | None, int, str]) -> str:
     return str(fill_part(Path(trained), ids, truncate(x, dim) if dim else x, Path(out)))
 
 
-def _shard_source(shards) -> tuple[ShardDir, int | None] | None:
-    """(the embeddings directory, the prefix ``dim`` or None) a task can read ``shards`` from; None
-    for vectors only this process holds."""
+def _spread_source(shards) -> tuple[ShardDir, int | None] | None:
+    """(the embeddings directory, the prefix ``dim`` or None) tasks can read ``shards`` from, a shard
+    each; None for vectors only this process holds, or a single shard (nothing to spread)."""
     if isinstance(shards, ShardDir):
-        return shards, None
-    if isinstance(shards, PrefixShards):
-        return shards.shards, shards.dim
-    return None
+        source = shards, None
+    elif isinstance(shards, PrefixShards):
+        source = shards.shards, shards.dim
+    else:
+        return None
+    return source if source[0].spec.n_shards >= 2 else None
 
 
 @dataclass(frozen=True)
@@ -314,9 +316,9 @@ class SparkFill:
     def fill_parts(self, trained: Path, shards, workdir: Path) -> list[Path]:
         from indexing.build import LocalFill
 
-        source = _shard_source(shards)
-        if source is None or source[0].spec.n_shards < 2:
-            return LocalFill().fill_parts(trained, shards, workdir)  # nothing to spread
+        source = _spread_source(shards)
+        if source is None:
+            return LocalFill().fill_parts(trained, shards, workdir)
         shard_dir, dim = source
         jobs = [(str(trained), str(shard_dir.path), dim, i, str(workdir / f"part-{i:05d}.faiss"))
                 for i in range(shard_dir.spec.n_shards)]  # fmt: skip
@@ -337,8 +339,9 @@ class SparkFill:
         from indexing.build import fill_index, is_binary, refine_of
 
         ivf = None if is_binary(index) or refine_of(index) is not None else faiss.try_extract_index_ivf(index)
-        if ivf is None:
-            fill_index(index, shards)  # an exact scan, binary codes, a re-ranked fast-scan: nothing to encode
+        if ivf is None or _spread_source(shards) is None:
+            # an exact scan, binary codes, a re-ranked fast-scan: nothing to encode; or nothing to spread
+            fill_index(index, shards)
             return
         work = Path(tempfile.mkdtemp(prefix="fill-", dir=self.workdir))
         trained = work / "trained.faiss"

@@ -235,6 +235,13 @@ def _open_binary(path: Path) -> IO[bytes]:
 _JSON_TYPES = (str, int, float, bool, list, dict, type(None))
 
 
+def _bad_line(error: DataError, reason: str, stats: CorpusStats, on_error: OnError) -> None:
+    """Raise ``error``, or with ``on_error="skip"`` count it under ``reason``."""
+    if on_error == "raise":
+        raise error
+    stats.add_skip(error, reason)
+
+
 def _parquet_rows(path: Path) -> Iterator[dict[str, Any]]:
     """The rows of a parquet file as dicts, a record batch at a time (never the whole file)."""
     import pyarrow.parquet as pq
@@ -258,20 +265,15 @@ def _iter_parquet(
         except StopIteration:
             return
         except (pa.ArrowException, OSError) as e:
-            error = DataError(path, lineno + 1, f"unreadable parquet after {lineno} row(s): {e}")
-            if on_error == "raise":
-                raise error from None
-            stats.add_skip(error, "truncated")
+            _bad_line(DataError(path, lineno + 1, f"unreadable parquet after {lineno} row(s): {e}"), "truncated",
+                      stats, on_error)  # fmt: skip
             return
         lineno += 1
         stats.n_read += 1
         try:
             yield _normalize_record(obj, required)
         except _BadRecord as e:
-            error = DataError(path, lineno, e.what)
-            if on_error == "raise":
-                raise error from None
-            stats.add_skip(error, e.reason)
+            _bad_line(DataError(path, lineno, e.what), e.reason, stats, on_error)
 
 
 def _iter_records(
@@ -284,10 +286,7 @@ def _iter_records(
     lineno = 0
 
     def fail(reason: str, what: str) -> None:
-        error = DataError(path, lineno, what)
-        if on_error == "raise":
-            raise error
-        stats.add_skip(error, reason)
+        _bad_line(DataError(path, lineno, what), reason, stats, on_error)
 
     with _open_binary(path) as f:
         lines = iter(f)

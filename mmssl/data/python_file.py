@@ -158,7 +158,7 @@ def _without_docstring(
         raw_code = _slice(lines, start, cut_start) + _slice(lines, cut_end, end)
     try:
         code, code_tokens, n_lines = _code_and_tokens(raw_code, lines[first - 1][:def_col])
-    except (tokenize.TokenError, SyntaxError, ValueError):
+    except (tokenize.TokenError, SyntaxError, ValueError, RecursionError):
         return None
     if parse and not _parsed(code):
         return None
@@ -297,10 +297,10 @@ class _FileMiner:
 
         fast = function_lines(lines, node, True, rows) if rows is not None else None
         if fast is not None:
-            cut = _parsed(fast[0]) and (_original(lines, node), fast[0], [], fast[1])
+            cut = (_original(lines, node), fast[0], [], fast[1]) if _parsed(fast[0]) else None
         else:
             cut = _without_docstring(lines, node, has_docstring=True)
-        if not cut:
+        if cut is None:
             return self.drop("bad_code")
         original, code, code_tokens, n_lines = cut
         if n_lines < self.min_code_lines:
