@@ -27,8 +27,12 @@ class Clustering:
     assign: Callable[[np.ndarray], np.ndarray]  # (M, D) -> (M,) int64, nearest centroid
 
 
-def kmeans(x, k: int, *, pca_dim: int | None = 64, niter: int = 20, seed: int = 0) -> Clustering:
-    """Cluster the rows of ``x`` (N, D) into ``k`` groups (see the module docstring)."""
+def kmeans(
+    x, k: int, *, pca_dim: int | None = 64, niter: int = 20, seed: int = 0, min_points_per_centroid: int = 39
+) -> Clustering:
+    """Cluster the rows of ``x`` (N, D) into ``k`` groups (see the module docstring).
+    ``min_points_per_centroid``: below this many vectors per cluster FAISS warns (its default, 39;
+    1 for small clusters on purpose)."""
     import faiss
 
     x = as_float32_matrix(x, "x")
@@ -47,7 +51,10 @@ def kmeans(x, k: int, *, pca_dim: int | None = 64, niter: int = 20, seed: int = 
         return v
 
     xp = project(x)
-    km = faiss.Kmeans(xp.shape[1], k, niter=niter, seed=seed, gpu=gpu_count() > 0, verbose=False)
+    km = faiss.Kmeans(
+        xp.shape[1], k, niter=niter, seed=seed, gpu=gpu_count() > 0, verbose=False,
+        min_points_per_centroid=min_points_per_centroid,
+    )  # fmt: skip
     km.train(xp)
     _, labels = km.index.search(xp, 1)
     labels = labels[:, 0].astype(np.int64)

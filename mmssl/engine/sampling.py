@@ -1,6 +1,7 @@
 """Which examples a step trains on, and the seeds of their randomness.
 
 ``EpochSampler``: batches of indices in a seeded order per epoch, with a resumable position.
+``GroupedSampler``: the same, each batch made of whole groups (clusters of similar examples).
 ``batch_seed``: the seed of one batch's own draws (augmentation, hard negatives), from its place.
 ``SeededBatches``: a task's batcher as a ``Dataset`` of (position, indices), for data workers.
 ``resolve_workers``: how many data-loader processes ``--workers`` means on this device.
@@ -9,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import torch
@@ -49,11 +51,49 @@ class EpochSampler:
         return {"epoch": self.epoch, "index": self.index, "n": self.n, "batch_size": self.batch_size, "seed": self.seed}
 
     def load_state(self, state: dict) -> None:
+        mine = self.state()
         for key in ("n", "batch_size", "seed"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"cannot resume: checkpoint has {key}={state[key]}, this run {getattr(self, key)}")
+            if state[key] != mine[key]:
+                raise ValueError(f"cannot resume: checkpoint has {key}={state[key]}, this run {mine[key]}")
+        if state.get("groups") != mine.get("groups"):
+
+            def grouping(s: dict) -> str:
+                return f"groups {s['groups']}" if s.get("groups") else "random batches"
+
+            raise ValueError(
+                f"cannot resume: the checkpoint's batches were {grouping(state)}, this run's {grouping(mine)} "
+                "(resume with the interrupted run's batch grouping, e.g. its --cluster-batches)"
+            )
         self.epoch, self.index = state["epoch"], state["index"]
         self._perm = self._permutation()
+
+
+class GroupedSampler(EpochSampler):
+    """An ``EpochSampler`` whose order keeps groups together: epoch ``e`` shuffles the groups and the
+    members of each (under seed ``seed + e``) and lays them end to end, so a batch is a few whole
+    groups (a group larger than the batch, or one at a batch's edge, is split). With groups of
+    similar examples, the in-batch negatives are hard ones (topic-aware sampling: Hofstätter et al.
+    2021, "Efficiently Teaching an Effective Dense Retriever with Balanced Topic Aware Sampling").
+
+    ``groups`` (N,) int: each example's group id. The state names the grouping (a digest), so a
+    resume with other groups is refused like one with another batch size."""
+
+    def __init__(self, groups: Tensor, batch_size: int, seed: int) -> None:
+        self.groups = torch.as_tensor(groups, dtype=torch.long)
+        if self.groups.ndim != 1:
+            raise ValueError(f"groups must be one id per example, got shape {tuple(self.groups.shape)}")
+        self.digest = hashlib.sha256(self.groups.numpy().tobytes()).hexdigest()[:16]
+        super().__init__(len(self.groups), batch_size, seed)
+
+    def _permutation(self) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed + self.epoch)
+        _, dense = torch.unique(self.groups, return_inverse=True)  # (N,) in [0, G)
+        place = torch.randperm(int(dense.max()) + 1, generator=gen)  # each group's place in the epoch
+        key = place[dense].double() + torch.rand(self.n, generator=gen, dtype=torch.double)  # shuffled within
+        return torch.argsort(key)
+
+    def state(self) -> dict:
+        return {**super().state(), "groups": self.digest}
 
 
 def batch_seed(seed: int, state: dict) -> int:

@@ -14,6 +14,8 @@ And what it may override (the defaults say what the engine does without it):
     after_step(step) -> bool   after each optimizer step (clamping, an EMA target, reclustering,
                                refreshed negatives); True: batches made ahead must be made again
     lr_scales()                parameters trained at a multiple of the learning rate (default: none)
+    batch_groups()             a group id per training example: each batch is made of whole groups
+                               (``GroupedSampler``; default None: random batches)
     checkpoint_state() / load_checkpoint_state(state)   state beyond the weights (default: none)
     distribute(wrap) -> module | None   data-parallel wrapping; None: the engine averages gradients
     set_grad_checkpointing(), compile()  refused by default, before the first step, in one line
@@ -74,6 +76,10 @@ class Task(ABC):
     def lr_scales(self) -> dict[nn.Parameter, float]:
         """Parameters whose learning rate (and its schedule) is multiplied by the given factor."""
         return {}
+
+    def batch_groups(self) -> Tensor | None:
+        """(N,) a group id per training example, or None (random batches)."""
+        return None
 
     def batch(self, indices: Tensor) -> dict:
         """The batch of ``indices`` on the model's device (tasks without a ``batcher``)."""

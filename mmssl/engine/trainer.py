@@ -48,7 +48,7 @@ from mmssl.console import error_line, format_eta, get_logger
 from mmssl.engine.checkpoint import checkpoint_dir, read_trainer_state, restore_rng, rng_state, write_checkpoint
 from mmssl.engine.config import EngineConfig
 from mmssl.engine.metrics import MetricsLog, plot_curves
-from mmssl.engine.sampling import EpochSampler, SeededBatches, resolve_workers, to_device
+from mmssl.engine.sampling import EpochSampler, GroupedSampler, SeededBatches, resolve_workers, to_device
 from mmssl.engine.task import Task
 from mmssl.io import atomic_file
 from mmssl.runtime import autocast, check_precision, eval_mode, grad_scaler, resolve_device
@@ -135,7 +135,12 @@ class Trainer:
         self.optimizer = make_optimizer(self.params, config, self.device, task.lr_scales())
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, config.warmup_steps, config.max_steps)
         self.scaler = grad_scaler(self.precision, self.device)
-        self.sampler = EpochSampler(len(task.data), config.batch_size, config.seed)
+        groups = task.batch_groups()
+        self.sampler = (
+            EpochSampler(len(task.data), config.batch_size, config.seed)
+            if groups is None
+            else GroupedSampler(groups, config.batch_size, config.seed)
+        )
         self.metric, self.sign = task.metric, 1.0 if task.greater_is_better else -1.0
         self.step, self.skipped, self.best = 0, 0, -self.sign * math.inf
         self._batches = None  # made on first use (after a resume has set the sampler's position)

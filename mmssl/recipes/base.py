@@ -136,5 +136,6 @@ class Recipe(ABC):
             log.info("Matryoshka: the loss summed over the prefixes %s of %d dims", list(dims), model.config.embed_dim)
         return ContrastiveTask(
             model, loss, train, validation, self.metric, grad_cache=config.model.grad_cache,
-            embedding_lr_scale=config.model.embedding_lr_scale, **negatives,
+            embedding_lr_scale=config.model.embedding_lr_scale, cluster_batches=config.negatives.cluster_batches,
+            **negatives,
         )  # fmt: skip

@@ -96,6 +96,12 @@ class NegativesConfig:
     refresh_source: Literal["model", "both"] = option(
         "model", "refreshes retrieve with the model, or model + BM25 fused"
     )
+    cluster_batches: int = option(
+        0,
+        "in-batch hard negatives: the training pairs clustered (k-means over their queries' embeddings "
+        "under the starting text tower) into groups of about N, each batch made of whole groups "
+        "(0: random batches). For a pretrained or locked text tower",
+    )
 
 
 @dataclass(frozen=True)

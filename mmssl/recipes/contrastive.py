@@ -106,6 +106,7 @@ class ContrastiveTask(Task):
         hard_negatives: int = 0,
         refresher=None,
         embedding_lr_scale: float = 1.0,
+        cluster_batches: int = 0,
     ) -> None:
         self.model, self.loss, self.data, self.validation = model, loss, data, validation
         self.embedding_lr_scale = embedding_lr_scale
@@ -127,6 +128,31 @@ class ContrastiveTask(Task):
             else:
                 preps[side] = model.preparer(modality, train=True)
         self.batcher = PairBatcher(preps["a"], preps["b"], data, negatives, hard_negatives)
+        if cluster_batches < 0:
+            raise ValueError(f"--cluster-batches must be >= 0 (0: random batches); got {cluster_batches}")
+        self.groups = self._similar_groups(cluster_batches) if cluster_batches else None
+
+    def _similar_groups(self, size: int) -> Tensor:
+        """``--cluster-batches``: the pairs clustered by their main query's embedding under the tower
+        as it starts (the locked tower's cache, else one pass), by FAISS k-means into clusters of
+        about ``size`` pairs; rank 0's clusters on every rank (the batches must agree)."""
+        from indexing.cluster import kmeans
+        from mmssl import distributed as dist
+
+        if "a" in self.cached:
+            cached, captions = self.cached["a"], self.data.captions
+            vectors = cached if captions is None else cached[captions.starts[:-1].to(cached.device)]
+        else:
+            vectors = self.model.embed(self.model.config.modalities[0], self.data.queries)
+        k = max(1, len(self.data) // size)
+        labels = kmeans(vectors.cpu().numpy(), k, pca_dim=None, min_points_per_centroid=1).labels  # small on purpose
+        groups = dist.gather_objects(torch.from_numpy(labels))[0]
+        sizes = torch.bincount(groups)
+        log.info(
+            "batches of similar pairs: %d pairs in %d clusters (median %d, largest %d)",
+            len(groups), len(sizes), int(sizes.median()), int(sizes.max()),
+        )  # fmt: skip
+        return groups
 
     def _cacheable(self, modality: str, n: int) -> bool:
         tower = self.model.towers[modality]
@@ -151,6 +177,9 @@ class ContrastiveTask(Task):
             return {}
         towers = {id(t): t for t in self.model.towers.values() if isinstance(t, TextTower)}.values()
         return {t.backbone.get_input_embeddings().weight: self.embedding_lr_scale for t in towers}
+
+    def batch_groups(self) -> Tensor | None:
+        return self.groups
 
     def distribute(self, wrap):
         """Wrap the model for data-parallel training; with gradient caching no wrapper (several

@@ -1,4 +1,4 @@
-"""Pairs (duplicate ids, sampling, fingerprint) and the resumable epoch sampler."""
+"""Pairs (duplicate ids, sampling, fingerprint) and the resumable epoch samplers (random and grouped)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mmssl.data.pairs import Pairs
-from mmssl.engine.sampling import EpochSampler
+from mmssl.engine.sampling import EpochSampler, GroupedSampler
 
 
 def test_identical_queries_share_an_id():
@@ -43,3 +43,26 @@ def test_sampler_covers_each_epoch_once_and_resumes_exactly():
         EpochSampler(n=10, batch_size=4, seed=5).load_state(state)
     with pytest.raises(ValueError, match="exceeds the 10 training pairs"):
         EpochSampler(n=10, batch_size=11, seed=0)
+
+
+def test_grouped_sampler_keeps_each_group_together_and_resumes():
+    groups = torch.tensor([3, 0, 1, 3, 2, 0, 1, 1, 2, 3, 0, 2])  # 4 groups of 3, ids not in order
+    sampler = GroupedSampler(groups, batch_size=3, seed=1)
+    epochs = []
+    for _ in range(2):
+        order = torch.cat([sampler.next() for _ in range(sampler.batches_per_epoch)])
+        assert sorted(order.tolist()) == list(range(12))  # every example once
+        # laid end to end: each batch of 3 is one whole group
+        assert all(len(set(groups[order[i : i + 3]].tolist())) == 1 for i in range(0, 12, 3))
+        epochs.append(order)
+    assert not torch.equal(*epochs)  # the groups and their members reshuffle each epoch
+    state = sampler.state()
+    ahead = [sampler.next() for _ in range(5)]
+    again = GroupedSampler(groups, batch_size=3, seed=1)
+    again.load_state(state)
+    assert all(torch.equal(a, b) for a, b in zip(ahead, [again.next() for _ in range(5)]))
+    other = GroupedSampler(torch.tensor([0, 1] * 6), batch_size=3, seed=1)
+    with pytest.raises(ValueError, match="batches were groups [0-9a-f]+, this run's groups [0-9a-f]+"):
+        other.load_state(state)
+    with pytest.raises(ValueError, match="this run's random batches"):
+        EpochSampler(n=12, batch_size=3, seed=1).load_state(state)  # grouped run resumed as random

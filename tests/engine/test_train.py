@@ -297,3 +297,25 @@ def test_embedding_lr_scale_slows_only_the_token_embeddings(code_corpus, tmp_pat
         assert 0 < slow[word] < 0.5 * plain[word]
     layer = next(n for n in plain if "layer.0" in n and n.endswith("weight"))
     assert slow[layer] > 0.1 * plain[layer]  # the layers still learn at the full rate
+
+
+def test_cluster_batches_make_each_batch_whole_groups_of_the_tasks_clusters(code_corpus, tmp_path):
+    from mmssl.engine.sampling import GroupedSampler
+
+    config = tiny_config(code_corpus, tmp_path / "tas", cluster_batches=8, max_steps=2)
+    task = TEXT_CODE.build_task(config, CPU)  # an unlocked tower: its queries embedded once
+    groups = task.batch_groups()
+    assert groups.shape == (len(task.data),) and len(groups.unique()) == len(task.data) // 8
+    same_query = task.data.ids[:, None] == task.data.ids[None, :]
+    assert (groups[:, None] == groups[None, :])[same_query].all()  # one text, one group
+    trainer = Trainer(task, config.engine, CPU)
+    assert isinstance(trainer.sampler, GroupedSampler)
+    batch = trainer.sampler.next()
+    order = list(dict.fromkeys(groups[batch].tolist()))  # the batch's groups, in the order laid out
+    inner = order[1:-1]  # the first and last may be cut at the batch's edges
+    assert all((groups[batch] == g).sum() == (groups == g).sum() for g in inner)
+    laid = groups[batch].tolist()
+    assert all(laid[laid.index(g) : len(laid) - laid[::-1].index(g)] == [g] * laid.count(g) for g in order)  # end to end
+    trainer.fit()
+    with pytest.raises(ValueError, match="--cluster-batches must be >= 0"):
+        TEXT_CODE.build_task(config.replace(cluster_batches=-1), CPU)

@@ -473,3 +473,24 @@ def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_p
         driver.save_screenshot(str(artifacts / "demo-image-search.png"))
         driver.quit()
         app.close()
+
+
+def test_cluster_batches_group_similar_captions_and_a_run_resumes_only_with_the_same_groups(shapes, tmp_path):
+    from mmssl.recipes.image_text import RECIPE as IMAGE_TEXT
+
+    config = train_config(shapes, tmp_path / "tas", text_init="minilm", lock_text=True, cluster_batches=8)
+    task = IMAGE_TEXT.build_task(config, torch.device("cpu"))
+    groups = task.batch_groups()
+    assert groups.shape == (len(task.data),) and 1 < len(groups.unique()) <= len(task.data) // 8
+    text = task.cached["a"]  # (N, D) the locked tower's caption embeddings, normalized
+    cosine, same = text @ text.T, groups[:, None] == groups[None, :]
+    off_diagonal = ~torch.eye(len(groups), dtype=torch.bool)
+    assert cosine[same & off_diagonal].mean() > cosine[~same].mean() + 0.1  # a group's captions are alike
+    for i, j in zip(*torch.nonzero(task.data.ids[:, None] == task.data.ids[None, :], as_tuple=True)):
+        assert groups[i] == groups[j]  # one caption, one group
+    assert main(config) == 0  # the run trains on whole groups and records them
+    state = torch.load(tmp_path / "tas" / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
+    assert state["sampler"]["groups"]
+    random = train_config(shapes, tmp_path / "tas", text_init="minilm", lock_text=True, resume=True, max_steps=8)
+    with pytest.raises(ValueError, match="this run's random batches"):
+        main(random)  # resumed with random batches: refused, not silently other batches
