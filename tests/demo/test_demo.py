@@ -227,17 +227,22 @@ def test_query_images_are_refused_from_their_header_before_decoding(image_index,
         run_search(loaded, spec, {"path": None}, "captions", 3, "dense")
 
 
-def test_uploads_are_capped_kept_in_the_apps_own_folder_and_removed_with_it(image_index, tmp_path):
+def test_uploads_are_capped_kept_in_the_apps_own_folder_and_removed_with_it(image_index, tmp_path, monkeypatch):
     """Gradio refuses an upload over the cap (413) and stores the others in a folder of this run's own,
-    not the shared /tmp/gradio; the folder goes when the app stops."""
+    not the shared /tmp/gradio; the folder goes when the app stops. An app with image queries pins
+    glibc's mmap threshold (uploads' buffers go back to the system)."""
     import httpx
 
+    import demo.app
     from demo.app import serving
     from demo.search import open_indexes
     from demo.uploads import MAX_UPLOAD_BYTES
 
+    pinned = []
+    monkeypatch.setattr(demo.app, "pin_mmap_threshold", lambda: pinned.append(True))
     before = os.environ.get("GRADIO_TEMP_DIR")
     with serving(open_indexes([image_index]), "127.0.0.1", free_port(), quiet=True) as app:
+        assert pinned == [True]
         folder = Path(os.environ["GRADIO_TEMP_DIR"])
         assert folder.name.startswith("mmssl-demo-") and folder.stat().st_mode & 0o077 == 0
         upload = app.local_url + "gradio_api/upload"
