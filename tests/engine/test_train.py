@@ -315,7 +315,8 @@ def test_cluster_batches_make_each_batch_whole_groups_of_the_tasks_clusters(code
     inner = order[1:-1]  # the first and last may be cut at the batch's edges
     assert all((groups[batch] == g).sum() == (groups == g).sum() for g in inner)
     laid = groups[batch].tolist()
-    assert all(laid[laid.index(g) : len(laid) - laid[::-1].index(g)] == [g] * laid.count(g) for g in order)  # end to end
+    # laid end to end: each group's members sit side by side
+    assert all(laid[laid.index(g) : len(laid) - laid[::-1].index(g)] == [g] * laid.count(g) for g in order)
     trainer.fit()
     with pytest.raises(ValueError, match="--cluster-batches must be >= 0"):
         TEXT_CODE.build_task(config.replace(cluster_batches=-1), CPU)
