@@ -83,13 +83,14 @@ class GroupedSampler(EpochSampler):
         if self.groups.ndim != 1:
             raise ValueError(f"groups must be one id per example, got shape {tuple(self.groups.shape)}")
         self.digest = hashlib.sha256(self.groups.numpy().tobytes()).hexdigest()[:16]
+        unique, self._dense = torch.unique(self.groups, return_inverse=True)  # (G,), (N,) in [0, G)
+        self._count = len(unique)
         super().__init__(len(self.groups), batch_size, seed)
 
     def _permutation(self) -> Tensor:
         gen = torch.Generator().manual_seed(self.seed + self.epoch)
-        _, dense = torch.unique(self.groups, return_inverse=True)  # (N,) in [0, G)
-        place = torch.randperm(int(dense.max()) + 1, generator=gen)  # each group's place in the epoch
-        key = place[dense].double() + torch.rand(self.n, generator=gen, dtype=torch.double)  # shuffled within
+        place = torch.randperm(self._count, generator=gen)  # each group's place in the epoch
+        key = place[self._dense].double() + torch.rand(self.n, generator=gen, dtype=torch.double)  # shuffled within
         return torch.argsort(key)
 
     def state(self) -> dict:
