@@ -112,6 +112,7 @@ RANGES: dict[str, Range] = {
     "grad_cache": NON_NEGATIVE,  # 0: off
     "hard_negatives": NON_NEGATIVE,
     "refresh_negatives": NON_NEGATIVE,  # 0: off
+    "cluster_batches": NON_NEGATIVE,  # 0: random batches
     # pretraining
     "mlm_probability": fraction(open_low=True, open_high=True),
     "valid_every": at_least(2),
