@@ -11,6 +11,9 @@ Variants (``VARIANTS``), in the same run, taking turns seed by seed:
   demo        ``IMAGE_TRAIN`` as it is
   random      ... with random batches (``--cluster-batches 0``): the peer of the grouped batches
   groups-32   ... with groups of about 32 similar names instead of 8
+  name-p75    ... with the name drawn as the caption 3 times in 4 (not half the time)
+  name-p90    ... 9 times in 10
+  names-only  ... the name every time (no keyword captions)
 
 Command (from the repo root; the emoji set is made in --out when missing; about 4 minutes a row
 on 2 cores):
@@ -49,6 +52,9 @@ VARIANTS = {
     "demo": IMAGE_TRAIN,
     "random": with_option(IMAGE_TRAIN, "--cluster-batches", "0"),
     "groups-32": with_option(IMAGE_TRAIN, "--cluster-batches", "32"),
+    "name-p75": with_option(IMAGE_TRAIN, "--first-caption-p", "0.75"),
+    "name-p90": with_option(IMAGE_TRAIN, "--first-caption-p", "0.9"),
+    "names-only": with_option(IMAGE_TRAIN, "--first-caption-p", "1"),
 }
 
 

@@ -25,6 +25,8 @@ Rows (``ROWS``; the steps are chosen so that each trains in about 4 minutes on 2
   stamps-long      ... at 2.5x the steps
   demo-recipe      what the demo trains: the ShuffleNet on the emoji alone, open_clip's crop only,
                    lr 2e-3, the name drawn half the time, 600 steps (and -300: half the steps)
+  demo-groups      ... in batches of groups of about 8 similar names (--cluster-batches 8)
+  demo-groups-p90  ... with the name drawn 9 times in 10 (what the demo trains since 2026-12-06)
 
 Needs the Debian packages of the three sets (`make-images` names a missing one): apt-get install
 fonts-noto-color-emoji unicode-cldr-core unicode-data adwaita-icon-theme gnome-icon-theme
@@ -56,6 +58,7 @@ LIT = "--text-init minilm --lock-text --batch-size 128 --lr 5e-4 --warmup-steps 
 VIT = "--image-model mmssl-vit-tiny"
 SHUFFLE = "--image-model torchvision:shufflenet_v2_x1_0 --image-size 64"
 REGNET = "--image-model torchvision:regnet_x_400mf --image-size 64"
+DEMO = f"{SHUFFLE} --augment none --lr 2e-3"
 # name -> (data sets, steps, arguments, SSL pretraining minutes)
 ROWS: dict[str, tuple[str, int, str, float]] = {
     "today": ("emoji-names", 160, f"{VIT} --augment heavy", 0),
@@ -69,8 +72,11 @@ ROWS: dict[str, tuple[str, int, str, float]] = {
     "stamps": ("emoji,icons,stamps", 400, f"{SHUFFLE} --augment heavy", 0),
     "stamps-long": ("emoji,icons,stamps", 1000, f"{SHUFFLE} --augment heavy", 0),
     # the demo's recipe (demo.default.IMAGE_TRAIN), here on the train split alone
-    "demo-recipe": ("emoji", 600, f"{SHUFFLE} --augment none --lr 2e-3 --first-caption-p 0.5", 0),
-    "demo-recipe-300": ("emoji", 300, f"{SHUFFLE} --augment none --lr 2e-3 --first-caption-p 0.5", 0),
+    "demo-recipe": ("emoji", 600, f"{DEMO} --first-caption-p 0.5", 0),
+    "demo-recipe-300": ("emoji", 300, f"{DEMO} --first-caption-p 0.5", 0),
+    # ... with batches of similar names (--cluster-batches 8), and the name drawn 9 times in 10
+    "demo-groups": ("emoji", 600, f"{DEMO} --first-caption-p 0.5 --cluster-batches 8", 0),
+    "demo-groups-p90": ("emoji", 600, f"{DEMO} --first-caption-p 0.9 --cluster-batches 8", 0),
 }
 
 
