@@ -228,7 +228,7 @@ def test_shared_tower_truncates_each_side_at_its_own_length(code_corpus, tmp_pat
 
 def test_optimizer_is_fused_adamw_with_the_configured_betas_and_matches_the_reference_update():
     from mmssl.engine import EngineConfig
-    from mmssl.engine.trainer import make_optimizer, param_groups
+    from mmssl.engine.optimizer import make_optimizer, param_groups
 
     torch.manual_seed(0)
     layers = [torch.nn.Linear(16, 8), torch.nn.LayerNorm(8)]
@@ -267,7 +267,7 @@ def test_the_final_model_records_the_steps_it_trained_and_what_stopped_it(code_c
 
 def test_param_groups_give_scaled_parameters_their_own_learning_rate():
     from mmssl.engine import EngineConfig
-    from mmssl.engine.trainer import make_optimizer
+    from mmssl.engine.optimizer import make_optimizer
 
     emb, lin = torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4)
     params = [*emb.parameters(), *lin.parameters()]

@@ -15,7 +15,7 @@ import pytest
 from indexing import ArrayShards, IndexDirError, SearchIndex, add_items, build_index_dir, remove_items
 from indexing.binary import VECTORS_FILE, BinaryIndex, BinaryParams, binary_codes
 from indexing.tune import exact_neighbours, recall_at
-from tests.indexing.test_indexing import brute_force, items_for
+from tests.indexing.helpers import brute_force, items_for
 
 
 def low_rank(n: int, d: int, seed: int = 0, latent: int = 16, centers: int = 50) -> np.ndarray:
