@@ -101,8 +101,8 @@ def demo_default(config: DemoDefaultConfig) -> int:
 
 
 # Seconds each step took on the first run on a 2-core AVX2 EPYC (benchmarks/RESULTS.md, "make demo
-# first run with the int8 export"): what the estimates are scaled from.
-FIRST_RUN_SECONDS = {"1/5": 166, "2/5": 9, "3/5": 403, "4/5": 395}
+# first run, 2026-12-06"): what the estimates are scaled from.
+FIRST_RUN_SECONDS = {"1/5": 73, "2/5": 3, "3/5": 143, "4/5": 178}
 
 
 class StepClock:
