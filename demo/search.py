@@ -169,9 +169,12 @@ def run_search(
     if item is None or TABS.get(item.pair) != spec:
         raise SearchError(f"no {spec.label} index named {index_name!r}")
     try:
+        whole = float(k).is_integer() and not isinstance(k, bool)
         k = int(k)
-    except (TypeError, ValueError):
-        raise SearchError(f"k must be a whole number, got {k!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise SearchError(f"k must be a whole number, got {str(k)[:40]!r}")
     if not 1 <= k <= MAX_K:
         raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
     if mode not in item.modes:

@@ -78,20 +78,21 @@ def build_tab(gr, indexes: dict[str, LoadedIndex], spec: TabSpec, served: list[L
 
     inputs = [query, picker, k, mode, within]
     # The button is the named API endpoint; Enter in a text box and "more results" run the same
-    # search, unnamed. An image query is passed unprocessed (Gradio's FileData, its path checked by
-    # Gradio to be an upload): gr.Image's own preprocessing opens the file and reports Pillow's
-    # errors as a developer's message naming server paths; run_search opens it with caps and says
-    # what is wrong.
-    preprocess = spec.query_kind != "image"
+    # search, unnamed. Every input is passed unprocessed and run_search checks them all: Gradio's own
+    # checks of the components' values (a choice not in a menu, k past its maximum) answer an API
+    # caller but print a traceback in the server's console for each bad request, and gr.Image's
+    # preprocessing opens the file itself and reports Pillow's errors as a developer's message
+    # naming server paths (an image query arrives as Gradio's FileData, its path checked by Gradio
+    # to be an upload; run_search opens it with caps and says what is wrong).
     triggers = [(button.click, spec.api_name, "public")]
     if text_query:
         triggers.append((query.submit, None, "private"))
     for trigger, api_name, visibility in triggers:
         event = trigger(
-            guarded(search), inputs, result_json, api_name=api_name, api_visibility=visibility, preprocess=preprocess
+            guarded(search), inputs, result_json, api_name=api_name, api_visibility=visibility, preprocess=False
         )
         event.then(render, [result_json, query, k], [status, results, more], api_visibility="private")
     more.click(lambda kk: min(int(kk or FIRST_K) + MORE_K, MAX_K), k, k, api_visibility="private").then(
-        guarded(search), inputs, result_json, api_visibility="private", preprocess=preprocess
+        guarded(search), inputs, result_json, api_visibility="private", preprocess=False
     ).then(render, [result_json, query, k], [status, results, more], api_visibility="private")
     picker.change(switch, picker, [mode, within, about_md, notice], api_visibility="private")
