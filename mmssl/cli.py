@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"mmssl {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM to the app: unwound (atomic writes, cleanup), one line
+        print(f"mmssl {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -53,6 +53,19 @@ def test_user_errors_are_one_line_without_traceback(capsys):
     assert err.startswith("mmssl env: error: --device 'nonsense'") and "Traceback" not in err
 
 
+def test_an_interrupted_command_says_so_in_one_line(monkeypatch, capsys):
+    """Ctrl-C (or the app's SIGTERM, raised as Ctrl-C) ends a command with exit status 130 and one line."""
+    import importlib
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    command = cli.COMMANDS["env"]
+    monkeypatch.setattr(importlib.import_module(command.module), command.entry, interrupted)
+    assert cli.main(["env", "--json"]) == 130
+    assert capsys.readouterr().err == "mmssl env: interrupted\n"
+
+
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "mmssl"  # the venv's bin, whether or not it is on PATH
     out = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=True).stdout
