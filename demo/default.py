@@ -188,12 +188,12 @@ def index_paths(out: Path, name: str, corpus: Path, model: Path, max_items: int 
 # The emoji image tower, as measured (benchmarks/RESULTS.md, "Image search that finds what was
 # asked"): a ShuffleNetV2 at 64 px trained against the locked MiniLM text tower (LiT) on every emoji
 # (a test emoji with its name alone, so that its validation query stays unseen), a caption drawn per
-# step: the name 9 times in 10, else one of its keywords (half the time cost 0.13 of image -> own
-# name at rank 1, and unseen keywords gained nothing from it); open_clip's crop only (colour is part of
-# an emoji's name); batches of whole groups of about 8 emoji with similar names (--cluster-batches:
-# "man mage" beside "woman mage", so the tower learns what tells them apart); a fixed number of
-# steps (--image-steps), not a wall-clock cap. The icon and stamp sets are left out: at this budget
-# they cost the emoji more than they teach.
+# step: the name 9 times in 10, else one of its keywords (drawing the name only half the time cost
+# 0.13 of image -> own name at rank 1 and gained nothing on unseen keywords); open_clip's crop only
+# (colour is part of an emoji's name); batches of whole groups of about 8 emoji with similar names
+# (--cluster-batches: "man mage" beside "woman mage", so the tower learns what tells them apart); a
+# fixed number of steps (--image-steps), not a wall-clock cap. The icon and stamp sets are left out:
+# at this budget they cost the emoji more than they teach.
 IMAGE_TRAIN = (
     "--image-model torchvision:shufflenet_v2_x1_0 --image-size 64 --augment none --lr 2e-3 "
     "--first-caption-p 0.9 --text-init minilm --lock-text --batch-size 128 --cluster-batches 8"
