@@ -31,19 +31,25 @@ import json
 import os
 import statistics
 import sys
-import sysconfig
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench_text_code import MMSSL, ROOT, budget_steps, evaluate, mine, paired, run
+from bench_text_code import (
+    MMSSL,
+    ROOT,
+    budget_cut,
+    evaluate,
+    mine,
+    mine_unlabeled,
+    paired,
+    run_for_minutes,
+    seeded_records,
+)
 
 from mmssl.runtime import cpu_name
 
 CODE_TOKENS, TEXT_TOKENS, BATCH = 128, 64, 32
-FINETUNE = ["--text-init", "{init}", "--shared", "--batch-size", str(BATCH), "--lr", "3e-5", "--max-code-length",
-            str(CODE_TOKENS), "--max-text-length", str(TEXT_TOKENS), "--weight-decay", "0.01", "--dropout", "0",
-            "--precision", "fp32"]  # fmt: skip
 DAPT = ["--init", "minilm", "--block-size", str(CODE_TOKENS), "--batch-size", str(BATCH), "--lr", "5e-5",
         "--valid-fraction", "0.01", "--eval-max-blocks", "200", "--precision", "fp32"]  # fmt: skip
 UNLABELED_SAMPLE = 10_000  # records the masked LM reads: more blocks than its minutes consume, tokenized in seconds
@@ -51,42 +57,36 @@ UNLABELED_SAMPLE = 10_000  # records the masked LM reads: more blocks than its m
 
 def corpora(data: Path, budget: int) -> tuple[Path, Path, Path]:
     """The labeled corpus, its train split cut to ``budget`` pairs (valid and test kept), and a seeded
-    sample of the unlabeled code of the train repos."""
+    sample of the unlabeled code of the train repos (as bench_pretrain_ssl's corpus stage makes them)."""
     from mmssl.data.code_search import read_code_search, write_code_search
-    from mmssl.runtime import seeded_subset
 
     labeled = mine(data, None)
-    unlabeled = data / "unlabeled.jsonl.gz"
-    if not unlabeled.exists():
-        roots = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]]
-        print(run([*MMSSL, "data", "mine-code", *roots, "--unlabeled", "--out", str(unlabeled)], data / "mine-u.log"))
+    unlabeled, _ = mine_unlabeled(data)
     sample = data / f"unlabeled-{UNLABELED_SAMPLE}.jsonl.gz"
     if not sample.exists():
         records = read_code_search(unlabeled, required=("code",)).records
-        write_code_search([records[i] for i in seeded_subset(len(records), UNLABELED_SAMPLE, seed=0).tolist()], sample)
+        write_code_search(seeded_records(records, UNLABELED_SAMPLE), sample)
     cut = data / f"labeled-{budget}.jsonl.gz"
     if not cut.exists():
-        records = read_code_search(labeled).records
-        train = [r for r in records if r["partition"] == "train"]
-        keep = [train[i] for i in seeded_subset(len(train), budget, seed=0).tolist()]
-        write_code_search(keep + [r for r in records if r["partition"] != "train"], cut)
+        write_code_search(budget_cut(read_code_search(labeled).records, str(budget)), cut)
     return labeled, cut, sample
 
 
 def timed(cmd: list[str], out: Path, name: str, minutes: float) -> dict:
     """``cmd`` (a train or pretrain command without --out) run for ``minutes``, its steps from a probe."""
-    steps = budget_steps(cmd, out / f"{name}-probe", out / f"{name}-probe.log", BATCH, minutes, name)
-    every = str(max(50, steps // 4))
     start = time.monotonic()
-    run([*cmd, "--out", str(out / name), "--max-steps", str(steps), "--max-minutes", str(minutes),
-         "--warmup-steps", str(max(10, steps // 20)), "--eval-every", every, "--save-every", every,
-         "--log-every", "10", "--overwrite"], out / f"{name}.log")  # fmt: skip
-    rows = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
-    best = out / name / ("best" if (out / name / "best").exists() else "final")
+    model, rows = run_for_minutes([*cmd, "--log-every", "10"], out, name, BATCH, minutes, evals=4)
     return {
-        "model": str(best), "steps": max(r["step"] for r in rows), "minutes": (time.monotonic() - start) / 60,
+        "model": str(model), "steps": max(r["step"] for r in rows), "minutes": (time.monotonic() - start) / 60,
         "samples_per_s": statistics.median(r["samples_per_s"] for r in rows if "samples_per_s" in r),
     }  # fmt: skip
+
+
+def finetune(cut: Path, init: str) -> list[str]:
+    """bench_text_code's MiniLM fine-tune from ``init`` on the labeled cut, the code at 128 tokens."""
+    return [*MMSSL, "train", "--train", str(cut), "--text-init", init, "--shared", "--batch-size", str(BATCH),
+            "--lr", "3e-5", "--max-code-length", str(CODE_TOKENS), "--max-text-length", str(TEXT_TOKENS),
+            "--weight-decay", "0.01", "--dropout", "0", "--precision", "fp32", "--eval-max-pairs", "1000"]  # fmt: skip
 
 
 def as_dual_encoder(init: str, target: Path) -> Path:
@@ -134,14 +134,10 @@ def main() -> None:
         mlm = timed([*MMSSL, "pretrain", "mlm", "--data", str(unlabeled), *DAPT], out, "pre-dapt", dapt_minutes)
         if "dapt" not in rows:
             score("dapt", as_dual_encoder(mlm["model"], out / "dapt-encoder"), mlm)
-        finetune = [a.replace("{init}", mlm["model"]) for a in FINETUNE]
-        cmd = [*MMSSL, "train", "--train", str(cut), *finetune, "--eval-max-pairs", "1000"]
-        ft = timed(cmd, out, "ft-after-dapt", args.minutes - dapt_minutes)
+        ft = timed(finetune(cut, mlm["model"]), out, "ft-after-dapt", args.minutes - dapt_minutes)
         score("dapt+ft", Path(ft["model"]), {**ft, "pretrain": mlm})
     if "ft" not in rows:
-        finetune = [a.replace("{init}", "minilm") for a in FINETUNE]
-        cmd = [*MMSSL, "train", "--train", str(cut), *finetune, "--eval-max-pairs", "1000"]
-        ft = timed(cmd, out, "ft", args.minutes)
+        ft = timed(finetune(cut, "minilm"), out, "ft", args.minutes)
         score("ft", Path(ft["model"]), ft)
 
     meta = results["meta"]

@@ -47,7 +47,17 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench_text_code import MMSSL, ROOT, budget_steps, evaluate, mine, run
+from bench_text_code import (
+    MMSSL,
+    ROOT,
+    budget_cut,
+    evaluate,
+    mine,
+    mine_unlabeled,
+    run,
+    run_for_minutes,
+    seeded_records,
+)
 
 BLOCK, TEXT_LEN, VOCAB = 128, 48, 16000
 TOWER = ["--preset", "mini", "--block-size", str(BLOCK)]
@@ -71,32 +81,23 @@ def lines(path: Path) -> list[dict]:
 
 def corpus_stage(args, results) -> None:
     from mmssl.data.code_search import read_code_search, write_code_search
-    from mmssl.runtime import seeded_subset
 
     data = ROOT / args.corpus_dir
     data.mkdir(parents=True, exist_ok=True)
     labeled = mine(data, None)
-    unlabeled = data / "unlabeled.jsonl.gz"
-    if not unlabeled.exists():
-        import sysconfig
-
-        roots = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]]
-        start = time.monotonic()
-        print(run([*MMSSL, "data", "mine-code", *roots, "--unlabeled", "--out", str(unlabeled)], data / "mine-u.log"))
-        results["corpus"]["unlabeled_seconds"] = time.monotonic() - start
+    unlabeled, seconds = mine_unlabeled(data)
+    if seconds is not None:
+        results["corpus"]["unlabeled_seconds"] = seconds
     corpus = read_code_search(labeled)
     train = [r for r in corpus.records if r["partition"] == "train"]
-    held = [r for r in corpus.records if r["partition"] != "train"]
     for budget in args.budgets:
         path = data / f"labeled-{budget}.jsonl.gz"
         if not path.exists():
-            n = len(train) if budget == "all" else int(budget)
-            keep = [train[i] for i in seeded_subset(len(train), n, seed=0).tolist()]
-            write_code_search(keep + held, path)
+            write_code_search(budget_cut(corpus.records, budget), path)
     records = read_code_search(unlabeled, required=("code",)).records
     sample = Path(args.unlabeled_lm)
     if not sample.exists():  # what the LMs read: more than 15 minutes consume, a fifth of the tokenizing
-        write_code_search([records[i] for i in seeded_subset(len(records), LM_RECORDS, seed=0).tolist()], sample)
+        write_code_search(seeded_records(records, LM_RECORDS), sample)
     results["corpus"].update(
         labeled=str(labeled), unlabeled=str(unlabeled), train_pairs=len(train),
         unlabeled_records=len(records), unlabeled_functions=sum(r["kind"] == "function" for r in records),
@@ -109,15 +110,9 @@ def corpus_stage(args, results) -> None:
 
 def pretrain(args, out: Path, name: str, cmd: list[str], minutes: float, batch: int) -> dict:
     """One pretraining run of ``minutes``, its steps from a probe; the model it keeps."""
-    run_dir = out / f"pre-{name}"
-    steps = budget_steps(cmd, out / f"pre-{name}-probe", out / f"pre-{name}-probe.log", batch, minutes, name)
-    every = str(max(50, steps // 5))
-    run([*cmd, "--out", str(run_dir), "--max-steps", str(steps), "--max-minutes", str(minutes), "--warmup-steps",
-         str(max(10, steps // 20)), "--eval-every", every, "--save-every", every, "--overwrite"],
-        out / f"pre-{name}.log")  # fmt: skip
-    rows = lines(run_dir / "metrics.jsonl")
+    model, rows = run_for_minutes(cmd, out, f"pre-{name}", batch, minutes, evals=5)
     valid = [r for r in rows if r.get("split") == "valid"]
-    info = {"model": str(run_dir / ("best" if (run_dir / "best").exists() else "final")), "minutes": minutes}
+    info = {"model": str(model), "minutes": minutes}
     info["steps"] = max((r["step"] for r in rows), default=0)
     info["samples_per_s"] = statistics.median(r["samples_per_s"] for r in rows if "samples_per_s" in r)
     if valid:

@@ -68,6 +68,32 @@ def mine(out: Path, max_files: int | None) -> Path:
     return corpus
 
 
+def mine_unlabeled(data: Path) -> tuple[Path, float | None]:
+    """The unlabeled code of the train repos (``mine-code --unlabeled`` on the trees ``mine`` reads),
+    mined into DATA once; the seconds it took (None: reused)."""
+    unlabeled = data / "unlabeled.jsonl.gz"
+    if unlabeled.exists():
+        return unlabeled, None
+    roots = [sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"]]
+    start = time.monotonic()
+    print(run([*MMSSL, "data", "mine-code", *roots, "--unlabeled", "--out", str(unlabeled)], data / "mine-u.log"))
+    return unlabeled, time.monotonic() - start
+
+
+def seeded_records(records: list[dict], n: int) -> list[dict]:
+    """A seeded sample of ``n`` records, in their order."""
+    from mmssl.runtime import seeded_subset
+
+    return [records[i] for i in seeded_subset(len(records), n, seed=0).tolist()]
+
+
+def budget_cut(records: list[dict], budget: str) -> list[dict]:
+    """``budget`` train pairs ("all": every one), a seeded sample, then every valid and test record."""
+    train = [r for r in records if r["partition"] == "train"]
+    keep = seeded_records(train, len(train) if budget == "all" else int(budget))
+    return keep + [r for r in records if r["partition"] != "train"]
+
+
 def evaluate(corpus: Path, out: Path, name: str, args, *extra: str) -> dict:
     cmd = [
         *MMSSL,
@@ -97,6 +123,20 @@ def budget_steps(cmd: list[str], probe_dir: Path, log: Path, batch: int, minutes
     steps = max(20, int(0.9 * minutes * 60 / per_step))
     print(f"{name}: {per_step:.2f} s/step in the probe -> {steps} steps for {minutes} min", flush=True)
     return steps
+
+
+def run_for_minutes(cmd: list[str], out: Path, name: str, batch: int, minutes: float, evals: int) -> tuple[Path, list]:
+    """``cmd`` (a train or pretrain command without ``--out``) run as OUT/NAME for ``minutes``: its steps
+    from a probe (``budget_steps``), ``evals`` validations and checkpoints at least 50 steps apart, an
+    earlier run there replaced. Returns the model it keeps (best, else final) and its metrics rows."""
+    run_dir = out / name
+    steps = budget_steps(cmd, out / f"{name}-probe", out / f"{name}-probe.log", batch, minutes, name)
+    every = str(max(50, steps // evals))
+    run([*cmd, "--out", str(run_dir), "--max-steps", str(steps), "--max-minutes", str(minutes), "--warmup-steps",
+         str(max(10, steps // 20)), "--eval-every", every, "--save-every", every, "--overwrite"],
+        out / f"{name}.log")  # fmt: skip
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return run_dir / ("best" if (run_dir / "best").exists() else "final"), rows
 
 
 def probe_and_train(corpus: Path, out: Path, name: str, minutes: float, train_args: list[str]) -> dict:
