@@ -2,10 +2,14 @@
 
     .venv/bin/python benchmarks/bench_matryoshka.py --corpus runs/demo/corpus.jsonl.gz [--steps 400]
     .venv/bin/python benchmarks/bench_matryoshka.py --corpus runs/demo/corpus.jsonl.gz --recipe minilm --steps 150
+    .venv/bin/python benchmarks/bench_matryoshka.py ... --rows plain,matryoshka-pca,start,start-pca
 
-Two models of one recipe, the same seed, data and steps, one trained with ``--matryoshka DIMS`` and
-one without, one after the other; each scored by ``mmssl eval --dims DIMS`` on the same 5,000 test
-pairs (the CodeSearchNet protocol: chunks of 1,000, seed 0). Recipes: ``nbow``, the demo's
+Models of one recipe, the same seed, data and steps, one after the other (``--rows``): ``plain``
+(no ``--matryoshka``: the peer), ``matryoshka`` (``--matryoshka DIMS``), ``matryoshka-pca`` (the same
+from the tower's principal axes, ``--matryoshka-init pca``), and untrained (0 steps) ``start`` and
+``start-pca``: what the prefixes of the initial model keep, as it is and turned to its principal
+axes. Each is scored by ``mmssl eval --dims DIMS`` on the same 5,000 test pairs (the CodeSearchNet
+protocol: chunks of 1,000, seed 0). Recipes: ``nbow``, the demo's
 from-scratch NBoW tower (shared, 256 dims: ``demo.default.MODELS["scratch"]``), dims 256,128,64,32;
 ``minilm``, all-MiniLM-L6-v2 fine-tuned as a shared tower (issue #3's recipe, shorter inputs),
 dims 384,256,128,64. Prints a table and writes ``benchmarks/results/matryoshka[-RECIPE]-DATE.json``.
@@ -40,10 +44,22 @@ RECIPES = {
 }
 
 
-def train(corpus: str, out: Path, steps: int, recipe: str, matryoshka: bool) -> tuple[Path, float]:
+ROWS = {  # name -> (trained: the --steps or 0, --matryoshka, --matryoshka-init pca)
+    "plain": (True, False, False),
+    "matryoshka": (True, True, False),
+    "matryoshka-pca": (True, True, True),
+    "start": (False, False, False),
+    "start-pca": (False, True, True),
+}
+
+
+def train(corpus: str, out: Path, steps: int, recipe: str, row: str) -> tuple[Path, float]:
     dims, flags = RECIPES[recipe]
+    trained, matryoshka, pca = ROWS[row]
+    steps = steps if trained else 0
     argv = ["train", "--train", corpus, "--out", str(out), "--max-steps", str(steps), "--seed", "0", *flags.split()]
     argv += ["--matryoshka", ",".join(map(str, dims))] if matryoshka else []
+    argv += ["--matryoshka-init", "pca"] if pca else []
     argv.append("--overwrite")
     start = time.monotonic()
     assert cli.main(argv) == 0
@@ -68,25 +84,35 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--pairs", type=int, default=5000)
     parser.add_argument("--out", default="runs/bench-matryoshka")
+    parser.add_argument("--rows", default="plain,matryoshka", help=f"comma list of {', '.join(ROWS)}")
     args = parser.parse_args()
+    names = args.rows.split(",")
+    unknown = sorted(set(names) - set(ROWS))
+    if unknown:
+        parser.error(f"--rows: unknown row {unknown[0]!r} (rows: {', '.join(ROWS)})")
     root = Path(args.out) / args.recipe
     dims = RECIPES[args.recipe][0]
     rows = {}
-    for name, nested in (("plain", False), ("matryoshka", True)):
-        model, seconds = train(args.corpus, root / name, args.steps, args.recipe, nested)
+    for name in names:
+        model, seconds = train(args.corpus, root / name, args.steps, args.recipe, name)
         rows[name] = {"train_seconds": round(seconds, 1), "mrr": score(model, args.corpus, args.pairs, dims)}
-    print(f"\n{'dims':>6} {'plain':>8} {'matryoshka':>11} {'difference':>11} {'matryoshka / its own full':>26}")
-    full = rows["matryoshka"]["mrr"][dims[0]]
-    for d in dims:
-        p, m = rows["plain"]["mrr"][d], rows["matryoshka"]["mrr"][d]
-        print(f"{d:>6} {p:8.4f} {m:11.4f} {m - p:+11.4f} {m / full:25.1%}")
+    print("\nMRR at each size (its own full size = 100 %); difference: against plain at the same size")
+    print(f"{'row':>16} " + " ".join(f"{d:>16}" for d in dims))
     for name, row in rows.items():
-        print(f"{name}: trained {args.steps} steps in {row['train_seconds']:.0f} s")
+        mrr, full = row["mrr"], row["mrr"][dims[0]]
+        cells = [f"{mrr[d]:.4f} {mrr[d] / full:6.1%}" for d in dims]
+        print(f"{name:>16} " + " ".join(f"{c:>16}" for c in cells))
+        if "plain" in rows and name != "plain":
+            diffs = [f"{mrr[d] - rows['plain']['mrr'][d]:+.4f}" for d in dims]
+            print(f"{'  vs plain':>16} " + " ".join(f"{c:>16}" for c in diffs))
+    for name, row in rows.items():
+        steps = args.steps if ROWS[name][0] else 0
+        print(f"{name}: {steps} steps, {row['train_seconds']:.0f} s (training and saving)")
     record = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.processor() or platform.machine()}",
         "command": f"benchmarks/bench_matryoshka.py --corpus {args.corpus} --recipe {args.recipe} "
-        f"--steps {args.steps} --pairs {args.pairs}",
+        f"--steps {args.steps} --pairs {args.pairs} --rows {args.rows}",
         "recipe": RECIPES[args.recipe][1].split(),
         "dims": dims,
         "rows": rows,

@@ -6,12 +6,23 @@ the first ``d`` dimensions of embeddings and L2-normalizes them again (numpy arr
 tensors, (N, D) -> (N, d)); ``PrefixEncoder(model, d)`` is a model whose embeddings are truncated so
 (``mmssl eval --dims``); the index layer truncates with ``truncate`` too (``mmssl index build --dim``).
 The loss is ``mmssl.losses.MatryoshkaLoss``.
+
+``principal_rotation(x)`` and ``rotate_outputs(model, R)`` start Matryoshka training from a
+pretrained tower's principal axes (``mmssl train --matryoshka-init pca``): the towers' projections
+are turned by one orthogonal matrix so that each leading prefix is the best linear subspace of that
+size for the embeddings of a sample of the training pairs. Full-size cosines are unchanged (an
+orthogonal map keeps them); the prefixes start from what PCA keeps instead of from arbitrary
+coordinates, which a short fine-tune cannot reorder.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def parse_dims(spec: str | None, embed_dim: int | None = None, option: str = "--matryoshka") -> tuple[int, ...]:
@@ -60,6 +71,54 @@ def truncate(x, dim: int):
 
     norms = np.linalg.norm(head, axis=-1, keepdims=True)
     return (head / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+
+
+PCA_SAMPLE = 1024  # training pairs whose embeddings (both sides) give the principal axes
+
+
+def principal_rotation(embeddings):
+    """(D, D) orthogonal matrix whose rows are the principal axes of (N, D) ``embeddings`` (a torch
+    tensor), the largest variance first: ``x @ R.T`` keeps every cosine and puts the most variance in
+    each leading prefix. Needs N >= 2; with N < D the axes past N - 1 are an arbitrary completion."""
+    import torch
+
+    if embeddings.ndim != 2 or len(embeddings) < 2:
+        raise ValueError(f"principal axes need at least 2 embeddings of shape (N, D), got {tuple(embeddings.shape)}")
+    x = embeddings.double()
+    x = x - x.mean(0)
+    _, vectors = torch.linalg.eigh(x.T @ x / len(x))  # (D, D), columns by ascending eigenvalue
+    return vectors.flip(-1).T.contiguous().float()
+
+
+def rotate_outputs(model, rotation) -> None:
+    """Turn every tower's output by ``rotation`` (D, D), folded into its bias-free projection
+    (a shared tower once), so that ``embed`` then returns ``embeddings @ rotation.T``."""
+    import torch
+
+    towers = {id(t): (m, t) for m, t in model.towers.items()}.values()  # a shared tower once
+    for modality, tower in towers:
+        proj = getattr(tower, "proj", None)
+        if not isinstance(proj, torch.nn.Linear) or proj.bias is not None:
+            raise ValueError(
+                f"--matryoshka-init pca: the {modality} tower's output is not a bias-free linear projection "
+                f"({type(proj).__name__}); use --matryoshka-init none"
+            )
+        with torch.no_grad():
+            proj.weight.copy_(rotation.to(proj.weight) @ proj.weight)
+
+
+def pca_init(model, pairs, batch_size: int = 64) -> torch.Tensor:
+    """Rotate ``model`` (a ``DualEncoder``) to the principal axes of its own embeddings of
+    ``pairs`` (both sides, queries and candidates together); returns the rotation."""
+    import torch
+
+    first, second = model.config.modalities
+    embeddings = torch.cat([
+        model.embed(first, pairs.queries, batch_size), model.embed(second, pairs.candidates, batch_size)
+    ])  # fmt: skip
+    rotation = principal_rotation(embeddings)
+    rotate_outputs(model, rotation)
+    return rotation
 
 
 class PrefixEncoder:

@@ -101,6 +101,8 @@ class Recipe(ABC):
 
         self.check(config)
         parse_weights(config.model.matryoshka_weights, parse_dims(config.model.matryoshka))  # before any data
+        if config.model.matryoshka_init != "none" and not config.model.matryoshka:
+            raise ValueError(f"--matryoshka-init {config.model.matryoshka_init} needs --matryoshka (the prefix sizes)")
         data = config.data
         train = self.load_pairs(data.train, data.train_partition or None, data)  # '': every record
         if len(train) < config.engine.batch_size:
@@ -134,6 +136,12 @@ class Recipe(ABC):
             loss = MatryoshkaLoss(loss, dims, parse_weights(config.model.matryoshka_weights, dims))
             model.config = replace(model.config, matryoshka_dims=dims)
             log.info("Matryoshka: the loss summed over the prefixes %s of %d dims", list(dims), model.config.embed_dim)
+            if config.model.matryoshka_init == "pca":
+                from mmssl.matryoshka import PCA_SAMPLE, pca_init
+
+                sample = train.sample(PCA_SAMPLE, config.engine.seed)
+                pca_init(model, sample, config.engine.batch_size)
+                log.info("Matryoshka: the output turned to the principal axes of %d pairs' embeddings", len(sample))
         return ContrastiveTask(
             model, loss, train, validation, self.metric, grad_cache=config.model.grad_cache,
             embedding_lr_scale=config.model.embedding_lr_scale, cluster_batches=config.negatives.cluster_batches,

@@ -69,6 +69,12 @@ class DualModelConfig:
         "(mmssl index build --dim, mmssl eval --dims then use a prefix)",
     )
     matryoshka_weights: str | None = option(None, "one weight per --matryoshka size (default: 1 each)")
+    matryoshka_init: Literal["none", "pca"] = option(
+        "none",
+        "pca: before the first step, turn a pretrained tower's output to the principal axes of its "
+        "embeddings of 1,024 training pairs, so that each --matryoshka prefix starts as the best "
+        "subspace of its size (full-size cosines unchanged)",
+    )
     grad_cache: int = option(
         0,
         "GradCache: embed the batch this many pairs at a time (0: all at once); the batch's "
