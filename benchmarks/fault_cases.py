@@ -240,6 +240,8 @@ class Runner:
             return proc.pid, out, err, started
         sys.stdout.flush()
         sys.stderr.flush()
+        out.touch()  # here, not in the child: a kill that lands before the child opens them leaves them empty
+        err.touch()
         pid = os.fork()
         if pid == 0:  # the child: the command, then _exit with its status
             code = 1
