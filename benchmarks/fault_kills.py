@@ -155,14 +155,27 @@ def case_dir(world: World, name: str) -> Path:
     return world.fresh(name.split(" (")[0].replace(" ", "_").replace("/", "of"))
 
 
+def kill_names(kind: str, labels: list[str], n: int, mode: str | None) -> dict[int, str]:
+    """The kill points a case runs, by index into ``labels``, each with its row's name: ``n`` spread
+    over the run, or on real processes (``mode == "spawn"``) the fixed ``SPAWNED_POINTS``."""
+    chosen = SPAWNED_POINTS if mode == "spawn" else pick(labels, n)
+    kind += " (spawned)" if mode == "spawn" else ""
+    return {i: f"{kind} {j + 1}/{len(chosen)} ({labels[i]})" for j, i in enumerate(chosen)}
+
+
+def kill_row(name: str, expected: str, problems: list[str], notes: list[str], *roots: Path) -> Row:
+    """A kill case's row: ok when nothing was wrong and no temporary is left under ``roots``."""
+    left = temporaries(*roots)
+    if left:
+        problems = [*problems, f"left behind: {', '.join(Path(p).name for p in left[:3])}"]
+    return Row(name, expected, "; ".join(problems + notes), not problems)
+
+
 # ---- 1. SIGKILL during training, then --resume ---------------------------------------------------------
 
 
 def train_kill(world: World, n: int, want: Callable[[str], bool], mode: str | None = None) -> list[Row]:
-    labels = [k.label for k in train_points(Path("run"), 1.0)]
-    chosen = SPAWNED_POINTS if mode == "spawn" else pick(labels, n)
-    kind = "train kill" + (" (spawned)" if mode == "spawn" else "")
-    names = {i: f"{kind} {j + 1}/{len(chosen)} ({labels[i]})" for j, i in enumerate(chosen)}
+    names = kill_names("train kill", [k.label for k in train_points(Path("run"), 1.0)], n, mode)
     if not any(map(want, names.values())):
         return []
     ref_dir, ref = world.train_ref
@@ -206,10 +219,7 @@ def train_kill(world: World, n: int, want: Callable[[str], bool], mode: str | No
                     f"{len(losses)} records vs {len(ref_losses)}",
                 )
                 problems.append(f"losses differ ({diff})")
-        left = temporaries(out)
-        if left:
-            problems.append(f"left behind: {', '.join(Path(p).name for p in left[:3])}")
-        rows.append(Row(name, expected, "; ".join(problems + notes), not problems))
+        rows.append(kill_row(name, expected, problems, notes, out))
     return rows
 
 
@@ -227,17 +237,26 @@ def index_state(world: World, out: Path, count: int) -> tuple[bool, str]:
     return True, f"complete ({count} items)"
 
 
+def after_kill(world: World, idx: Path, old: dict | None, count: int, label: str, notes: list[str]) -> list[str]:
+    """What was wrong with the index at ``idx`` after a kill: nothing if it is the old one byte for
+    byte (``old``: its file hashes) or a complete one of ``count`` items; which it was goes to ``notes``."""
+    if old is not None and tree_hashes(idx, skip=SKIP_LOCK) == old:
+        notes.append(f"old {label} intact")
+        return []
+    complete, what = index_state(world, idx, count)
+    notes.append(f"new {label} {what}")
+    return [] if complete else [f"after the kill the index {what}"]
+
+
 def build_kill(world: World, n: int, want: Callable[[str], bool], mode: str | None = None) -> list[Row]:
     """Even points build a new index, odd ones rebuild over an old index (``--overwrite``)."""
     labels = [k.label for k in build_points(Path("idx"), 1.0)]
-    chosen = SPAWNED_POINTS if mode == "spawn" else pick(labels, n)
-    variant = {i: "over old" if i % 2 else "new" for i in chosen}
-    kind = "build kill" + (" (spawned)" if mode == "spawn" else "")
-    names = {i: f"{kind} {j + 1}/{len(chosen)} ({variant[i]}: {labels[i]})" for j, i in enumerate(chosen)}
+    variant = {i: "over old" if i % 2 else "new" for i in range(len(labels))}
+    names = kill_names("build kill", [f"{variant[i]}: {label}" for i, label in enumerate(labels)], n, mode)
     if not any(map(want, names.values())):
         return []
     _, ref, ref_hits = world.index_ref
-    old_hashes = tree_hashes(world.old_index, skip=SKIP_LOCK) if "over old" in variant.values() else {}
+    old_hashes = tree_hashes(world.old_index, skip=SKIP_LOCK) if any(variant[i] == "over old" for i in names) else {}
     rows = []
     for i, name in names.items():
         if not want(name):
@@ -253,13 +272,7 @@ def build_kill(world: World, n: int, want: Callable[[str], bool], mode: str | No
         killed = world.runner.run(argv, kill, mode=mode)
         problems, notes = [], [kill_note(kill, killed)]
         if (out / "manifest.json").is_file():
-            if over and tree_hashes(out, skip=SKIP_LOCK) == old_hashes:
-                notes.append("old index intact")
-            else:
-                complete, what = index_state(world, out, N_COLLECTION)
-                notes.append(f"new index {what}")
-                if not complete:
-                    problems.append(f"after the kill the index {what}")
+            problems += after_kill(world, out, old_hashes if over else None, N_COLLECTION, "index", notes)
         elif out.exists():
             problems.append(f"after the kill {out.name} exists without a manifest")
         else:
@@ -278,15 +291,12 @@ def build_kill(world: World, n: int, want: Callable[[str], bool], mode: str | No
             _, hits = world.search(out)
             if hits != ref_hits:
                 problems.append("search results differ from the uninterrupted build's")
-        left = temporaries(out, emb)
-        if left:
-            problems.append(f"left behind: {', '.join(Path(p).name for p in left[:3])}")
         expected = (
             "after the kill: the old index intact or the new one complete; rerun: complete, same results"
             if over
             else "after the kill: no index or a complete one; rerun: complete, same results"
         ) + ", no temporaries"
-        rows.append(Row(name, expected, "; ".join(problems + notes), not problems))
+        rows.append(kill_row(name, expected, problems, notes, out, emb))
     return rows
 
 
@@ -297,10 +307,7 @@ def add_kill(world: World, n: int, want: Callable[[str], bool], mode: str | None
     def argv_of(idx: Path) -> list[str]:
         return ["index", "add", "--index", str(idx), "--data", str(world.new_records)]
 
-    labels = [k.label for k in add_points(Path("idx"), 1.0)]
-    chosen = SPAWNED_POINTS if mode == "spawn" else pick(labels, n)
-    kind = "add kill" + (" (spawned)" if mode == "spawn" else "")
-    names = {i: f"{kind} {j + 1}/{len(chosen)} ({labels[i]})" for j, i in enumerate(chosen)}
+    names = kill_names("add kill", [k.label for k in add_points(Path("idx"), 1.0)], n, mode)
     if not any(map(want, names.values())):
         return []
     base = world.index_ref[0]
@@ -317,14 +324,8 @@ def add_kill(world: World, n: int, want: Callable[[str], bool], mode: str | None
         idx = copy_tree(base, case_dir(world, name) / "idx")
         kill = add_points(idx, timing.wall)[i]
         killed = world.runner.run(argv_of(idx), kill, mode=mode)
-        problems, notes = [], [kill_note(kill, killed)]
-        if tree_hashes(idx, skip=SKIP_LOCK) == base_hashes:
-            notes.append("old version intact")
-        else:
-            complete, what = index_state(world, idx, total)
-            notes.append(f"new version {what}")
-            if not complete:
-                problems.append(f"after the kill the index {what}")
+        notes = [kill_note(kill, killed)]
+        problems = after_kill(world, idx, base_hashes, total, "version", notes)
         retry = world.runner.run(argv_of(idx), mode=mode)
         said = retry.stdout.strip().splitlines()[-1] if retry.stdout.strip() else ""
         notes.append(f"retry: {retry.short()} ({said.split(': ', 1)[-1]})")
@@ -336,10 +337,7 @@ def add_kill(world: World, n: int, want: Callable[[str], bool], mode: str | None
         items = sqlite_items(idx)
         if not items["rows"] == items["ids"] == items["fingerprints"] == total:
             problems.append(f"meta.sqlite: {items} (expected {total} distinct)")
-        left = temporaries(idx)
-        if left:
-            problems.append(f"left behind: {', '.join(Path(p).name for p in left[:3])}")
-        rows.append(Row(name, expected, "; ".join(problems + notes), not problems))
+        rows.append(kill_row(name, expected, problems, notes, idx))
     return rows
 
 
