@@ -6,7 +6,8 @@
 
 Models of one recipe, the same seed, data and steps, one after the other (``--rows``): ``plain``
 (no ``--matryoshka``: the peer), ``matryoshka`` (``--matryoshka DIMS``), ``matryoshka-pca`` (the same
-from the tower's principal axes, ``--matryoshka-init pca``), and untrained (0 steps) ``start`` and
+from the tower's principal axes, ``--matryoshka-init pca``; ``matryoshka-pca-small``: with the
+weights 1,1,2,4, largest size first), and untrained (0 steps) ``start`` and
 ``start-pca``: what the prefixes of the initial model keep, as it is and turned to its principal
 axes. Each is scored by ``mmssl eval --dims DIMS`` on the same 5,000 test pairs (the CodeSearchNet
 protocol: chunks of 1,000, seed 0). Recipes: ``nbow``, the demo's
@@ -44,22 +45,24 @@ RECIPES = {
 }
 
 
-ROWS = {  # name -> (trained: the --steps or 0, --matryoshka, --matryoshka-init pca)
-    "plain": (True, False, False),
-    "matryoshka": (True, True, False),
-    "matryoshka-pca": (True, True, True),
-    "start": (False, False, False),
-    "start-pca": (False, True, True),
+ROWS = {  # name -> (trained: the --steps or 0, --matryoshka, --matryoshka-init pca, --matryoshka-weights)
+    "plain": (True, False, False, None),
+    "matryoshka": (True, True, False, None),
+    "matryoshka-pca": (True, True, True, None),
+    "matryoshka-pca-small": (True, True, True, "1,1,2,4"),  # the smaller prefixes weigh more
+    "start": (False, False, False, None),
+    "start-pca": (False, True, True, None),
 }
 
 
 def train(corpus: str, out: Path, steps: int, recipe: str, row: str) -> tuple[Path, float]:
     dims, flags = RECIPES[recipe]
-    trained, matryoshka, pca = ROWS[row]
+    trained, matryoshka, pca, weights = ROWS[row]
     steps = steps if trained else 0
     argv = ["train", "--train", corpus, "--out", str(out), "--max-steps", str(steps), "--seed", "0", *flags.split()]
     argv += ["--matryoshka", ",".join(map(str, dims))] if matryoshka else []
-    argv += ["--matryoshka-init", "pca"] if pca else []
+    argv += ["--matryoshka-init", "pca" if pca else "none"] if matryoshka else []
+    argv += ["--matryoshka-weights", weights] if weights else []
     argv.append("--overwrite")
     start = time.monotonic()
     assert cli.main(argv) == 0

@@ -8,7 +8,8 @@ tensors, (N, D) -> (N, d)); ``PrefixEncoder(model, d)`` is a model whose embeddi
 The loss is ``mmssl.losses.MatryoshkaLoss``.
 
 ``principal_rotation(x)`` and ``rotate_outputs(model, R)`` start Matryoshka training from a
-pretrained tower's principal axes (``mmssl train --matryoshka-init pca``): the towers' projections
+pretrained tower's principal axes (``mmssl train --matryoshka-init pca``, and ``auto``, the default,
+on pretrained ``transformers`` towers): the towers' projections
 are turned by one orthogonal matrix so that each leading prefix is the best linear subspace of that
 size for the embeddings of a sample of the training pairs. Full-size cosines are unchanged (an
 orthogonal map keeps them); the prefixes start from what PCA keeps instead of from arbitrary
@@ -105,6 +106,17 @@ def rotate_outputs(model, rotation) -> None:
             )
         with torch.no_grad():
             proj.weight.copy_(rotation.to(proj.weight) @ proj.weight)
+
+
+def wants_pca(choice: str, model) -> bool:
+    """``--matryoshka-init``: pca, none, or auto (pca where every tower of ``model`` is a pretrained
+    ``transformers`` tower: their coordinates are the ones a short fine-tune cannot reorder; a
+    tower from scratch has no axes worth keeping, and an open_clip tower may have no projection)."""
+    if choice != "auto":
+        return choice == "pca"
+    from mmssl.models.text import TextTower
+
+    return all(isinstance(t, TextTower) and bool(t.config.init) for t in model.towers.values())
 
 
 def pca_init(model, pairs, batch_size: int = 64) -> torch.Tensor:

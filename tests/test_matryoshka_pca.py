@@ -1,6 +1,7 @@
 """The principal-axes start of Matryoshka training (``mmssl.matryoshka``): the rotation against
 numpy's SVD, folded into the towers' projections (a shared tower once), and ``--matryoshka-init
-pca`` turning a pretrained tower before the first step without changing a full-size cosine."""
+pca`` (and ``auto``, the default, on a pretrained tower) turning it before the first step without
+changing a full-size cosine."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmssl.matryoshka import principal_rotation, rotate_outputs, truncate
+from mmssl.matryoshka import principal_rotation, rotate_outputs, truncate, wants_pca
 
 
 def anisotropic(n: int = 400, d: int = 12, seed: int = 0) -> torch.Tensor:
@@ -73,9 +74,11 @@ def test_rotation_folds_into_each_projection_and_a_shared_tower_turns_once():
     torch.testing.assert_close(tower(x), before @ r.T, atol=1e-5, rtol=0)  # R, not R @ R
     with pytest.raises(ValueError, match="the code tower's output is not a bias-free linear projection"):
         rotate_outputs(Pair(Tower(6, 6), Tower(6, 6, nn.Identity())), r)
+    assert not wants_pca("auto", two)  # no pretrained transformers tower: auto leaves it as it is
+    assert wants_pca("pca", two) and not wants_pca("none", two)
 
 
-@pytest.mark.parametrize("init", ["none", "pca"])
+@pytest.mark.parametrize("init", ["none", "pca", "auto"])
 def test_pca_init_turns_a_pretrained_tower_before_the_first_step(init, tiny_model, code_corpus):
     from mmssl.matryoshka import PCA_SAMPLE
     from mmssl.recipes.config import TrainConfig
@@ -84,7 +87,7 @@ def test_pca_init_turns_a_pretrained_tower_before_the_first_step(init, tiny_mode
     flags = dict(train=code_corpus, text_init=str(tiny_model / "towers" / "text"), shared=True, batch_size=32,
                  max_code_length=64, max_text_length=32, matryoshka="32,8", device="cpu", out="unused",
                  train_partition="")  # fmt: skip
-    plain = RECIPE.build_task(TrainConfig.from_flat(**flags), torch.device("cpu")).model
+    plain = RECIPE.build_task(TrainConfig.from_flat(**flags, matryoshka_init="none"), torch.device("cpu")).model
     task = RECIPE.build_task(TrainConfig.from_flat(**flags, matryoshka_init=init), torch.device("cpu"))
     train = RECIPE.load_pairs(code_corpus, None).sample(PCA_SAMPLE, 0)  # the seeded sample it reads
     a, b = plain.embed("text", train.queries[:50]), task.model.embed("text", train.queries[:50])

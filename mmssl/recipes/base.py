@@ -95,14 +95,14 @@ class Recipe(ABC):
 
     def build_task(self, config: TrainConfig, device: torch.device):
         """The ``ContrastiveTask`` a ``TrainConfig`` describes, on ``device``."""
-        from mmssl.matryoshka import parse_dims, parse_weights
+        from mmssl.matryoshka import PCA_SAMPLE, parse_dims, parse_weights, pca_init, wants_pca
         from mmssl.negatives.refresh import negatives_for
         from mmssl.recipes.contrastive import ContrastiveTask
 
         self.check(config)
         parse_weights(config.model.matryoshka_weights, parse_dims(config.model.matryoshka))  # before any data
-        if config.model.matryoshka_init != "none" and not config.model.matryoshka:
-            raise ValueError(f"--matryoshka-init {config.model.matryoshka_init} needs --matryoshka (the prefix sizes)")
+        if config.model.matryoshka_init == "pca" and not config.model.matryoshka:
+            raise ValueError("--matryoshka-init pca needs --matryoshka (the prefix sizes)")
         data = config.data
         train = self.load_pairs(data.train, data.train_partition or None, data)  # '': every record
         if len(train) < config.engine.batch_size:
@@ -136,9 +136,7 @@ class Recipe(ABC):
             loss = MatryoshkaLoss(loss, dims, parse_weights(config.model.matryoshka_weights, dims))
             model.config = replace(model.config, matryoshka_dims=dims)
             log.info("Matryoshka: the loss summed over the prefixes %s of %d dims", list(dims), model.config.embed_dim)
-            if config.model.matryoshka_init == "pca":
-                from mmssl.matryoshka import PCA_SAMPLE, pca_init
-
+            if wants_pca(config.model.matryoshka_init, model):
                 sample = train.sample(PCA_SAMPLE, config.engine.seed)
                 pca_init(model, sample, config.engine.batch_size)
                 log.info("Matryoshka: the output turned to the principal axes of %d pairs' embeddings", len(sample))

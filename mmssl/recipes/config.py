@@ -69,11 +69,12 @@ class DualModelConfig:
         "(mmssl index build --dim, mmssl eval --dims then use a prefix)",
     )
     matryoshka_weights: str | None = option(None, "one weight per --matryoshka size (default: 1 each)")
-    matryoshka_init: Literal["none", "pca"] = option(
-        "none",
-        "pca: before the first step, turn a pretrained tower's output to the principal axes of its "
+    matryoshka_init: Literal["auto", "none", "pca"] = option(
+        "auto",
+        "pca: before the first step, turn the towers' output to the principal axes of their "
         "embeddings of 1,024 training pairs, so that each --matryoshka prefix starts as the best "
-        "subspace of its size (full-size cosines unchanged)",
+        "subspace of its size (full-size cosines unchanged); auto: pca where every tower is a "
+        "pretrained transformers tower (MiniLM, an mmssl pretrain output), else none",
     )
     grad_cache: int = option(
         0,
