@@ -13,7 +13,7 @@ Conventions
   it (``model.logit_scale.exp()``). A loss built with ``learn_temperature=True`` owns a learnable
   ``log_logit_scale`` that is used when the caller passes no ``logit_scale``.
 - Everything that takes an exponential goes through ``logsumexp``/``cross_entropy``/``logsigmoid``,
-  so no temperature in [1e-4, 1e4] gives inf or NaN (``tests/test_losses.py`` checks the extremes).
+  so no temperature in [1e-4, 1e4] gives inf or NaN (``tests/losses/test_loss_properties.py`` checks the extremes).
 - Distributed: losses whose negatives come from the batch (InfoNCE, NT-Xent, SigLIP, Barlow
   Twins, VICReg) gather the global batch from every rank with ``mmssl.distributed.
   all_gather_with_grad``. Each rank's input gradient is then ``world_size`` times the gradient of
