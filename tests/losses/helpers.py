@@ -1,11 +1,23 @@
-"""Shared by the loss tests: float64 leaves, values and gradients, and the comparison of two losses."""
+"""Shared by the loss tests: the float64 fixture, float64 leaves, values and gradients, and the
+comparison of two losses. (Not a conftest.py: tests import ``fit_or_crash`` from the top-level one
+by the name ``conftest``, which a second one would shadow.)"""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 TOL = dict(rtol=1e-9, atol=1e-11)
+
+
+@pytest.fixture
+def float64_by_default():
+    """Float64 for the tight tolerances; restored afterwards so that other modules see float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def leaf(*shape, normalize=False, seed=0):

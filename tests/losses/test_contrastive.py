@@ -12,7 +12,11 @@ import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
 from mmssl import losses as L
-from tests.losses.helpers import assert_same, leaf
+from tests.losses.helpers import (
+    assert_same,
+    float64_by_default,  # noqa: F401 (a fixture, used by pytestmark)
+    leaf,
+)
 
 pytestmark = pytest.mark.usefixtures("float64_by_default")
 

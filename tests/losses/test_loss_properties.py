@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from mmssl import losses as L
-from tests.losses.helpers import TOL, labelled, leaf
+from tests.losses.helpers import (
+    TOL,
+    float64_by_default,  # noqa: F401 (a fixture, used by pytestmark)
+    labelled,
+    leaf,
+)
 
 pytestmark = pytest.mark.usefixtures("float64_by_default")
 

@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from mmssl import losses as L
-from tests.losses.helpers import TOL, assert_same, labelled, leaf
+from tests.losses.helpers import (
+    TOL,
+    assert_same,
+    float64_by_default,  # noqa: F401 (a fixture, used by pytestmark)
+    labelled,
+    leaf,
+)
 
 pytestmark = pytest.mark.usefixtures("float64_by_default")
 

@@ -12,7 +12,13 @@ import pytest
 import torch
 
 from mmssl import losses as L
-from tests.losses.helpers import TOL, assert_same, leaf, value_and_grads
+from tests.losses.helpers import (
+    TOL,
+    assert_same,
+    float64_by_default,  # noqa: F401 (a fixture, used by pytestmark)
+    leaf,
+    value_and_grads,
+)
 
 pytestmark = pytest.mark.usefixtures("float64_by_default")
 
