@@ -111,6 +111,21 @@ def test_pca_init_turns_a_pretrained_tower_before_the_first_step(init, tiny_mode
     assert overlap(turned) > overlap(both)
 
 
+def test_a_resumed_run_is_not_turned_again_its_checkpoint_holds_the_turned_weights(tiny_model, code_corpus):
+    from mmssl.recipes.config import TrainConfig
+    from mmssl.recipes.text_code import RECIPE
+
+    flags = dict(train=code_corpus, text_init=str(tiny_model / "towers" / "text"), shared=True, batch_size=32,
+                 max_code_length=64, max_text_length=32, matryoshka="32,8", device="cpu", out="unused",
+                 train_partition="", matryoshka_init="pca")  # fmt: skip
+    turned = RECIPE.build_task(TrainConfig.from_flat(**flags), torch.device("cpu")).model
+    resumed = RECIPE.build_task(TrainConfig.from_flat(**flags, resume=True), torch.device("cpu")).model
+    plain = RECIPE.build_task(TrainConfig.from_flat(**{**flags, "matryoshka_init": "none"}), torch.device("cpu")).model
+    for name, weight in resumed.state_dict().items():  # as built from --text-init: the checkpoint loads over it
+        torch.testing.assert_close(weight, plain.state_dict()[name])
+    assert any(not torch.equal(w, turned.state_dict()[n]) for n, w in resumed.state_dict().items())
+
+
 def test_pca_init_without_prefix_sizes_is_refused_before_any_data(tmp_path):
     from mmssl.recipes.config import TrainConfig
     from mmssl.recipes.text_code import RECIPE

@@ -136,7 +136,9 @@ class Recipe(ABC):
             loss = MatryoshkaLoss(loss, dims, parse_weights(config.model.matryoshka_weights, dims))
             model.config = replace(model.config, matryoshka_dims=dims)
             log.info("Matryoshka: the loss summed over the prefixes %s of %d dims", list(dims), model.config.embed_dim)
-            if wants_pca(config.model.matryoshka_init, model):
+            if wants_pca(config.model.matryoshka_init, model) and config.engine.resume:
+                log.info("Matryoshka: no turn to the principal axes on --resume (the checkpoint's weights have it)")
+            elif wants_pca(config.model.matryoshka_init, model):
                 sample = train.sample(PCA_SAMPLE, config.engine.seed)
                 pca_init(model, sample, config.engine.batch_size)
                 log.info("Matryoshka: the output turned to the principal axes of %d pairs' embeddings", len(sample))
