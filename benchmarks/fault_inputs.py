@@ -17,7 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fault_cases import (  # noqa: E402
-    Outcome,
     Row,
     code_records,
     copy_tree,
@@ -29,6 +28,7 @@ from fault_cases import (  # noqa: E402
     truncate,
     write_jsonl,
 )
+from fault_runner import Outcome  # noqa: E402
 from fault_world import (  # noqa: E402
     N_COLLECTION,
     QUERIES,

@@ -14,16 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fault_cases import (  # noqa: E402
-    Kill,
-    Outcome,
     Row,
-    after_start,
-    all_of,
     copy_tree,
-    exists,
-    fresh,
-    lines_at_least,
-    pick,
     probe_checkpoint,
     probe_index,
     sqlite_items,
@@ -31,6 +23,7 @@ from fault_cases import (  # noqa: E402
     training_losses,
     tree_hashes,
 )
+from fault_runner import Kill, Outcome, after_start, all_of, exists, fresh, lines_at_least, pick  # noqa: E402
 from fault_world import (  # noqa: E402
     N_BIG,
     N_COLLECTION,

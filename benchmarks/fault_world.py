@@ -13,12 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_cases import (  # noqa: E402
-    Outcome,
-    Runner,
-    code_records,
-    write_jsonl,
-)
+from fault_cases import code_records, write_jsonl  # noqa: E402
+from fault_runner import Outcome, Runner  # noqa: E402
 
 TRAIN_STEPS = 16
 TINY = ["--preset", "tiny", "--vocab-size", "300", "--batch-size", "32", "--eval-every", "0", "--embed-dim", "16"]

@@ -4,7 +4,7 @@ What it is for: checking, end to end, the promises the code makes about failures
 index versions are written atomically and resume or retry exactly; writers of one index exclude
 each other without losing items; every bad option value and every damaged file a command reads is
 refused in one line naming it, with nothing changed; a huge record does not blow up a run. Each
-case runs the commands themselves (``mmssl.cli.main``: see ``fault_cases.Runner`` for how) on tiny
+case runs the commands themselves (``mmssl.cli.main``: see ``fault_runner.Runner`` for how) on tiny
 data it makes in a temporary directory (no network), and compares what happened with what should.
 
 Cases (``--only SUBSTRING`` runs those whose name contains it):
@@ -44,14 +44,14 @@ Kill points are events on disk (a file appearing or being replaced, a number of 
 script polls for every 2 ms, plus a few times after the start, so that where a kill lands does not
 drift with the machine's load; each row says where it was aimed and when it came ("not reached":
 the run ended first). There are 20 per kind, 5 concurrent trials (``--quick``: 4 points, 2
-trials). Commands run in forked children of this process (``fault_cases.Runner``: it imports torch
+trials). Commands run in forked children of this process (``fault_runner.Runner``: it imports torch
 and the commands once); full mode also kills 2 points per kind in real ``python -m mmssl.cli``
 processes ("spawned" rows), and ``--runner spawn`` runs everything that way (slow). Rows reflect
 what was observed; the exit status is 0 only if every row is ok.
 
 The cases are in ``fault_kills.py`` (kills, two writers) and ``fault_inputs.py`` (values, damaged
 files, the large record), the data and reference runs they share in ``fault_world.py``, and the
-runner and disk probes in ``fault_cases.py``.
+runner in ``fault_runner.py``, the checks, disk probes and data in ``fault_cases.py``.
 
 Commands (from the repository root; on 2 busy cores full mode takes about 6-10 minutes, ``--quick``
 about 2):
@@ -70,9 +70,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fault_cases import Row, Runner, markdown_table  # noqa: E402
+from fault_cases import Row, markdown_table  # noqa: E402
 from fault_inputs import bad_option_values, corrupt_files, large_record  # noqa: E402
 from fault_kills import add_kill, build_kill, concurrent_add, train_kill  # noqa: E402
+from fault_runner import Runner  # noqa: E402
 from fault_world import World  # noqa: E402
 
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="4 kill points per kind (default: 20)")
     parser.add_argument("--only", default=None, help="run only the cases whose name contains this")
     parser.add_argument("--out", default=None, help="also write the table (markdown) to this file")
-    parser.add_argument("--runner", choices=["fork", "spawn"], default="fork", help="how commands run (fault_cases)")
+    parser.add_argument("--runner", choices=["fork", "spawn"], default="fork", help="how commands run (fault_runner)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (printed)")
     args = parser.parse_args(argv)
     points = 4 if args.quick else 20
