@@ -15,7 +15,6 @@ from mmssl.data import code_search as cs
 from mmssl.data.code_search import (
     CODE_SEARCH_FIELDS,
     DataError,
-    load_code_search_dataset,
     read_code_search,
     write_code_search,
 )
@@ -205,17 +204,6 @@ def test_a_bad_parquet_row_names_file_and_row_or_is_skipped(tmp_path):
     assert read_code_search([path, broken], on_error="skip").stats.skipped == {"missing_field": 1, "truncated": 1}
 
 
-def test_hf_dataset_from_parquet_shards_and_no_mixing(tmp_path):
-    records = [_rec(i, ["train", "valid"][i % 2]) for i in range(4)]
-    (tmp_path / "d").mkdir()
-    _parquet(tmp_path / "d" / "c.parquet", records)
-    valid = load_code_search_dataset(tmp_path / "d", split="valid", cache_dir=str(tmp_path / "cache"))
-    assert valid["func_name"] == ["f1", "f3"]
-    write_code_search(records, tmp_path / "d" / "c.jsonl")
-    with pytest.raises(ValueError, match=r"c\.parquet: parquet and JSON Lines shards in one dataset"):
-        load_code_search_dataset(tmp_path / "d", split=None)
-
-
 def test_data_error_is_a_value_error_and_pickles():
     e = DataError("a/b.jsonl", 7, "malformed JSON")
     assert isinstance(e, ValueError) and str(e) == "a/b.jsonl:7: malformed JSON"
@@ -278,18 +266,8 @@ def test_write_rejects_other_names(tmp_path):
         write_code_search([_rec(0)], tmp_path / "out.json")
 
 
-# ------------------------------------------------------------------------------------ datasets bridge
-
-
-def test_hf_dataset_from_corpus_and_local_files(tmp_path):
+def test_a_corpus_converts_to_a_hf_dataset(tmp_path):
     records = [_rec(i, ["train", "valid"][i % 2]) for i in range(6)]
     write_code_search(records, tmp_path / "d" / "c.jsonl.gz")
     ds = read_code_search(tmp_path / "d").to_hf_dataset()
     assert len(ds) == 6 and ds[4]["code_tokens"] == records[4]["code_tokens"]
-
-    valid = load_code_search_dataset(tmp_path / "d", split="valid", cache_dir=str(tmp_path / "cache"))
-    assert valid["func_name"] == ["f1", "f3", "f5"]
-    every = load_code_search_dataset(
-        [str(tmp_path / "d" / "c.jsonl.gz")], split=None, cache_dir=str(tmp_path / "cache")
-    )
-    assert every.to_list() == records
