@@ -1,5 +1,6 @@
 """Shared fixtures and helpers: offline mode, a tiny synthetic CodeSearchNet-format corpus, a trained
-tiny model, a simulated crash, and a headless Chromium for the demo's browser tests."""
+tiny model, an image-caption set of shapes, a simulated crash, and a headless Chromium for the
+demo's browser tests."""
 
 from __future__ import annotations
 
@@ -93,6 +94,17 @@ def make_code_corpus(path, n: int = 1000, seed: int = 0) -> str:
 @pytest.fixture(scope="session")
 def code_corpus(tmp_path_factory) -> str:
     return make_code_corpus(tmp_path_factory.mktemp("corpus") / "corpus.jsonl.gz")
+
+
+@pytest.fixture(scope="session")
+def shapes(tmp_path_factory):
+    """An image-caption set of 240 coloured shapes at 32 px (``mmssl data make-images``), read only."""
+    from mmssl import cli
+
+    out = tmp_path_factory.mktemp("data") / "shapes"
+    argv = ["data", "make-images", "--kind", "shapes", "--out", str(out), "--count", "240", "--size", "32"]
+    assert cli.main(argv) == 0
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Image-text dual encoders: towers in the dual encoder, training (LiT, workers, resume, bad images),
-evaluation (recall both ways, zero-shot, linear probe), image indexes and the demo's image tabs."""
+"""Image-text dual encoders: towers in the dual encoder and training (LiT and its cached text
+embeddings, several captions, workers, resume, bad images, clustered batches)."""
 
 from __future__ import annotations
 
@@ -8,63 +8,18 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from mmssl import cli
-from mmssl.commands import TrainConfig
 from mmssl.commands import train as main
-from mmssl.models import DualEncoder, DualEncoderConfig
+from mmssl.models import DualEncoder
 from mmssl.models.clip_text import ClipTextConfig, ClipTextTower
-from mmssl.models.image import ImageTowerConfig
-
-MICRO = "mmssl-vit-micro"  # ships with mmssl: 32 px, 2 layers, 64 wide
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "shapes"
-    argv = ["data", "make-images", "--kind", "shapes", "--out", str(out), "--count", "240", "--size", "32"]
-    assert cli.main(argv) == 0
-    return out
-
-
-def micro_model(embed_dim: int = 32) -> DualEncoder:
-    config = DualEncoderConfig(
-        modalities=("text", "image"),
-        towers={"text": ClipTextConfig(MICRO), "image": ImageTowerConfig(MICRO, augment="heavy")},
-        embed_dim=embed_dim,
-    )
-    return DualEncoder.build(config)
-
-
-def pictures() -> list[Image.Image]:
-    return [Image.new("RGB", (40, 30), (230, 20, 20)), Image.new("RGB", (64, 64), (20, 20, 230))]
-
-
-def train_config(data, out, **overrides) -> TrainConfig:
-    base = dict(
-        task="image-text",
-        train=str(data),
-        out=str(out),
-        image_model=MICRO,
-        batch_size=16,
-        max_steps=6,
-        warmup_steps=2,
-        lr=1e-3,
-        eval_every=0,
-        save_every=3,
-        log_every=1,
-        device="cpu",
-        augment="heavy",
-        valid_partition="test",
-        eval_max_pairs=40,
-    )
-    return TrainConfig.from_flat(**{**base, **overrides})
-
-
-def losses(out) -> list[float]:
-    return [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-
+from tests.recipes.image_helpers import (
+    MICRO,
+    losses,
+    micro_model,
+    pictures,
+    train_config,
+)
 
 # ---- the model -----------------------------------------------------------------------------------
 
@@ -226,129 +181,6 @@ def test_bad_images_are_skipped_and_counted_or_stop_the_run_before_any_step(shap
     assert code == 2 and not (tmp_path / "raise" / "checkpoints").exists()
 
 
-# ---- evaluation ----------------------------------------------------------------------------------
-
-
-def test_eval_reports_recall_zero_shot_and_probes_next_to_the_untrained_model(shapes, tmp_path, capsys):
-    torch.manual_seed(0)
-    micro_model(embed_dim=64).save_pretrained(tmp_path / "m")
-    argv = ["eval", "--task", "image-text", "--model", str(tmp_path / "m"), "--data", str(shapes)]
-    assert cli.main(argv + ["--json", "--untrained", "--device", "cpu"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["n"] == 48 and 0 <= out["text_to_image_recall@1"] <= out["text_to_image_recall@10"] <= 1
-    assert set(out["zero_shot"]) == {"left_colour", "left_shape", "right_colour", "right_shape"}
-    assert out["zero_shot"]["left_colour"]["classes"] == 4 and out["zero_shot"]["left_shape"]["n"] == 48
-    assert set(out["linear_probe"]) == set(out["zero_shot"])
-    assert all(0 <= v <= 1 for v in out["linear_probe"].values())
-    # saved with seed 0 and rebuilt with seed 0: the untrained baseline is this very model
-    assert out["baselines"]["untrained"]["mean_recall"] == pytest.approx(out["mean_recall"])
-
-
-def test_class_tasks_follow_the_metadata_of_each_set():
-    from mmssl.recipes.image_text_eval import class_tasks
-
-    emoji = class_tasks([{"group": "Food & Drink"}, {"group": "Animals & Nature"}, {"group": "Component"}])
-    assert (
-        emoji[0].classes == ["animals & nature", "food & drink"] and emoji[0].label_of({"group": "Component"}) is None
-    )
-    assert "an emoji of food & drink" in emoji[0].prompts[1]
-    digits = class_tasks([{"label": 3}, {"label": 7}])
-    assert digits[0].classes == ["3", "7"] and digits[0].label_of({"label": 7}) == 1
-    objects = [
-        {"size": "small", "colour": "red", "shape": "circle"},
-        {"size": "large", "colour": "blue", "shape": "square"},
-    ]
-    shapes = {t.name: t for t in class_tasks([{"objects": objects}])}
-    left = shapes["left_colour"]
-    assert left.label_of({"objects": objects}) == left.classes.index("red")
-    red = left.prompts[left.classes.index("red")]
-    assert len(red) == 144 and all(p.split(" left of ")[0].split()[2] == "red" for p in red)
-
-
-def test_recall_with_repeated_captions_counts_every_matching_image():
-    from mmssl.evaluate import recall_at_k_groups
-
-    rng = np.random.default_rng(0)
-    cands, queries = rng.normal(size=(30, 8)), rng.normal(size=(12, 8))
-    cand_groups, query_groups = rng.integers(0, 12, 30), np.arange(12)
-    cand_groups[:12] = np.arange(12)  # every query has at least one right candidate
-    got = recall_at_k_groups(queries, cands, query_groups, cand_groups, ks=(1, 3))
-    ranks = []
-    for q, g in zip(queries, query_groups):  # brute force: best right candidate, ties against
-        s = cands @ q
-        best = s[cand_groups == g].max()
-        ranks.append(1 + int(((s >= best) & (cand_groups != g)).sum()))
-    assert got == {"recall@1": np.mean(np.array(ranks) <= 1), "recall@3": np.mean(np.array(ranks) <= 3)}
-    tie = recall_at_k_groups(np.ones((1, 2)), np.ones((2, 2)), np.array([0]), np.array([1, 0]), ks=(1,))
-    assert tie["recall@1"] == 0.0  # a wrong candidate scoring the same ranks first
-    with pytest.raises(ValueError, match="without any candidate"):
-        recall_at_k_groups(np.ones((1, 2)), np.ones((1, 2)), np.array([5]), np.array([0]))
-
-
-# ---- indexes and the demo ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def image_indexes(shapes, tmp_path_factory):
-    root = tmp_path_factory.mktemp("indexes")
-    torch.manual_seed(0)
-    micro_model(embed_dim=64).save_pretrained(root / "model")
-    common = ["--model", str(root / "model"), "--data", str(shapes), "--partition", "test", "--device", "cpu"]
-    assert cli.main(["index", "build", *common, "--out", str(root / "images"), "--lexical"]) == 0
-    assert cli.main(["index", "build", *common, "--out", str(root / "captions"), "--modality", "text"]) == 0
-    return root
-
-
-def test_image_index_is_searched_by_text_and_caption_index_by_image(image_indexes, shapes):
-    from indexing import SearchIndex
-
-    rows = [json.loads(line) for line in (shapes / "metadata.jsonl").read_text().splitlines()]
-    test = [r for r in rows if r["split"] == "test"]
-    with SearchIndex.load(image_indexes / "images") as index:
-        assert len(index) == len(test) and index.manifest.modality == "image"
-        hits = index.search([test[0]["text"]], k=3, mode="hybrid")[0]
-        assert hits[0].text == test[0]["text"]  # BM25 over the captions finds the exact caption
-        assert hits[0].payload["path"].endswith(".png") and hits[0].payload["caption"] == hits[0].text
-    model = DualEncoder.from_pretrained(image_indexes / "model")
-    image = Image.open(shapes / test[5]["file_name"])
-    with SearchIndex.load(image_indexes / "captions") as index:
-        assert index.manifest.query_modality == "image"
-        hits = index.search([image], k=len(test))[0]
-        want = model.embed("image", [image]) @ model.embed("text", [h.text for h in hits]).T
-        assert np.allclose([h.score for h in hits], want[0].numpy(), atol=1e-5)  # the model's own ranking
-        with pytest.raises(ValueError, match="image queries search by embedding only"):
-            index.search([image], mode="hybrid")
-
-
-def test_demo_serves_text_to_image_and_image_to_text(image_indexes, shapes, tmp_path):
-    from gradio_client import Client, handle_file
-
-    from demo.app import build_app
-    from demo.panels import example_queries
-    from demo.search import TABS, open_indexes, run_search
-
-    indexes = open_indexes([image_indexes / "images", image_indexes / "captions"])
-    assert {item.pair for item in indexes.values()} == {("text", "image"), ("image", "text")}
-    assert indexes["captions"].modes == ["dense"] and "hybrid" in indexes["images"].modes
-    assert all(isinstance(e, Image.Image) and max(e.size) <= 256 for e in example_queries(indexes["captions"]))
-    app = build_app(indexes)
-    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(app.local_url, verbose=False)
-        caption = example_queries(indexes["images"])[0]
-        hits = client.predict(caption, "images", 3, "hybrid", api_name="/text_to_image")["hits"]
-        assert len(hits) == 3 and hits[0]["text"] == caption and hits[0]["payload"]["file_path"].endswith(".png")
-        query = tmp_path / "query.png"
-        Image.open(hits[0]["payload"]["file_path"]).save(query)
-        found = client.predict(handle_file(str(query)), "captions", 5, "dense", api_name="/image_to_text")["hits"]
-        direct = run_search(indexes, TABS[("image", "text")], Image.open(query), "captions", 5, "dense")["hits"]
-        assert [h["id"] for h in found] == [h["id"] for h in direct]
-        with pytest.raises(Exception, match="upload or pick an image"):
-            client.predict(None, "captions", 5, "dense", api_name="/image_to_text")
-    finally:
-        app.close()
-
-
 def test_text_tower_from_an_mlm_pretraining_directory(shapes, code_corpus, tmp_path):
     argv = ["pretrain", "mlm", "--data", code_corpus, "--out", str(tmp_path / "pre"), "--preset", "tiny"]
     argv += ["--vocab-size", "300", "--block-size", "32", "--max-steps", "0", "--device", "cpu"]
@@ -427,52 +259,6 @@ def test_several_captions_are_drawn_per_pair_and_cached_lit_gives_the_loss_of_ru
     fast_loss = task.training_forward(batch)[0]["contrastive_loss"]
     slow_loss = slow.training_forward(slow_batch)[0]["contrastive_loss"]
     torch.testing.assert_close(fast_loss, slow_loss, atol=1e-5, rtol=1e-5)
-
-
-def test_browser_sees_the_gallery_of_a_text_to_image_search(image_indexes, tmp_path):
-    """Headless Chromium: type a caption in the text → image tab, click Search, the gallery shows
-    images with their captions; a screenshot is kept."""
-    import os
-
-    from tests.conftest import chromium, headless_browser
-
-    if chromium() is None:
-        if os.environ.get("MMSSL_REQUIRE_SYSTEM_PACKAGES"):
-            pytest.fail("MMSSL_REQUIRE_SYSTEM_PACKAGES is set but chromium/chromedriver are missing")
-        pytest.skip("headless Chromium not installed (.ci/run installs chromium, chromium-driver)")
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from demo.app import build_app
-    from demo.panels import example_queries
-    from demo.search import open_indexes
-
-    indexes = open_indexes([image_indexes / "images", image_indexes / "captions"])
-    caption = example_queries(indexes["images"])[0]
-    app = build_app(indexes)
-    app.launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
-    driver, artifacts = headless_browser(height=1400)
-    try:
-        driver.get(app.local_url)
-        wait = WebDriverWait(driver, 60)
-        box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, "textarea[placeholder^='describe the image']")))
-        box.send_keys(caption)
-        hybrid = "//label[.//input[@type='radio' and @value='hybrid']]"  # BM25 over the captions: the untrained
-        next(e for e in driver.find_elements(By.XPATH, hybrid) if e.is_displayed()).click()  # model needs it
-        button = next(
-            e for e in driver.find_elements(By.XPATH, "//button[normalize-space()='Search']") if e.is_displayed()
-        )
-        button.click()
-        wait.until(
-            lambda d: len([i for i in d.find_elements(By.CSS_SELECTOR, ".gallery img, img") if i.is_displayed()]) >= 5
-        )
-        ranked = "//*[starts-with(normalize-space(text()), '1. ') and contains(text(), ' (')]"
-        wait.until(lambda d: any(e.is_displayed() for e in d.find_elements(By.XPATH, ranked)))  # captions shown
-    finally:
-        driver.save_screenshot(str(artifacts / "demo-image-search.png"))
-        driver.quit()
-        app.close()
 
 
 def test_cluster_batches_group_similar_captions_and_a_run_resumes_only_with_the_same_groups(shapes, tmp_path):
