@@ -52,11 +52,14 @@ CONFIGS = {
 }
 
 
-def write_collection(corpus: Path, n: int, files: int, out: Path) -> Path:
+def write_collection(corpora: list[Path], n: int, files: int, out: Path) -> Path:
+    """A seeded sample of ``n`` records of ``corpora`` (read together) in ``files`` JSONL.gz parts."""
     from mmssl.data.code_search import read_code_search
     from mmssl.runtime import seeded_subset
 
-    records = read_code_search(corpus).records
+    records = read_code_search(corpora, required=("code",)).records
+    if n > len(records):
+        raise SystemExit(f"--items {n:,}: the corpora hold {len(records):,} records; add one with --corpus A,B")
     rows = [records[i] for i in seeded_subset(len(records), n, seed=0).tolist()]
     out.mkdir(parents=True, exist_ok=True)
     per = -(-n // files)
@@ -92,20 +95,26 @@ def build(config: str, model: Path, data: Path, out: Path) -> tuple[float, float
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", default="runs/bench-text-code/corpus.jsonl.gz")
+    p.add_argument("--corpus", default="runs/bench-text-code/corpus.jsonl.gz",
+                   help="comma list of mined corpora read as one (200,000 items: add the unlabeled one)")  # fmt: skip
     p.add_argument("--items", type=int, default=2400)
     p.add_argument("--files", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--gpu-items-per-s", type=float, default=5000.0, help="assumed MiniLM items/s of one GPU")
     p.add_argument("--node-cores", type=int, default=16, help="CPU cores per node for Spark's per-item work")
     p.add_argument("--project", type=int, default=200_000, help="items to project the overhead to from the line")
+    p.add_argument("--quarter", action=argparse.BooleanOptionalAction, default=True,
+                   help="also build a quarter of the items, for the fixed cost and the cost per item")  # fmt: skip
     p.add_argument("--configs", default=",".join(CONFIGS), help="comma list of the configurations to run")
     p.add_argument("--out", default="runs/bench-spark/results.json")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-spark-"))
     model = minilm(work)
-    sizes = {"full": args.items, "quarter": args.items // 4}
-    data = {k: write_collection(ROOT / args.corpus, n, args.files, work / f"data-{k}") for k, n in sizes.items()}
+    sizes = {"full": args.items, "quarter": args.items // 4} if args.quarter else {"full": args.items}
+    corpora = [ROOT / c for c in args.corpus.split(",")]
+    data = {k: write_collection(corpora, n, args.files, work / f"data-{k}") for k, n in sizes.items()}
+    out = ROOT / args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     configs = [c for c in CONFIGS if c in args.configs.split(",")]
     seconds: dict[str, dict[str, list[float]]] = {k: {c: [] for c in configs} for k in sizes}
     in_tasks: dict[str, list[float]] = {c: [] for c in configs}
@@ -119,34 +128,43 @@ def main() -> None:
                     in_tasks[config].append(tasks)
                 print(f"round {r} {size:<7} {config:<9} {t:6.1f} s" + (f" ({tasks:.1f} s in tasks)" if tasks else ""),
                       flush=True)  # fmt: skip
+                partial = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "args": vars(args), "sizes": sizes,
+                           "seconds": seconds, "in_tasks": in_tasks, "partial": True}  # fmt: skip
+                out.write_text(json.dumps(partial, indent=2))  # an hour-long run keeps what it measured
     rows = {}
     for config in configs:
         full = statistics.median(seconds["full"][config])
-        quarter = statistics.median(seconds["quarter"][config])
-        per_item = (full - quarter) / (sizes["full"] - sizes["quarter"])
-        rows[config] = {"seconds": full, "quarter_seconds": quarter, "items_per_s": sizes["full"] / full,
-                        "per_item_ms": 1000 * per_item, "fixed_s": full - per_item * sizes["full"]}  # fmt: skip
+        rows[config] = {"seconds": full, "items_per_s": sizes["full"] / full}
+        if "quarter" in sizes:
+            quarter = statistics.median(seconds["quarter"][config])
+            per_item = (full - quarter) / (sizes["full"] - sizes["quarter"])
+            rows[config].update(quarter_seconds=quarter, per_item_ms=1000 * per_item,
+                                fixed_s=full - per_item * sizes["full"])  # fmt: skip
+        else:  # one size: the whole run per item (fixed costs included)
+            rows[config]["per_item_ms"] = 1000 * full / sizes["full"]
         if in_tasks[config]:
             rows[config]["in_tasks_s"] = statistics.median(in_tasks[config])
     pairs = [(s, p) for s, p in (("local[1]", "plain-1"), ("local[2]", "plain-2")) if s in rows and p in rows]
     for spark, plain in pairs:
         a, b = rows[spark], rows[plain]
         a["overhead"] = a["seconds"] / b["seconds"] - 1
-        a["per_item_overhead"] = a["per_item_ms"] / b["per_item_ms"] - 1
-        # the fitted lines at --project items (a projection: not measured at that size)
-        a["projected_overhead"] = (a["fixed_s"] + a["per_item_ms"] * args.project / 1000) / (
-            b["fixed_s"] + b["per_item_ms"] * args.project / 1000
-        ) - 1
-    print(f"\n{args.items:,} items in {args.files} files ({sizes['quarter']:,} for the fixed cost), medians of "
-          f"{args.repeats}")  # fmt: skip
+        if "fixed_s" in a and "fixed_s" in b:  # two sizes: the per-item part and the fitted lines
+            a["per_item_overhead"] = a["per_item_ms"] / b["per_item_ms"] - 1
+            # the fitted lines at --project items (a projection: not measured at that size)
+            a["projected_overhead"] = (a["fixed_s"] + a["per_item_ms"] * args.project / 1000) / (
+                b["fixed_s"] + b["per_item_ms"] * args.project / 1000
+            ) - 1
+    fixed = f"{sizes['quarter']:,} for the fixed cost" if "quarter" in sizes else "one size"
+    print(f"\n{args.items:,} items in {args.files} files ({fixed}), medians of {args.repeats}")
     print(f"{'config':<9} {'seconds':>8} {'in tasks':>8} {'items/s':>8} {'ms/item':>8} {'fixed s':>8} "
           f"{'overhead':>9} {'per item':>9} {'at ' + format(args.project, ','):>10}")  # fmt: skip
     for config, r in rows.items():
         over, per, projected = (f"{r[k]:+.1%}" if k in r else "-"
                                 for k in ("overhead", "per_item_overhead", "projected_overhead"))  # fmt: skip
         tasks = f"{r['in_tasks_s']:.1f}" if "in_tasks_s" in r else "-"
+        fixed_s = f"{r['fixed_s']:.1f}" if "fixed_s" in r else "-"
         print(f"{config:<9} {r['seconds']:8.1f} {tasks:>8} {r['items_per_s']:8.1f} {r['per_item_ms']:8.2f} "
-              f"{r['fixed_s']:8.1f} {over:>9} {per:>9} {projected:>10}")  # fmt: skip
+              f"{fixed_s:>8} {over:>9} {per:>9} {projected:>10}")  # fmt: skip
     estimate = {}
     if "overhead" in rows.get("local[1]", {}):
         # 1 billion items: embedding at the GPU rate plus Spark's measured per-item overhead, per GPU node
@@ -158,8 +176,6 @@ def main() -> None:
             hours = 1e9 * (gpu_ms + spark_ms / args.node_cores) / 1000 / nodes / 3600
             estimate[nodes] = hours
             print(f"  {nodes:>3} node(s) of 1 GPU and {args.node_cores} cores: {hours:8.1f} h")
-    out = ROOT / args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
     record = {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "args": vars(args), "sizes": sizes,
               "seconds": seconds, "in_tasks": in_tasks, "rows": rows, "estimate_hours": estimate}  # fmt: skip
     out.write_text(json.dumps(record, indent=2))
