@@ -193,12 +193,11 @@ def test_hostile_query_images_get_the_apps_refusal_not_gigabytes(app_url, tmp_pa
     hostile = hostile_images(tmp_path / "hostile")
     before = peak_rss_mb()
     for name, (path, message) in hostile.items():
-        started = time.monotonic()
         with pytest.raises(AppError, match=message) as err:
             client.predict(handle_file(str(path)), "captions", 3, "dense", api_name="/image_to_text")
         assert not re.search(r"Traceback|mmssl-demo-|/tmp/", str(err.value)), (name, str(err.value))
-        assert time.monotonic() - started < 10, name  # the strip alone took 10 s when it was resized
-    assert peak_rss_mb() - before < 300  # the strip took 2.4 GB, the 144 MP bomb 1.1 GB
+    # never decoded (the next test checks that without a clock): the strip resized took 2.4 GB, the bomb 1.1 GB
+    assert peak_rss_mb() - before < 300
 
 
 def test_query_images_are_refused_from_their_header_before_decoding(image_index, tmp_path, monkeypatch):
