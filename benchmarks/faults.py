@@ -49,9 +49,10 @@ and the commands once); full mode also kills 2 points per kind in real ``python 
 processes ("spawned" rows), and ``--runner spawn`` runs everything that way (slow). Rows reflect
 what was observed; the exit status is 0 only if every row is ok.
 
-The cases are in ``fault_kills.py`` (kills, two writers) and ``fault_inputs.py`` (values, damaged
-files, the large record), the data and reference runs they share in ``fault_world.py``, and the
-runner in ``fault_runner.py``, the checks, disk probes and data in ``fault_cases.py``.
+The cases are in ``fault_kills.py`` (kills, two writers), ``fault_inputs.py`` (values, the large
+record) and ``fault_damage.py`` (damaged files); the data and reference runs they share are in
+``fault_world.py``, the runner in ``fault_runner.py``, and the checks, disk probes and tiny data in
+``fault_cases.py``.
 
 Commands (from the repository root; on 2 busy cores full mode takes about 6-10 minutes, ``--quick``
 about 2):
@@ -71,7 +72,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fault_cases import Row, markdown_table  # noqa: E402
-from fault_inputs import bad_option_values, corrupt_files, large_record  # noqa: E402
+from fault_damage import corrupt_files  # noqa: E402
+from fault_inputs import bad_option_values, large_record  # noqa: E402
 from fault_kills import add_kill, build_kill, concurrent_add, train_kill  # noqa: E402
 from fault_runner import Runner  # noqa: E402
 from fault_world import World  # noqa: E402
