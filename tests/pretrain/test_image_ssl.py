@@ -20,14 +20,6 @@ CPU = torch.device("cpu")
 MICRO = "mmssl-vit-micro"
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "shapes"
-    argv = ["data", "make-images", "--kind", "shapes", "--out", str(out), "--count", "120", "--size", "32"]
-    assert cli.main(argv) == 0
-    return out
-
-
 def config_for(method: str, data, out, **overrides) -> S.ImageSSLConfig:
     cls = S.METHODS[method].config_class
     base = dict(
