@@ -369,7 +369,8 @@ def report(args, results) -> None:
             if init != "random" and None not in control:
                 d = [a - b for a, b in zip(mrrs, control)]
                 dsd = statistics.stdev(d) if len(d) > 1 else float("nan")
-                verdict = "beats 3x spread" if statistics.mean(d) > 3 * dsd else "within 3x spread"
+                mean = statistics.mean(d)
+                verdict = "beats 3x spread" if mean > 3 * dsd else "below by 3x spread" if mean < -3 * dsd else "within"
                 verdict = verdict if len(d) > 1 else "one seed"
                 line += (
                     f"   diff {statistics.mean(d):+.4f} ± {dsd:.4f} ({sum(x > 0 for x in d)}/{len(d)} up, {verdict})"
