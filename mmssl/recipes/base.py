@@ -136,12 +136,13 @@ class Recipe(ABC):
             loss = MatryoshkaLoss(loss, dims, parse_weights(config.model.matryoshka_weights, dims))
             model.config = replace(model.config, matryoshka_dims=dims)
             log.info("Matryoshka: the loss summed over the prefixes %s of %d dims", list(dims), model.config.embed_dim)
-            if wants_pca(config.model.matryoshka_init, model) and config.engine.resume:
-                log.info("Matryoshka: no turn to the principal axes on --resume (the checkpoint's weights have it)")
-            elif wants_pca(config.model.matryoshka_init, model):
-                sample = train.sample(PCA_SAMPLE, config.engine.seed)
-                pca_init(model, sample, config.engine.batch_size)
-                log.info("Matryoshka: the output turned to the principal axes of %d pairs' embeddings", len(sample))
+            if wants_pca(config.model.matryoshka_init, model):
+                if config.engine.resume:  # the checkpoint it loads holds the turned weights
+                    log.info("Matryoshka: no turn to the principal axes on --resume (the checkpoint's weights have it)")
+                else:
+                    sample = train.sample(PCA_SAMPLE, config.engine.seed)
+                    pca_init(model, sample, config.engine.batch_size)
+                    log.info("Matryoshka: the output turned to the principal axes of %d pairs' embeddings", len(sample))
         return ContrastiveTask(
             model, loss, train, validation, self.metric, grad_cache=config.model.grad_cache,
             embedding_lr_scale=config.model.embedding_lr_scale, cluster_batches=config.negatives.cluster_batches,
