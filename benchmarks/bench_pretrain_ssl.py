@@ -372,9 +372,7 @@ def report(args, results) -> None:
                 mean = statistics.mean(d)
                 verdict = "beats 3x spread" if mean > 3 * dsd else "below by 3x spread" if mean < -3 * dsd else "within"
                 verdict = verdict if len(d) > 1 else "one seed"
-                line += (
-                    f"   diff {statistics.mean(d):+.4f} ± {dsd:.4f} ({sum(x > 0 for x in d)}/{len(d)} up, {verdict})"
-                )
+                line += f"   diff {mean:+.4f} ± {dsd:.4f} ({sum(x > 0 for x in d)}/{len(d)} up, {verdict})"
             print(line)
     bm25 = results.get("bm25", {})
     if "baselines" in bm25:  # a results file of before: BM25's figures beside a model's
